@@ -1,0 +1,1 @@
+"""Fast paths: the Triton attention kernel and the compiled fit extension's Python side."""

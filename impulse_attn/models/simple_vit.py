@@ -1,0 +1,119 @@
+"""Simple ViT (the paper's backbone) with the attention layer chosen by argument."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from .._validate import choice, grid_pair, positive_int
+from ..attention import ImpulseAttention, ViTAttention
+from ..init import initialize_qk_
+from ..targets import sincos_2d
+
+ATTENTIONS = ("impulse", "plain")
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class PatchEmbed(nn.Module):
+    """Image (B, C, H, W) -> tokens (B, N, dim): patchify, LayerNorm, Linear, LayerNorm."""
+
+    def __init__(self, channels: int, patch: tuple, dim: int):
+        super().__init__()
+        self.patch = patch
+        patch_dim = channels * patch[0] * patch[1]
+        self.proj = nn.Sequential(nn.LayerNorm(patch_dim), nn.Linear(patch_dim, dim), nn.LayerNorm(dim))
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = img.shape
+        p1, p2 = self.patch
+        x = img.reshape(b, c, h // p1, p1, w // p2, p2).permute(0, 2, 4, 3, 5, 1)  # b gh gw p1 p2 c
+        return self.proj(x.reshape(b, (h // p1) * (w // p2), p1 * p2 * c))
+
+
+class SimpleViT(nn.Module):
+    """Simple ViT: patch embedding, pre-norm attention/MLP blocks, final LayerNorm, mean pooling, linear head.
+
+    attention="impulse": ImpulseAttention in ``mode`` "I", "II" or "III" (no positional encoding in the token
+        stream; the layers mix it into their queries and keys).
+    attention="plain": standard ViT attention with the 2D sin-cos encoding added to the patch embeddings.
+    init: query/key init of every attention layer ("impulse", "mimetic", "random", "default"). For impulse the
+        fits of all layers run as one batch, each layer with fresh offsets.
+    The paper's configuration is the default: 32×32 images, patch 2 (a 16×16 grid), dim 512, depth 6, 8 heads of
+    64, MLP 512.
+    """
+
+    def __init__(self, image_size=32, patch_size=2, num_classes: int = 10, dim: int = 512, depth: int = 6,
+                 heads: int = 8, dim_head: int = 64, mlp_dim: int = 512, channels: int = 3,
+                 attention: str = "impulse", mode: str = "I", alpha: float = 0.2, init: str = "impulse",
+                 kernel_size: int = 5, scale: Optional[float] = None, fit_method: str = "closed_form",
+                 fit_kwargs: Optional[dict] = None, seed: int = 0, attention_backend: str = "auto"):
+        super().__init__()
+        ih, iw = grid_pair(image_size, "image_size")
+        ph, pw = grid_pair(patch_size, "patch_size")
+        if ih % ph or iw % pw:
+            raise ValueError(f"image_size {(ih, iw)} must be divisible by patch_size {(ph, pw)}")
+        positive_int(num_classes, "num_classes")
+        positive_int(depth, "depth")
+        positive_int(channels, "channels")
+        positive_int(mlp_dim, "mlp_dim")
+        choice(attention, "attention", ATTENTIONS)
+        if dim % 4 != 0:
+            raise ValueError(f"dim must be a multiple of 4 (2D sin-cos encoding), got {dim}")
+        self.image_size, self.grid_size = (ih, iw), (ih // ph, iw // pw)
+        self.channels = channels
+        self.attention_kind = attention
+        self.init = init
+        self.embed = PatchEmbed(channels, (ph, pw), dim)
+        self.add_pos = attention == "plain"
+        self.register_buffer("pos", sincos_2d(self.grid_size, dim), persistent=False)
+        common = dict(num_heads=heads, dim_head=dim_head, grid_size=self.grid_size, init=init,
+                      kernel_size=kernel_size, scale=scale, fit_method=fit_method, backend=attention_backend,
+                      defer_init=True)
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            attn = (ImpulseAttention(dim, mode=mode, alpha=alpha, **common) if attention == "impulse"
+                    else ViTAttention(dim, **common))
+            self.blocks.append(nn.ModuleList([attn, FeedForward(dim, mlp_dim)]))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+        self.fit_results = initialize_qk_(self.attention_layers(), init, seed=seed, fit_method=fit_method,
+                                          kernel_size=kernel_size, fit_kwargs=fit_kwargs)
+
+    def attention_layers(self) -> list:
+        return [blk[0] for blk in self.blocks]
+
+    def set_attention_backend(self, backend: str) -> None:
+        from ..attention import ATTENTION_BACKENDS
+        choice(backend, "backend", ATTENTION_BACKENDS)
+        for layer in self.attention_layers():
+            layer.backend = backend
+
+    def tokens(self, img: torch.Tensor) -> torch.Tensor:
+        if img.dim() != 4 or img.shape[1] != self.channels or tuple(img.shape[-2:]) != self.image_size:
+            raise ValueError(f"img must have shape (batch, {self.channels}, {self.image_size[0]}, "
+                             f"{self.image_size[1]}), got {tuple(img.shape)}")
+        x = self.embed(img)
+        return x + self.pos.to(x.dtype) if self.add_pos else x
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(img)
+        for attn, ff in self.blocks:
+            x = attn(x) + x
+            x = ff(x) + x
+        return self.head(self.norm(x).mean(dim=1))
+
+    @torch.no_grad()
+    def attention_maps(self, img: torch.Tensor) -> list:
+        """Per layer, the attention maps (B, heads, N, N) on ``img`` (for pictures and inspection)."""
+        x = self.tokens(img)
+        maps = []
+        for attn, ff in self.blocks:
+            maps.append(attn.attention_map(x))
+            x = attn(x) + x
+            x = ff(x) + x
+        return maps

@@ -1,0 +1,100 @@
+"""Impulse (shift) targets: the hard attention map of a k×k impulse filter, one per head."""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import torch
+
+from .._validate import grid_pair, odd_kernel_size, positive_int
+
+
+def draw_offsets(num_heads: int, kernel_size: int = 5, generator: Optional[torch.Generator] = None,
+                 seed: Optional[int] = None) -> torch.Tensor:
+    """Draw one (row, col) offset per head uniformly from the k×k window, with replacement (as published).
+
+    Returns a long tensor (num_heads, 2) with entries in ``[-(k//2), k//2]``.
+    """
+    positive_int(num_heads, "num_heads")
+    odd_kernel_size(kernel_size)
+    if generator is None:
+        generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    flat = torch.randint(0, kernel_size * kernel_size, (num_heads,), generator=generator)
+    half = kernel_size // 2
+    return torch.stack((flat // kernel_size - half, flat % kernel_size - half), dim=1)
+
+
+def cycle_offsets(num_heads: int, kernel_size: int = 3) -> torch.Tensor:
+    """Deterministic offsets that cycle through the k×k window (the 2505.19985 code's choice)."""
+    positive_int(num_heads, "num_heads")
+    odd_kernel_size(kernel_size)
+    flat = torch.arange(num_heads) % (kernel_size * kernel_size)
+    half = kernel_size // 2
+    return torch.stack((flat // kernel_size - half, flat % kernel_size - half), dim=1)
+
+
+def check_offsets(offsets, kernel_size: Optional[int] = None) -> torch.Tensor:
+    """Validate user-given offsets: an int tensor or nested sequence of shape (heads, 2)."""
+    t = torch.as_tensor(offsets)
+    if t.dim() != 2 or t.shape[1] != 2 or t.shape[0] < 1:
+        raise ValueError(f"offsets must have shape (heads, 2), got {tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"offsets must be integers, got dtype {t.dtype}")
+    t = t.long()
+    if kernel_size is not None:
+        half = kernel_size // 2
+        if bool((t.abs() > half).any()):
+            raise ValueError(f"offsets must lie in the {kernel_size}x{kernel_size} window "
+                             f"[-{half}, {half}], got {t.tolist()}")
+    return t
+
+
+def impulse_targets(offsets, grid_size, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Hard attention maps T (heads, N, N) for pure shifts on an H×W token grid.
+
+    ``T[h, (r, c), (r+m, c+n)] = 1`` for the head's offset (m, n) when (r+m, c+n) is inside the grid; the whole
+    row is zero when the shift leaves the grid (zero padding).
+    """
+    offsets = check_offsets(offsets)
+    h, w = grid_pair(grid_size)
+    n = h * w
+    rows = torch.arange(h).repeat_interleave(w)
+    cols = torch.arange(w).repeat(h)
+    heads = offsets.shape[0]
+    target = torch.zeros(heads, n, n, dtype=dtype, device=device)
+    for i, (m, dn) in enumerate(offsets.tolist()):
+        r2, c2 = rows + m, cols + dn
+        valid = (r2 >= 0) & (r2 < h) & (c2 >= 0) & (c2 < w)
+        src = torch.nonzero(valid).squeeze(1)
+        dst = r2[valid] * w + c2[valid]
+        target[i, src.to(target.device), dst.to(target.device)] = 1
+    return target
+
+
+def valid_rows(offsets, grid_size) -> torch.Tensor:
+    """Bool mask (heads, N): rows whose shifted position is inside the grid."""
+    offsets = check_offsets(offsets)
+    h, w = grid_pair(grid_size)
+    rows = torch.arange(h).repeat_interleave(w)
+    cols = torch.arange(w).repeat(h)
+    m = offsets[:, 0:1]
+    dn = offsets[:, 1:2]
+    r2, c2 = rows[None] + m, cols[None] + dn
+    return (r2 >= 0) & (r2 < h) & (c2 >= 0) & (c2 < w)
+
+
+def separable_logit_target(offsets, grid_size, dtype=torch.float64) -> torch.Tensor:
+    """Additive logits L (heads, N, N): 1 where the row shift matches plus 1 where the column shift matches.
+
+    The 2D sin-cos encoding is a sum of x-only and y-only features, so a bilinear form in it can express
+    ``a(x_i, x_j) + b(y_i, y_j)`` but not their product; exp of this sum is the product of a row impulse and a
+    column impulse, i.e. a 2D impulse. This is what the closed-form fit projects.
+    """
+    offsets = check_offsets(offsets)
+    h, w = grid_pair(grid_size)
+    rows = torch.arange(h).repeat_interleave(w)
+    cols = torch.arange(w).repeat(h)
+    m = offsets[:, 0, None, None]
+    dn = offsets[:, 1, None, None]
+    row_hit = (rows[None, None, :] - rows[None, :, None]) == m
+    col_hit = (cols[None, None, :] - cols[None, :, None]) == dn
+    return row_hit.to(dtype) + col_hit.to(dtype)
