@@ -1,0 +1,142 @@
+import math
+
+import pytest
+import torch
+
+from impulse_attn import ImpulseAttention, ViTAttention
+from impulse_attn.attention import attention, reference_attention
+from impulse_attn.fitting.report import attention_maps
+
+
+def _qkv(b, h, n, d, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, n, d, generator=g, dtype=dtype, requires_grad=True) for _ in range(3)]
+
+
+def test_reference_matches_float64_formula():
+    q, k, v = _qkv(2, 3, 65, 16, dtype=torch.float64)
+    expect = torch.softmax(q @ k.transpose(-1, -2) * 0.1, -1) @ v
+    torch.testing.assert_close(reference_attention(q, k, v, 0.1), expect, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 7, 65, 197])
+@pytest.mark.parametrize("scale", [0.1, 16 ** -0.5])
+def test_sdpa_matches_reference_with_grads(n, scale):
+    # fp32 on both sides; softmax/matmul reorderings give ~1e-6 relative differences.
+    q, k, v = _qkv(2, 3, n, 16)
+    out_r = attention(q, k, v, scale, "reference")
+    g = torch.randn_like(out_r)
+    grads_r = torch.autograd.grad(out_r, (q, k, v), g)
+    out_s = attention(q, k, v, scale, "sdpa")
+    grads_s = torch.autograd.grad(out_s, (q, k, v), g)
+    torch.testing.assert_close(out_s, out_r, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads_s, grads_r):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_shared_map_equals_per_sample_map():
+    q, k, _ = _qkv(1, 2, 35, 8)
+    v = torch.randn(5, 2, 35, 12)
+    for backend in ("reference", "sdpa"):
+        out = attention(q, k, v, 0.3, backend)
+        expect = reference_attention(q.expand(5, -1, -1, -1), k.expand(5, -1, -1, -1), v, 0.3)
+        torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
+@pytest.mark.parametrize("mode", ["I", "II", "III"])
+def test_module_backends_agree_with_grads(mode, backend):
+    torch.manual_seed(0)
+    layer = ImpulseAttention(32, num_heads=2, dim_head=16, grid_size=(5, 13), mode=mode, kernel_size=3,
+                             backend="reference")
+    x = torch.randn(3, 65, 32, requires_grad=True)
+    out_r = layer(x)
+    gx_r, = torch.autograd.grad(out_r.square().sum(), x)
+    params_r = [p.grad for p in layer.parameters()]
+    layer.backend = backend
+    out_b = layer(x)
+    gx_b, = torch.autograd.grad(out_b.square().sum(), x)
+    torch.testing.assert_close(out_b, out_r, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gx_b, gx_r, rtol=1e-4, atol=1e-5)
+
+
+def test_mode2_map_is_the_fitted_map():
+    layer = ImpulseAttention(64, num_heads=4, dim_head=16, grid_size=8, mode="II", kernel_size=3, seed=3)
+    fit = layer.fit_results[0]
+    x = layer.qk_pseudo_input().double()
+    expect = attention_maps(x, fit.q.double(), fit.k.double(), fit.scale)
+    maps = layer.attention_map(torch.randn(2, 64, 64))
+    assert maps.shape == (1, 4, 64, 64)
+    torch.testing.assert_close(maps[0].double(), expect.reshape(4, 64, 64), rtol=1e-4, atol=1e-5)
+    # the map is input-independent and argmax hits the target on every valid row
+    torch.testing.assert_close(layer.attention_map(None), maps)
+    assert fit.report.argmax_hit == 1.0
+
+
+def test_mode1_alpha0_map_is_fitted_map_and_alpha_changes_it():
+    layer = ImpulseAttention(64, num_heads=2, dim_head=16, grid_size=8, mode="I", alpha=0.0, kernel_size=3)
+    x = torch.randn(2, 64, 64)
+    m0 = layer.attention_map(x)
+    torch.testing.assert_close(m0[0], m0[1])  # α = 0: purely positional
+    layer.alpha = 0.3
+    m1 = layer.attention_map(x)
+    assert not torch.allclose(m1[0], m1[1])
+
+
+@pytest.mark.parametrize("b,h,n", [(1, 1, 65), (2, 1, 197), (1, 3, 35)])
+def test_shapes_odd_sizes(b, h, n):
+    grid = {65: (5, 13), 197: (1, 197), 35: (5, 7)}[n]
+    for mode in ("I", "II", "III"):
+        layer = ImpulseAttention(16, num_heads=h, dim_head=8, grid_size=grid, mode=mode, kernel_size=3,
+                                 init="random")
+        assert layer(torch.randn(b, n, 16)).shape == (b, n, 16)
+    assert ViTAttention(16, num_heads=h, dim_head=8, grid_size=grid)(torch.randn(b, n, 16)).shape == (b, n, 16)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_module_dtypes(dtype):
+    layer = ImpulseAttention(32, num_heads=2, dim_head=16, grid_size=4, kernel_size=3, backend="reference")
+    layer = layer.to(dtype)
+    out = layer(torch.randn(2, 16, 32, dtype=dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(mode="IV"), "mode"),
+    (dict(init="xavier"), "init"),
+    (dict(backend="cuda"), "backend"),
+    (dict(kernel_size=2), "kernel_size"),
+    (dict(dim=30), "dim"),
+    (dict(alpha=1.5), "alpha"),
+    (dict(grid_size=(0, 3)), "grid_size"),
+])
+def test_module_bad_args(kwargs, match):
+    args = dict(dim=32, num_heads=2, dim_head=16, grid_size=4, kernel_size=3)
+    args.update(kwargs)
+    with pytest.raises((ValueError, TypeError), match=match):
+        ImpulseAttention(**args)
+
+
+def test_module_rejects_wrong_token_count():
+    layer = ImpulseAttention(32, num_heads=2, dim_head=16, grid_size=4, kernel_size=3)
+    with pytest.raises(ValueError, match="N=16"):
+        layer(torch.randn(2, 15, 32))
+
+
+def test_attention_bad_inputs():
+    q, k, v = _qkv(1, 2, 5, 8)
+    with pytest.raises(ValueError, match="q and k"):
+        attention(q, k[:, :, :4], v, 0.1)
+    with pytest.raises(ValueError, match="dtype"):
+        attention(q, k.double(), v, 0.1)
+    with pytest.raises(ValueError, match="backend"):
+        attention(q, k, v, 0.1, "flash")
+
+
+def test_triton_request_without_kernel_says_why():
+    q, k, v = _qkv(1, 1, 5, 8)
+    from impulse_attn.backends import triton_unavailable_reason
+    if triton_unavailable_reason(q, k, v) is None:
+        pytest.skip("the Triton kernel can run here")
+    with pytest.raises(RuntimeError, match="triton"):
+        attention(q, k, v, 0.1, "triton")

@@ -1,0 +1,71 @@
+import math
+
+import pytest
+import torch
+
+from impulse_attn import ImpulseAttention, SimpleViT, ViTAttention
+from impulse_attn.init import mimetic_qk, random_qk
+
+
+def test_mimetic_full_rank_reproduces_published_matrix():
+    d = 64
+    q, k = mimetic_qk(3, d, d, torch.Generator().manual_seed(0))
+    w = (q.double() @ k.double().transpose(1, 2))
+    diag = torch.diagonal(w, dim1=1, dim2=2)
+    off = w - torch.diag_embed(diag)
+    # W = 0.7·sqrt(1/D)·U(−1, 1) + 0.7·I: the diagonal is 0.7 plus noise, off-diagonal noise has std
+    # 0.7·sqrt(1/D)/sqrt(3) (the std of U(−1, 1) is 1/sqrt(3)).
+    noise_std = 0.7 * math.sqrt(1 / d) / math.sqrt(3)
+    assert float(diag.mean()) == pytest.approx(0.7, abs=4 * noise_std / math.sqrt(3 * d))
+    n_off = 3 * d * (d - 1)
+    assert float(off.sum() / n_off) == pytest.approx(0.0, abs=4 * noise_std / math.sqrt(n_off))
+    std = float(off.pow(2).sum().div(n_off).sqrt())
+    assert std == pytest.approx(noise_std, rel=0.05)
+
+
+def test_mimetic_low_rank_is_best_rank_r_approximation():
+    d, r = 32, 8
+    g = torch.Generator().manual_seed(1)
+    q, k = mimetic_qk(1, d, r, g)
+    # redraw the same W to compare against its truncated SVD
+    g = torch.Generator().manual_seed(1)
+    noise = 2 * torch.rand(1, d, d, generator=g, dtype=torch.float64) - 1
+    w = 0.7 * math.sqrt(1 / d) * noise + 0.7 * torch.eye(d, dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(w)
+    best = (u[..., :r] * s[..., None, :r]) @ vh[..., :r, :]
+    torch.testing.assert_close(q.double() @ k.double().transpose(1, 2), best, rtol=1e-5, atol=1e-5)
+
+
+def test_random_bounds():
+    q, k = random_qk(2, 100, 8, torch.Generator().manual_seed(0))
+    assert q.abs().max() <= 0.1 and k.abs().max() <= 0.1
+    assert q.abs().max() > 0.09
+
+
+def test_init_writes_projection_weights():
+    layer = ImpulseAttention(32, num_heads=2, dim_head=8, grid_size=4, kernel_size=3, init="impulse")
+    res = layer.fit_results[0]
+    w = layer.to_qk.weight
+    # head h's query for token x is x @ Q_h: rows h·r..(h+1)·r of the projection are Q_hᵀ
+    torch.testing.assert_close(w[8:16].T, res.q[1])
+    torch.testing.assert_close(w[16 + 8:32].T, res.k[1])
+
+
+def test_default_init_untouched_and_strategies_differ():
+    torch.manual_seed(0)
+    a = ViTAttention(32, num_heads=2, dim_head=8, grid_size=4, init="default").to_qk.weight.clone()
+    torch.manual_seed(0)
+    b = ViTAttention(32, num_heads=2, dim_head=8, grid_size=4, init="default").to_qk.weight.clone()
+    assert torch.equal(a, b)
+    torch.manual_seed(0)
+    c = ViTAttention(32, num_heads=2, dim_head=8, grid_size=4, init="mimetic").to_qk.weight
+    assert not torch.equal(a, c)
+
+
+def test_model_fits_layers_once_with_fresh_offsets():
+    m = SimpleViT(image_size=16, patch_size=2, num_classes=3, dim=64, depth=3, heads=4, dim_head=16, mlp_dim=32,
+                  kernel_size=5, seed=0)
+    assert len(m.fit_results) == 1 and m.fit_results[0].q.shape == (3, 4, 64, 16)
+    offs = [layer.impulse_offsets for layer in m.attention_layers()]
+    assert not all(torch.equal(offs[0], o) for o in offs[1:])
+    assert m.fit_results[0].report.argmax_hit == 1.0

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from impulse_attn import ConvMixer, SimpleViT
+from impulse_attn.models import FILTER_INITS
+
+
+@pytest.mark.parametrize("attention,mode", [("impulse", "I"), ("impulse", "II"), ("impulse", "III"),
+                                            ("plain", "I")])
+@pytest.mark.parametrize("init", ["impulse", "mimetic", "random", "default"])
+def test_simple_vit_forward_backward(attention, mode, init):
+    m = SimpleViT(image_size=(8, 12), patch_size=2, num_classes=5, dim=32, depth=2, heads=2, dim_head=16,
+                  mlp_dim=48, attention=attention, mode=mode, init=init, kernel_size=3)
+    out = m(torch.randn(3, 3, 8, 12))
+    assert out.shape == (3, 5)
+    out.sum().backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_simple_vit_attention_maps_shape():
+    m = SimpleViT(image_size=8, patch_size=2, num_classes=2, dim=32, depth=2, heads=2, dim_head=16, mlp_dim=32)
+    maps = m.attention_maps(torch.randn(1, 3, 8, 8))
+    assert len(maps) == 2 and maps[0].shape[-2:] == (16, 16)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(maps[0].shape[:-1]))
+
+
+def test_simple_vit_bad_args():
+    with pytest.raises(ValueError, match="patch_size"):
+        SimpleViT(image_size=30, patch_size=4)
+    with pytest.raises(ValueError, match="attention"):
+        SimpleViT(image_size=8, patch_size=2, dim=32, attention="linear")
+    m = SimpleViT(image_size=8, patch_size=2, num_classes=2, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32)
+    with pytest.raises(ValueError, match="img"):
+        m(torch.randn(1, 3, 16, 16))
+
+
+@pytest.mark.parametrize("filters", FILTER_INITS)
+def test_convmixer_banks_and_freeze(filters):
+    freeze = filters != "learned"
+    m = ConvMixer(image_size=8, patch_size=2, num_classes=4, dim=16, depth=2, kernel_size=3, filters=filters,
+                  freeze=freeze)
+    out = m(torch.randn(2, 3, 8, 8))
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    for dw in m.spatial:
+        assert (dw.weight.grad is None) == freeze
+
+
+def test_convmixer_impulse_filters_are_one_hot():
+    m = ConvMixer(dim=16, depth=1, kernel_size=5, filters="impulse", freeze=True)
+    w = m.spatial[0].weight[:, 0]
+    assert torch.equal(w.flatten(1).sum(1), torch.ones(16)) and torch.equal(w.flatten(1).max(1).values,
+                                                                            torch.ones(16))
+
+
+def test_convmixer_bad_args():
+    with pytest.raises(ValueError, match="freeze"):
+        ConvMixer(filters="learned", freeze=True)
+    with pytest.raises(ValueError, match="filters"):
+        ConvMixer(filters="sobel")
