@@ -69,3 +69,11 @@ def test_model_fits_layers_once_with_fresh_offsets():
     offs = [layer.impulse_offsets for layer in m.attention_layers()]
     assert not all(torch.equal(offs[0], o) for o in offs[1:])
     assert m.fit_results[0].report.argmax_hit == 1.0
+
+
+def test_iterative_init_uses_auto_scale_at_small_width():
+    layer = ImpulseAttention(64, num_heads=4, dim_head=16, grid_size=8, kernel_size=3, mode="II",
+                             fit_method="iterative", fit_kwargs=dict(steps=300, lr=1e-3))
+    assert layer.scale == pytest.approx(0.1 * 512 * 16 * 4 / 64 ** 2)
+    assert layer.fit_results[0].report.argmax_hit == 1.0
+    assert layer.fit_results[0].scale == layer.scale

@@ -8,12 +8,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._validate import choice, grid_pair, odd_kernel_size, positive_float, positive_int
+from ..fitting.api import resolve_scale
 from ..init import INIT_STRATEGIES, initialize_qk_
 from ..targets import sincos_2d
 from .functional import ATTENTION_BACKENDS, attention, attention_probs
 
 MODES = ("I", "II", "III")
 FIT_METHODS = ("closed_form", "iterative")
+
+
+def _default_scale(scale: Optional[float], init: str, fit_method: str, qk_shape: tuple) -> float:
+    """Softmax scale of a layer: the fit's scale for impulse init, dim_head^-0.5 otherwise.
+
+    Closed-form fits put the sharpness into Q, K, so the published 0.1 serves every width. The iterative recipe
+    keeps the init's logit budget, which shrinks like D²/(r·heads): "auto" scales 0.1 (exact at the paper's
+    size) so the recipe still learns at small widths.
+    """
+    if scale is not None:
+        return positive_float(scale, "scale")
+    heads, dim_in, rank = qk_shape
+    if init != "impulse":
+        return rank ** -0.5
+    return resolve_scale("auto", dim_in, rank, heads) if fit_method == "iterative" else 0.1
 
 
 class _QKLayer(nn.Module):
@@ -67,7 +83,8 @@ class ImpulseAttention(_QKLayer):
     P is the fixed 2D sin-cos encoding; the residual stream carries no positional encoding in these modes.
 
     init: "impulse" (fitted to random k×k impulse maps), "mimetic", "random" or "default" (PyTorch's).
-    scale: softmax scale; default 0.1 for impulse init (the fit's scale), dim_head^-0.5 otherwise.
+    scale: softmax scale; default 0.1 for impulse init (the fit's scale; "auto"-scaled for the iterative fit at
+    widths other than the paper's, see ``fitting.api.resolve_scale``), dim_head^-0.5 otherwise.
     fit_method: "closed_form" (instant, default) or "iterative" (the published Adam recipe); fit_kwargs go to
     ``fit_impulse`` (e.g. steps, backend, target_mass). The fit for mode I is made on (1 − α)·P, the positional
     part of the input the layer really sees.
@@ -101,8 +118,7 @@ class ImpulseAttention(_QKLayer):
         if dim % 4 != 0:
             raise ValueError(f"dim must be a multiple of 4 (2D sin-cos encoding), got {dim}")
         self.init = init
-        self.scale = float(scale) if scale is not None else (0.1 if init == "impulse" else dim_head ** -0.5)
-        positive_float(self.scale, "scale")
+        self.scale = _default_scale(scale, init, fit_method, self.qk_shape())
         inner = self.heads * self.dim_head
         n = self.grid_size[0] * self.grid_size[1]
         self.norm = nn.LayerNorm(dim) if prenorm else nn.Identity()
@@ -198,8 +214,7 @@ class ViTAttention(_QKLayer):
         odd_kernel_size(kernel_size)
         self.backend = choice(backend, "backend", ATTENTION_BACKENDS)
         self.init = init
-        self.scale = float(scale) if scale is not None else (0.1 if init == "impulse" else dim_head ** -0.5)
-        positive_float(self.scale, "scale")
+        self.scale = _default_scale(scale, init, fit_method, self.qk_shape())
         inner = self.heads * self.dim_head
         self.norm = nn.LayerNorm(dim) if prenorm else nn.Identity()
         self.to_qk = nn.Linear(dim, 2 * inner, bias=False)
