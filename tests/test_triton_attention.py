@@ -1,0 +1,304 @@
+"""The Triton attention kernel against an explicit float64 softmax(q kᵀ·scale) v, forward and all three gradients.
+
+Without a GPU the kernels run in the Triton interpreter (numpy) on CPU tensors; with one, on CUDA tensors. Every
+output buffer the kernels write starts as NaN (``_poison_outputs``), so an element they skip fails the comparison.
+
+Tolerances (inputs and upstream gradients ~ N(0, 1), so outputs and gradients are O(1)):
+- float64: 1e-10 absolute. Measured errors are ~1e-15 (reordered sums); any algorithmic slip (a dropped or doubly
+  counted key, a wrong row of L, a mixed-up scale) moves values by ≥ 1e-4.
+- float32, float16: the flash-attention convention. Let err(x) = max |x − truth| with truth in float64. The kernel
+  must satisfy err(kernel) ≤ 2·err(plain PyTorch at the same dtype) + atol, atol = 2e-6 (float32) / 1e-3
+  (float16): a few ulps at magnitude 1, for elements where PyTorch is exact by structure but a blocked kernel is
+  not (with N = 1 the true dQ is exactly 0: PyTorch cancels p·(g − Σpg) exactly, the kernel cancels a dot
+  against a sum, ~1e-6). The interpreter's float32 dots are IEEE (no TF32).
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # before triton defines any kernel (tests/conftest.py does the same)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+ta = pytest.importorskip("impulse_attn.kernels.triton_attention")
+
+if not ta._INTERPRETER and not torch.cuda.is_available():
+    pytest.fail("the Triton kernels were defined without TRITON_INTERPRET=1 on a machine without a GPU: some module "
+                "imported them before this one could set it (tests/conftest.py must set it first)",
+                pytrace=False)
+
+DEVICE = "cpu" if ta._INTERPRETER else "cuda"
+ATOL = {torch.float32: 2e-6, torch.float16: 1e-3}
+needs_fp64 = pytest.mark.skipif(not ta._INTERPRETER, reason="float64 runs only in the Triton interpreter")
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    monkeypatch.setattr(ta, "_poison_outputs", True)
+    monkeypatch.delenv(ta.CONFIG_ENV, raising=False)
+
+
+def explicit(q, k, v, scale):
+    return torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1) @ v
+
+
+def draw(b, h, n, d, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, h, n, d, generator=g, dtype=dtype).to(DEVICE) for _ in range(4)]  # q, k, v, dO
+
+
+def out_and_grads(fn, q, k, v, scale, grad_out):
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v, scale)
+    return (out, *torch.autograd.grad(out, (q, k, v), grad_out))
+
+
+NAMES = ("out", "dq", "dk", "dv")
+
+
+def assert_close_to_truth(got, truth, plain, dtype):
+    """float64: within 1e-10. Lower precision: at most 2× PyTorch's own error at that dtype, plus atol."""
+    for name, g, t, p in zip(NAMES, got, truth, plain):
+        assert g.dtype == dtype and g.shape == t.shape, name
+        assert torch.isfinite(g).all(), f"{name}: unwritten (NaN) or non-finite elements"
+        err = (g.double() - t).abs().max().item()
+        if dtype == torch.float64:
+            assert err <= 1e-10, f"{name}: max error {err:.3e} > 1e-10"
+        else:
+            bound = 2 * (p.double() - t).abs().max().item() + ATOL[dtype]
+            assert err <= bound, f"{name}: max error {err:.3e} > {bound:.3e} (2× PyTorch's {dtype} error + atol)"
+
+
+def check(b, h, n, d, scale, dtype, seed=0):
+    q, k, v, go = draw(b, h, n, d, seed)
+    truth = out_and_grads(explicit, q, k, v, scale, go)
+    low = [t.to(dtype) for t in (q, k, v, go)]
+    got = out_and_grads(ta.flash_attention, *low[:3], scale, low[3])
+    plain = out_and_grads(explicit, *low[:3], scale, low[3])
+    assert_close_to_truth(got, truth, plain, dtype)
+
+
+# Every N of the issue, every head dim, batch·heads 1 and > 1, both scales; not the whole cross product, to keep
+# the interpreter under a minute. (batch, heads, N, head_dim, scale); None = head_dim^-0.5.
+CASES = [(1, 1, 1, 16, 0.1), (2, 3, 1, 32, None), (2, 3, 7, 16, 0.1), (1, 1, 7, 64, None), (1, 1, 64, 32, 0.1),
+         (2, 2, 64, 16, None), (2, 3, 65, 16, 0.1), (1, 2, 65, 64, None), (1, 1, 197, 32, None),
+         (2, 1, 197, 16, 0.1), (1, 1, 257, 64, 0.1), (1, 2, 257, 16, None)]
+
+
+def _id(c):
+    b, h, n, d, s = c
+    return f"B{b}H{h}N{n}d{d}-" + ("s0.1" if s else "sInvSqrtD")
+
+
+@pytest.mark.parametrize("dtype", [pytest.param(torch.float64, marks=needs_fp64, id="fp64"),
+                                   pytest.param(torch.float32, id="fp32")])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_forward_and_grads_match_reference(case, dtype):
+    b, h, n, d, scale = case
+    check(b, h, n, d, scale if scale is not None else d ** -0.5, dtype, seed=n * 100 + d)
+
+
+@pytest.mark.parametrize("case", [(2, 3, 7, 16, 0.1), (1, 2, 65, 64, None), (2, 1, 197, 16, 0.1)], ids=_id)
+def test_float16_within_twice_pytorch_error(case):
+    b, h, n, d, scale = case
+    check(b, h, n, d, scale if scale is not None else d ** -0.5, torch.float16, seed=n)
+
+
+@needs_fp64
+@pytest.mark.parametrize("block_m,block_n", [(16, 32), (32, 16), (64, 64)])
+def test_block_shapes_do_not_change_results(block_m, block_n):
+    # BLOCK_M ≠ BLOCK_N catches a grid or loop that uses one block size for the other; N = 197 leaves a tail
+    # in every block size (197 = 12·16 + 5 = 6·32 + 5 = 3·64 + 5), and 64 > N/3 gives a single full + tail loop.
+    with ta.pinned_config(block_m, block_n, num_warps=1, num_stages=1):
+        check(2, 1, 197, 24, 0.3, torch.float64, seed=block_m + block_n)
+
+
+@needs_fp64
+@settings(max_examples=12, deadline=None)
+@given(b=st.integers(1, 2), h=st.integers(1, 2), n=st.integers(1, 70), d=st.integers(1, 80),
+       scale=st.floats(-1.5, 1.5, allow_nan=False), block_m=st.sampled_from([16, 32]),
+       block_n=st.sampled_from([16, 32]), seed=st.integers(0, 2 ** 16))
+def test_random_shapes_match_reference(b, h, n, d, scale, block_m, block_n, seed):
+    # Head dims that are not powers of two (and below 16) are padded inside the kernel; negative and zero scales
+    # are valid softmax temperatures.
+    with ta.pinned_config(block_m, block_n, num_warps=1, num_stages=1):
+        check(b, h, n, d, scale, torch.float64, seed=seed)
+
+
+def test_large_logits_are_stable():
+    # Logits of a few hundred: a softmax without the running maximum would overflow exp in float32.
+    q, k, v, go = draw(1, 2, 33, 16, seed=5)
+    q = q * 8.0
+    truth = out_and_grads(explicit, q, k, v, 2.0, go)
+    low = [t.float() for t in (q, k, v, go)]
+    got = out_and_grads(ta.flash_attention, *low[:3], 2.0, low[3])
+    assert ((q @ k.transpose(-1, -2)) * 2.0).abs().max() > 200
+    for name, g, t in zip(NAMES, got, truth):
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g.double(), t, rtol=1e-4, atol=1e-4 * t.abs().max().item(), msg=name)
+
+
+# numpy reports the overflow in the padded lanes that the kernels then mask or never store
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2", "ignore:invalid value encountered in matmul")
+def test_rows_with_only_very_negative_logits():
+    # Every logit near −96: exp(−L) overflows float32 for any padded key column a backward pass forgets to mask
+    # (its k is zero, so its logit is 0, not −96), and ∞·0 turns dQ into NaN.
+    g = torch.Generator().manual_seed(4)
+    q = (6.0 + 0.05 * torch.randn(1, 2, 20, 16, generator=g, dtype=torch.float64)).to(DEVICE)
+    k = (1.0 + 0.05 * torch.randn(1, 2, 20, 16, generator=g, dtype=torch.float64)).to(DEVICE)
+    v, go = (torch.randn(1, 2, 20, 16, generator=g, dtype=torch.float64).to(DEVICE) for _ in range(2))
+    truth = out_and_grads(explicit, q, k, v, -1.0, go)
+    low = [t.float() for t in (q, k, v, go)]
+    assert torch.logsumexp(-(q @ k.transpose(-1, -2)), -1).max() < -88
+    got = out_and_grads(ta.flash_attention, *low[:3], -1.0, low[3])
+    plain = out_and_grads(explicit, *low[:3], -1.0, low[3])
+    assert_close_to_truth(got, truth, plain, torch.float32)
+
+
+def test_log_sum_exp_is_saved():
+    q, k, v, _ = draw(2, 2, 19, 16, seed=1)
+    out, lse = ta.flash_attention_with_lse(q.float(), k.float(), v.float(), 0.25)
+    expect = torch.logsumexp((q @ k.transpose(-1, -2)) * 0.25, dim=-1)
+    assert lse.dtype == torch.float32 and lse.shape == (2, 2, 19)
+    torch.testing.assert_close(lse.double(), expect, rtol=0, atol=1e-5)
+    assert not lse.requires_grad
+
+
+def test_non_contiguous_inputs_and_grad_are_read_by_stride():
+    b, h, n, d = 2, 3, 21, 16
+    g = torch.Generator().manual_seed(7)
+    # (B, N, H, d) seen as (B, H, N, d), as a ViT's reshape-then-transpose produces; v with a non-unit last stride
+    q = torch.randn(b, n, h, d, generator=g, dtype=torch.float64).to(DEVICE).transpose(1, 2)
+    k = torch.randn(b, n, h, d, generator=g, dtype=torch.float64).to(DEVICE).transpose(1, 2)
+    v = torch.randn(b, h, d, n, generator=g, dtype=torch.float64).to(DEVICE).transpose(-1, -2)
+    go = torch.randn(b, n, h, d, generator=g, dtype=torch.float64).to(DEVICE).transpose(1, 2)
+    assert not (q.is_contiguous() or k.is_contiguous() or v.is_contiguous() or go.is_contiguous())
+    assert v.stride(-1) != 1
+    dtype = torch.float64 if ta._INTERPRETER else torch.float32
+    low = [t.to(dtype) if dtype != torch.float64 else t for t in (q, k, v, go)]
+    got = out_and_grads(ta.flash_attention, *low[:3], 0.2, low[3])
+    truth = out_and_grads(explicit, q, k, v, 0.2, go)
+    plain = out_and_grads(explicit, *low[:3], 0.2, low[3])
+    assert_close_to_truth(got, truth, plain, dtype)
+
+
+def test_expanded_upstream_gradient():
+    # out.sum() hands backward a stride-0 gradient.
+    q, k, v, _ = draw(1, 2, 9, 16, seed=3)
+    q, k, v = (t.float().requires_grad_() for t in (q, k, v))
+    grads = torch.autograd.grad(ta.flash_attention(q, k, v, 0.5).sum(), (q, k, v))
+    expect = torch.autograd.grad(explicit(q, k, v, 0.5).sum(), (q, k, v))
+    for a, e in zip(grads, expect):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_empty_batch_and_empty_sequence():
+    for shape in [(0, 2, 5, 16), (1, 2, 0, 16)]:
+        q = torch.randn(shape, device=DEVICE, requires_grad=True)
+        out = ta.flash_attention(q, q, q, 0.1)
+        assert out.shape == shape
+        (gq,) = torch.autograd.grad(out.sum(), q)
+        assert gq.shape == shape
+
+
+def test_opcheck_forward_and_backward_ops():
+    dtype = torch.float64 if ta._INTERPRETER else torch.float32
+    q, k, v, go = (t.to(dtype) for t in draw(2, 2, 9, 16, seed=11))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    torch.library.opcheck(torch.ops.impulse_attn.flash_attention_fwd.default, (q, k, v, 0.1))
+    out, lse = torch.ops.impulse_attn.flash_attention_fwd(q.detach(), k.detach(), v.detach(), 0.1)
+    torch.library.opcheck(torch.ops.impulse_attn.flash_attention_bwd.default,
+                          (go, q.detach(), k.detach(), v.detach(), out, lse, 0.1))
+
+
+def test_torch_compile_matches_eager():
+    q, k, v, go = (t.float() for t in draw(1, 2, 23, 16, seed=2))
+    eager = out_and_grads(ta.flash_attention, q, k, v, 0.1, go)
+    # aot_eager runs the autograd tracing torch.compile does, without a C++/GPU code generator.
+    compiled = out_and_grads(torch.compile(ta.flash_attention, backend="aot_eager", fullgraph=True),
+                             q, k, v, 0.1, go)
+    for name, a, e in zip(NAMES, compiled, eager):
+        torch.testing.assert_close(a, e, rtol=0, atol=0, msg=name)
+
+
+# --------------------------------------------------------------------------------------------------- bad input
+
+
+def _qkv(shape=(1, 2, 5, 16), dtype=torch.float32, device=DEVICE):
+    return [torch.randn(shape, dtype=dtype, device=device) for _ in range(3)]
+
+
+@pytest.mark.parametrize("make,words", [
+    (lambda q, k, v: (q, k[:, :, :4], v), ["k", "shape"]),
+    (lambda q, k, v: (q, k, v[..., :8]), ["v", "shape"]),
+    (lambda q, k, v: (q, k.double(), v), ["k", "dtype"]),
+    (lambda q, k, v: (q, k, v.to("meta")), ["v", "device"]),
+    (lambda q, k, v: (q[0], k[0], v[0]), ["q", "(batch, heads, N, head_dim)"]),
+    (lambda q, k, v: (q.int(), k.int(), v.int()), ["dtype", "torch.int32"]),
+    (lambda q, k, v: (q.tolist(), k, v), ["q", "torch.Tensor"]),
+])
+def test_bad_inputs_raise_value_error_naming_the_argument(make, words):
+    q, k, v = make(*_qkv())
+    with pytest.raises(ValueError) as info:
+        ta.flash_attention(q, k, v, 0.1)
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_unsupported_head_dim_and_scale_are_refused():
+    with pytest.raises(ValueError, match="head_dim.*129"):
+        ta.flash_attention(*_qkv((1, 1, 4, 129)), 0.1)
+    for bad in (float("nan"), float("inf"), "0.1", True):
+        with pytest.raises(ValueError, match="scale"):
+            ta.flash_attention(*_qkv(), bad)
+
+
+def test_unavailable_reason():
+    assert ta.unavailable_reason(*_qkv()) is None
+    assert "shape" in ta.unavailable_reason(*_qkv()[:2], _qkv((1, 2, 6, 16))[0])
+    assert "128" in ta.unavailable_reason(*_qkv((1, 1, 3, 160)))
+    if ta._INTERPRETER:
+        why = ta.unavailable_reason(*_qkv(dtype=torch.bfloat16))
+        assert "interpreter" in why and "bfloat16" in why
+        with pytest.raises(RuntimeError, match="bfloat16"):
+            ta.flash_attention(*_qkv(dtype=torch.bfloat16), 0.1)
+    else:
+        assert "CUDA" in ta.unavailable_reason(*_qkv(device="cpu"))
+        assert "float64" in ta.unavailable_reason(*_qkv(dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------------- configs
+
+
+def test_pinned_config_sources(monkeypatch):
+    monkeypatch.setenv(ta.CONFIG_ENV, "BLOCK_M=32, BLOCK_N=16,num_warps=2")
+    assert ta.active_config() == dict(BLOCK_M=32, BLOCK_N=16, num_warps=2, num_stages=2)
+    with ta.pinned_config(block_m=64, block_n=32, num_warps=4, num_stages=3):  # the context manager wins
+        assert ta.active_config() == dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=3)
+    assert ta.active_config()["BLOCK_M"] == 32
+    monkeypatch.delenv(ta.CONFIG_ENV)
+    assert ta.active_config() == (dict(ta._INTERPRETER_CONFIG) if ta._INTERPRETER else None)
+
+
+def test_env_config_is_used_by_the_kernels(monkeypatch):
+    # A pinned 32×16 config and the interpreter's 16×16 give the same float64 result (both launch paths run).
+    q, k, v, _ = draw(1, 1, 37, 16, seed=9)
+    if not ta._INTERPRETER:
+        q, k, v = q.float(), k.float(), v.float()
+    base = ta.flash_attention(q, k, v, 0.1)
+    monkeypatch.setenv(ta.CONFIG_ENV, "BLOCK_M=32,BLOCK_N=16,num_warps=1,num_stages=1")
+    torch.testing.assert_close(ta.flash_attention(q, k, v, 0.1), base, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("text", ["BLOCK_M=24", "BLOCK_M=8", "TILE=64", "BLOCK_M", "num_warps=3"])
+def test_bad_config_is_refused(monkeypatch, text):
+    monkeypatch.setenv(ta.CONFIG_ENV, text)
+    with pytest.raises(ValueError, match=ta.CONFIG_ENV):
+        ta.active_config()
+
+
+def test_poisoned_allocation_is_nan():
+    # The fixture's poison is live: a kernel that skipped elements would leave these NaNs in its outputs.
+    assert torch.isnan(ta._new((3,), torch.empty(0), torch.float32)).all()
