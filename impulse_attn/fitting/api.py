@@ -11,7 +11,9 @@ import torch
 from .._validate import choice, finite_tensor, grid_pair, odd_kernel_size, positive_float, positive_int
 from ..targets import (check_offsets, draw_offsets, impulse_targets, separable_logit_target, sincos_2d,
                        valid_rows)
+from .cache import FitCache, cache_key
 from .closed_form import fit_closed_form
+from .fast import fit_iterative_fast
 from .iterative import RENORM_MODES, fit_iterative_reference, init_qk
 from .report import FitResult, evaluate_fit, warn_if_uniform
 
@@ -33,7 +35,8 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
                 layers: int = 1, offsets=None, scale=0.1, lr: float = 1e-4, renorm_every: int = 100,
                 renorm: str = "code", alpha: float = 0.0, pseudo_input: Optional[torch.Tensor] = None,
                 target_mass: float = 0.3, logit_scale: Optional[float] = None, pinv_rtol: float = 0.03,
-                noise_std: float = 0.0, warn: bool = True, progress: bool = False) -> FitResult:
+                noise_std: float = 0.0, warn: bool = True, progress: bool = False, cache_dir=None,
+                dedup: bool = False, tol: Optional[float] = None, check_every: int = 100) -> FitResult:
     """Fit Q, K so that softmax(scale · X Q Kᵀ Xᵀ) reproduces one random impulse (shift) map per head.
 
     Args:
@@ -58,6 +61,12 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
         target_mass, logit_scale, pinv_rtol, noise_std: closed-form sharpness and conditioning (see
             ``fitting.closed_form``).
         warn: emit a RuntimeWarning when the fit is no better than a uniform map.
+        cache_dir: a directory for a disk cache of fits keyed by every argument that changes the result (see
+            ``fitting.cache``); ``report.extra["cache"]`` says "hit", "miss" or why an entry was refitted.
+        dedup, tol, check_every: a faster iterative fit that is NOT the published recipe (``fitting.fast``,
+            labelled in ``report.extra["algorithm"]``): ``dedup=True`` fits each distinct target once and gives
+            every head with that target the same Q, K; ``tol`` stops a head once its loss improved by less than
+            ``tol`` (relative) over the last ``check_every`` steps. Off by default.
     Returns:
         FitResult with ``q``, ``k`` (heads, D, r) — (layers, heads, D, r) when layers > 1 — ``offsets`` and
         ``report`` (mse, uniform_mse, argmax_hit, target_mass, seconds, ...).
@@ -85,6 +94,14 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
     positive_float(target_mass, "target_mass")
     if target_mass >= 1:
         raise ValueError(f"target_mass must be in (0, 1), got {target_mass}")
+    if not isinstance(dedup, bool):
+        raise TypeError(f"dedup must be a bool, got {type(dedup).__name__} {dedup!r}")
+    if tol is not None:
+        tol = positive_float(tol, "tol")
+    positive_int(check_every, "check_every")
+    if method != "iterative" and (dedup or tol is not None):
+        raise ValueError("dedup and tol apply to method='iterative' only")
+    cache = FitCache(cache_dir) if cache_dir is not None else None
     n = h * w
     if pseudo_input is None:
         x = sincos_2d((h, w), dim, dtype=torch.float32) * (1 - alpha)
@@ -111,8 +128,28 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
     valid = valid_rows(flat, (h, w)).reshape(layers, num_heads, n)
 
     start = time.perf_counter()
-    if method == "closed_form":
-        used = "reference"
+    used = "reference"
+    if method == "iterative":
+        from ..backends import select_fit_backend
+        used = select_fit_backend(backend)
+    key = cache_status = None
+    if cache is not None:
+        import impulse_attn
+        key = cache_key(dict(
+            package=impulse_attn.__version__, torch=torch.__version__, method=method, backend=used,
+            layers=layers, num_heads=num_heads, grid=[h, w], kernel_size=kernel_size, dim=dim, rank=rank,
+            seed=seed, offsets=offs, x=x, scale=scale, steps=steps, lr=lr, renorm_every=renorm_every,
+            renorm=renorm, target_mass=target_mass, logit_scale=logit_scale, pinv_rtol=pinv_rtol,
+            noise_std=noise_std, dedup=dedup, tol=tol, check_every=check_every))
+        shape = (layers, num_heads, dim, rank)
+        entry, cache_status = cache.load(key, {"q": (shape, torch.float32), "k": (shape, torch.float32)})
+        if cache_status.startswith("corrupt"):
+            log.warning("impulse fit cache: entry %s is %s; refitting", cache.path(key), cache_status)
+    if cache is not None and entry is not None:
+        q, k = entry["tensors"]["q"], entry["tensors"]["k"]
+        extra = dict(entry["meta"].get("extra", {}))
+        steps_done = int(entry["meta"].get("steps_done", 0))
+    elif method == "closed_form":
         logits = separable_logit_target(flat, (h, w)).reshape(layers, num_heads, n, n)
         q, k, beta = fit_closed_form(x, logits, targets, valid, rank, scale=scale, target_mass=target_mass,
                                      logit_scale=logit_scale, pinv_rtol=pinv_rtol, noise_std=noise_std,
@@ -120,17 +157,24 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
         extra = {"logit_scale": beta, "pinv_rtol": pinv_rtol}
         steps_done = 0
     else:
-        from ..backends import select_fit_backend
-        used = select_fit_backend(backend)
         q0, k0 = init_qk(layers, num_heads, dim, rank, gen)
         kwargs = dict(steps=steps, lr=lr, scale=scale, renorm_every=renorm_every, renorm=renorm, q0=q0, k0=k0)
-        if used == "reference":
+        extra = {"renorm": renorm, "lr": lr}
+        steps_done = steps
+        if dedup or tol is not None:
+            q, k, info = fit_iterative_fast(x, targets, rank, dedup=dedup, tol=tol, check_every=check_every,
+                                            backend=used, **kwargs)
+            extra.update(info.as_dict())
+            steps_done = int(info.steps_run.max())
+        elif used == "reference":
             q, k = fit_iterative_reference(x, targets, rank, progress=progress, **kwargs)
         else:
             from ..kernels import fit_ext
             q, k = fit_ext.fit_iterative(x, targets, rank, device="cuda" if used == "cuda" else "cpu", **kwargs)
-        extra = {"renorm": renorm, "lr": lr}
-        steps_done = steps
+    if cache is not None:
+        if entry is None:
+            cache.store(key, {"q": q.float(), "k": k.float()}, {"extra": extra, "steps_done": steps_done})
+        extra = {**extra, "cache": cache_status}
     seconds = time.perf_counter() - start
     report = evaluate_fit(x, q, k, scale, targets, valid, seconds, method, used, steps_done,
                           content_alpha=alpha if alpha > 0 else 0.0, seed=seed)

@@ -1,0 +1,369 @@
+// The fused fit's CUDA kernel, in a header so that two programs compile it: fit_cuda.cu (nvcc, for the GPU) and
+// the tests' thread-level emulation (tests/cuda_emu/, g++, one std::thread per CUDA thread), which runs this exact
+// code on the CPU and compares it with the CPU twin. Only the few primitives below differ between the two.
+//
+// A head is served by a cluster of `cl` blocks (8 on sm_90 when it fits, 1 elsewhere). Block `rank` owns
+// rows [rank·ds, (rank+1)·ds) of the head's Q, K and Adam moments, in its shared memory for the whole run
+// (global memory when they do not fit), and rows [rank·ns, (rank+1)·ns) of the N×N map. Per step:
+//   renorm (every renorm_every steps): column sums of squares, summed over the cluster, then rescale
+//   partial B·Q, B·K over the block's rows              -> cluster sum (distributed shared memory)
+//   core = s·BQ·BKᵀ (k×k) and U = A·core for the block's map rows
+//   per warp and map row: logits = U_i·Aᵀ, softmax, MSE and softmax backward (fit_math.h), W_i = G_i·A
+//   partial C = A_rowsᵀ·W_rows                          -> cluster sum
+//   dBQ = C·BK, dBK = Cᵀ·BQ; for the block's rows dQ = Bᵀ·dBQ, dK = Bᵀ·dBK, then Adam in place
+// Every block sums the cluster's partials in the same rank order, so all blocks hold bitwise equal full
+// values and compute the small k×k and k×r products redundantly instead of broadcasting them.
+// The arithmetic per entry is fit_math.h's, shared with the CPU twin; accumulation is fp32.
+#pragma once
+
+#include "fit_cuda.h"
+#include "fit_math.h"
+
+#if !defined(IMPULSE_FIT_EMULATE)
+#include <cooperative_groups.h>
+#define FK_KERNEL __global__ void __launch_bounds__(256)
+#define FK_DEVICE __device__ __forceinline__
+#define FK_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#define FK_STATIC_SHARED(type, name) __shared__ type name
+#endif
+// (The emulation defines the same macros and the cluster primitives before including this file.)
+
+namespace impulse_fit {
+namespace cuda {
+namespace {
+
+#if !defined(IMPULSE_FIT_EMULATE)
+// Cluster primitives; a one-block "cluster" (cl == 1, and every launch before sm_90) needs none of them.
+FK_DEVICE void cluster_sync(int cl) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cl > 1) {
+    cooperative_groups::this_cluster().sync();
+    return;
+  }
+#endif
+  (void)cl;
+  __syncthreads();
+}
+
+FK_DEVICE const float* peer(const float* local, int rank, int cl) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cl > 1) return cooperative_groups::this_cluster().map_shared_rank(const_cast<float*>(local), rank);
+#endif
+  (void)rank;
+  (void)cl;
+  return local;
+}
+
+FK_DEVICE int cluster_rank(int cl) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (cl > 1) return static_cast<int>(cooperative_groups::this_cluster().block_rank());
+#endif
+  (void)cl;
+  return 0;
+}
+#endif
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+static_assert(kThreads == 256, "FK_KERNEL declares __launch_bounds__(256)");
+
+// Offsets (in floats) of the block's arrays in dynamic shared memory.
+struct Layout {
+  int state;     // 6 × (ds, r): q, k, mq, vq, mk, vk (only when state_in_smem)
+  int bs;        // (k, ds): B's columns of the block's rows
+  int bqp, bkp;  // (k, r) partial B·Q, B·K (read by the cluster)
+  int bq, bk;    // (k, r) full
+  int core;      // (k, k) s·BQ·BKᵀ
+  int u, w;      // (ns, k) U and W rows of the block's map rows
+  int cp, c;     // (k, k) partial and full Aᵀ·G·A
+  int dbq, dbk;  // (k, r)
+  int colp;      // (2r) partial column sums of squares (read by the cluster)
+  int colf;      // (2r) renormalization factors
+  int rowbuf;    // (kWarps, n) one map row per warp
+  int lossp;     // (kWarps + 1) per-warp losses, then the block's (read by the cluster)
+  int total;
+};
+
+__host__ __device__ inline int take(int& offset, int count) {
+  const int at = offset;
+  offset += (count + 3) / 4 * 4;  // 16-byte aligned arrays
+  return at;
+}
+
+__host__ __device__ inline Layout make_layout(int n, int d, int r, int k, int cl, bool state_in_smem) {
+  const int ds = (d + cl - 1) / cl, ns = (n + cl - 1) / cl;
+  Layout l;
+  int o = 0;
+  l.state = take(o, state_in_smem ? 6 * ds * r : 0);
+  l.bs = take(o, k * ds);
+  l.bqp = take(o, k * r);
+  l.bkp = take(o, k * r);
+  l.bq = take(o, k * r);
+  l.bk = take(o, k * r);
+  l.core = take(o, k * k);
+  l.u = take(o, ns * k);
+  l.w = take(o, ns * k);
+  l.cp = take(o, k * k);
+  l.c = take(o, k * k);
+  l.dbq = take(o, k * r);
+  l.dbk = take(o, k * r);
+  l.colp = take(o, 2 * r);
+  l.colf = take(o, 2 * r);
+  l.rowbuf = take(o, kWarps * n);
+  l.lossp = take(o, kWarps + 1);
+  l.total = o;
+  return l;
+}
+
+struct Params {
+  FitArgs args;
+  Layout lay;
+  int cl;
+  bool state_in_smem;
+};
+
+FK_DEVICE float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+FK_DEVICE float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// dst[i] = Σ_rank src@rank[i], summed in rank order by every block (bitwise equal results).
+FK_DEVICE void cluster_reduce(const float* src, float* dst, int count, int cl) {
+  for (int i = threadIdx.x; i < count; i += blockDim.x) dst[i] = 0.f;
+  for (int rk = 0; rk < cl; ++rk) {
+    const float* p = peer(src, rk, cl);
+    for (int i = threadIdx.x; i < count; i += blockDim.x) dst[i] += p[i];
+  }
+}
+
+FK_KERNEL fit_kernel(const Params prm) {
+  FK_DYNAMIC_SHARED(float4, smem_f4);
+  float* sm = reinterpret_cast<float*>(smem_f4);
+  FK_STATIC_SHARED(AdamStep<float>, adam_step);
+  const FitArgs& a = prm.args;
+  const Layout& lay = prm.lay;
+  const int cl = prm.cl;
+  const int rank = cluster_rank(cl);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int head = blockIdx.y;
+  const int layer = head / a.heads;
+  const int n = a.n, d = a.d, r = a.r, k = a.k;
+  const int ds = (d + cl - 1) / cl, ns = (n + cl - 1) / cl;
+  const int d0 = min(d, rank * ds), dl = min(d, d0 + ds) - d0;
+  const int n0 = min(n, rank * ns), nl = min(n, n0 + ns) - n0;
+  const size_t slice = static_cast<size_t>(head) * d * r + static_cast<size_t>(d0) * r;
+  const bool grad_mode = a.grad_q != nullptr && a.grad_k != nullptr;
+
+  float *q, *kk, *mq, *vq, *mk, *vk;
+  if (prm.state_in_smem) {
+    float* st = sm + lay.state;
+    const int sz = ds * r;
+    q = st; kk = st + sz; mq = st + 2 * sz; vq = st + 3 * sz; mk = st + 4 * sz; vk = st + 5 * sz;
+    for (int i = tid; i < dl * r; i += kThreads) {
+      q[i] = a.q[slice + i]; kk[i] = a.kk[slice + i];
+      mq[i] = a.mq[slice + i]; vq[i] = a.vq[slice + i];
+      mk[i] = a.mk[slice + i]; vk[i] = a.vk[slice + i];
+    }
+  } else {
+    q = a.q + slice; kk = a.kk + slice; mq = a.mq + slice; vq = a.vq + slice; mk = a.mk + slice;
+    vk = a.vk + slice;
+  }
+  float* bs = sm + lay.bs;
+  for (int i = tid; i < k * dl; i += kThreads) bs[i] = a.b[static_cast<size_t>(i / dl) * d + d0 + i % dl];
+  float* bqp = sm + lay.bqp; float* bkp = sm + lay.bkp;
+  float* bq = sm + lay.bq; float* bk = sm + lay.bk;
+  float* core = sm + lay.core; float* u = sm + lay.u; float* w = sm + lay.w;
+  float* cp = sm + lay.cp; float* cfull = sm + lay.c;
+  float* dbq = sm + lay.dbq; float* dbk = sm + lay.dbk;
+  float* colp = sm + lay.colp; float* colf = sm + lay.colf;
+  float* row = sm + lay.rowbuf + warp * n;
+  float* lossp = sm + lay.lossp;
+  const float* A = a.a;
+  const float* AT = a.at;
+  const float* T = a.targets + static_cast<size_t>(head) * n * n;
+  const float norm0 = a.norm0[layer];
+  const float scale = a.scale;
+  const float coef = static_cast<float>(2.0 / (static_cast<double>(a.loss_heads) * n * n));
+  if (tid < kWarps + 1) lossp[tid] = 0.f;
+  __syncthreads();
+
+  for (long long s = 0; s < a.steps; ++s) {
+    const long long step = a.step0 + s;
+    if (tid == 0 && !grad_mode) adam_step = adam_step_coefficients<float>(a.adam, step + 1);
+
+    if (!grad_mode && a.renorm_mode != kRenormNone && a.renorm_every > 0 && step % a.renorm_every == 0) {
+      const bool k_columns = a.renorm_mode == kRenormColumns;
+      for (int j = tid; j < 2 * r; j += kThreads) {
+        const bool is_k = j >= r;
+        float ss = 0.f;
+        if (!is_k || k_columns) {
+          const float* m = is_k ? kk : q;
+          const int c = is_k ? j - r : j;
+          for (int i = 0; i < dl; ++i) ss += m[i * r + c] * m[i * r + c];
+        }
+        colp[j] = ss;
+      }
+      cluster_sync(cl);
+      cluster_reduce(colp, colf, 2 * r, cl);
+      __syncthreads();
+      for (int j = tid; j < 2 * r; j += kThreads) colf[j] = renorm_factor(colf[j], norm0);
+      __syncthreads();
+      for (int i = tid; i < dl * r; i += kThreads) {
+        q[i] *= colf[i % r];
+        if (k_columns) kk[i] *= colf[r + i % r];
+      }
+      if (!k_columns) {  // the public code's K rows (norm over r): local to the block
+        for (int i = warp; i < dl; i += kWarps) {
+          float ss = 0.f;
+          for (int c = lane; c < r; c += 32) ss += kk[i * r + c] * kk[i * r + c];
+          const float f = renorm_factor(warp_sum(ss), norm0);
+          for (int c = lane; c < r; c += 32) kk[i * r + c] *= f;
+        }
+      }
+      __syncthreads();
+    }
+
+    // Partial B·Q and B·K over the block's rows.
+    for (int idx = tid; idx < k * r; idx += kThreads) {
+      const int c = idx / r, j = idx % r;
+      float sq = 0.f, sk = 0.f;
+      for (int i = 0; i < dl; ++i) {
+        const float bv = bs[c * dl + i];
+        sq += bv * q[i * r + j];
+        sk += bv * kk[i * r + j];
+      }
+      bqp[idx] = sq;
+      bkp[idx] = sk;
+    }
+    cluster_sync(cl);
+    cluster_reduce(bqp, bq, k * r, cl);
+    cluster_reduce(bkp, bk, k * r, cl);
+    __syncthreads();
+
+    for (int idx = tid; idx < k * k; idx += kThreads) {
+      const int x = idx / k, y = idx % k;
+      float acc = 0.f;
+      for (int j = 0; j < r; ++j) acc += bq[x * r + j] * bk[y * r + j];
+      core[idx] = scale * acc;
+    }
+    __syncthreads();
+    for (int idx = tid; idx < nl * k; idx += kThreads) {
+      const int i = idx / k, c = idx % k;
+      const float* ai = A + static_cast<size_t>(n0 + i) * k;
+      float acc = 0.f;
+      for (int e = 0; e < k; ++e) acc += ai[e] * core[e * k + c];
+      u[idx] = acc;
+    }
+    __syncthreads();
+
+    // One warp per map row: logits, softmax, loss, backward, W row. Nothing N×N leaves the warp.
+    float warp_loss = 0.f;
+    for (int il = warp; il < nl; il += kWarps) {
+      const float* ui = u + il * k;
+      const float* ti = T + static_cast<size_t>(n0 + il) * n;
+      float mx = -INFINITY;
+      for (int j = lane; j < n; j += 32) {
+        float acc = 0.f;
+        for (int c = 0; c < k; ++c) acc += ui[c] * AT[static_cast<size_t>(c) * n + j];
+        row[j] = acc;
+        mx = fmaxf(mx, acc);
+      }
+      mx = warp_max(mx);
+      float s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f;
+      for (int j = lane; j < n; j += 32) {
+        const float e = fm_exp(row[j] - mx);
+        row[j] = e;
+        s1 += e;
+        s2 += e * e;
+        s3 += ti[j] * e;
+        s4 += ti[j] * ti[j];
+      }
+      const RowStats<float> st = row_stats(warp_sum(s1), warp_sum(s2), warp_sum(s3), warp_sum(s4), coef);
+      warp_loss += st.loss;
+      for (int j = lane; j < n; j += 32) {
+        const float p = row[j] * st.inv_sum;
+        row[j] = softmax_backward(p, mse_grad(p, ti[j], coef), st.dot, scale);
+      }
+      __syncwarp();
+      for (int c = lane; c < k; c += 32) {
+        float acc = 0.f;
+        for (int j = 0; j < n; ++j) acc += row[j] * A[static_cast<size_t>(j) * k + c];
+        w[il * k + c] = acc;
+      }
+      __syncwarp();
+    }
+    if (lane == 0) lossp[warp] = warp_loss;
+    __syncthreads();
+
+    for (int idx = tid; idx < k * k; idx += kThreads) {
+      const int x = idx / k, y = idx % k;
+      float acc = 0.f;
+      for (int i = 0; i < nl; ++i) acc += A[static_cast<size_t>(n0 + i) * k + x] * w[i * k + y];
+      cp[idx] = acc;
+    }
+    cluster_sync(cl);
+    cluster_reduce(cp, cfull, k * k, cl);
+    __syncthreads();
+
+    for (int idx = tid; idx < k * r; idx += kThreads) {
+      const int c = idx / r, j = idx % r;
+      float gq = 0.f, gk = 0.f;
+      for (int e = 0; e < k; ++e) {
+        gq += cfull[c * k + e] * bk[e * r + j];
+        gk += cfull[e * k + c] * bq[e * r + j];
+      }
+      dbq[idx] = gq;
+      dbk[idx] = gk;
+    }
+    __syncthreads();
+
+    for (int idx = tid; idx < dl * r; idx += kThreads) {
+      const int i = idx / r, j = idx % r;
+      float gq = 0.f, gk = 0.f;
+      for (int c = 0; c < k; ++c) {
+        const float bv = bs[c * dl + i];
+        gq += bv * dbq[c * r + j];
+        gk += bv * dbk[c * r + j];
+      }
+      if (grad_mode) {
+        a.grad_q[slice + idx] = gq;
+        a.grad_k[slice + idx] = gk;
+      } else {
+        adam_update(q[idx], mq[idx], vq[idx], gq, adam_step);
+        adam_update(kk[idx], mk[idx], vk[idx], gk, adam_step);
+      }
+    }
+    __syncthreads();
+  }
+
+  if (tid == 0) {
+    float total = 0.f;
+    for (int i = 0; i < kWarps; ++i) total += lossp[i];
+    lossp[kWarps] = total;
+  }
+  cluster_sync(cl);
+  if (rank == 0 && tid == 0) {
+    float total = 0.f;
+    for (int rk = 0; rk < cl; ++rk) total += peer(lossp, rk, cl)[kWarps];
+    a.loss[head] = a.steps > 0 ? total / (static_cast<float>(n) * n) : 0.f;
+  }
+  if (prm.state_in_smem && !grad_mode) {
+    for (int i = tid; i < dl * r; i += kThreads) {
+      a.q[slice + i] = q[i]; a.kk[slice + i] = kk[i];
+      a.mq[slice + i] = mq[i]; a.vq[slice + i] = vq[i];
+      a.mk[slice + i] = mk[i]; a.vk[slice + i] = vk[i];
+    }
+  }
+  cluster_sync(cl);  // no block leaves while a peer may still read its shared memory
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace impulse_fit

@@ -1,0 +1,349 @@
+// impulse_attn._C: the fused impulse fit registered with the PyTorch dispatcher.
+//
+//   impulse_attn::fit_iterative  runs `steps` Adam steps of the published recipe for every head, from a given
+//                                state (Q, K, moments), returns the new state and each head's loss
+//   impulse_attn::fit_gradients  one forward/backward: d loss / d Q, K and the loss (parity tests)
+//
+// Both take the pseudo-input in factored form X = A·B (A: N×k, B: k×D; impulse_attn/kernels/fit_ext.py builds
+// it from an SVD). CPU kernels (float32, float64) run heads in parallel with at::parallel_for; the CUDA kernel
+// (float32) is compiled in when the extension is built with nvcc (WITH_CUDA). Fake (meta) implementations are
+// registered from Python (fit_ext.py) with torch.library.register_fake.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdint>
+#include <string>
+#include <tuple>
+
+#include "fit_cpu.h"
+#include "fit_math.h"
+
+#if defined(WITH_CUDA)
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "fit_cuda.h"
+#endif
+
+namespace impulse_fit {
+namespace {
+
+using at::Tensor;
+
+constexpr int64_t kMaxDim = 1 << 16;  // keeps every index product of the kernels inside 64-bit, and int per head
+
+void check_tensor(const Tensor& t, const char* name, int64_t dim, const Tensor& like) {
+  TORCH_CHECK(t.dim() == dim, name, " must have ", dim, " dimensions, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ", like.scalar_type(), " (like q), got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), name, " must be on ", like.device(), " (like q), got ", t.device());
+  TORCH_CHECK(t.is_contiguous(), name, " must be contiguous");
+}
+
+struct Shape {
+  int64_t layers, heads, n, d, r, k;
+};
+
+Shape check_problem(const Tensor& a, const Tensor& b, const Tensor& targets, const Tensor& q, const Tensor& k) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kDouble,
+              "q must be float32 or float64, got ", q.scalar_type());
+  check_tensor(q, "q", 4, q);
+  check_tensor(k, "k", 4, q);
+  check_tensor(a, "a", 2, q);
+  check_tensor(b, "b", 2, q);
+  check_tensor(targets, "targets", 4, q);
+  Shape s{q.size(0), q.size(1), a.size(0), q.size(2), q.size(3), a.size(1)};
+  TORCH_CHECK(k.sizes() == q.sizes(), "k must have the shape of q ", q.sizes(), ", got ", k.sizes());
+  TORCH_CHECK(b.size(0) == s.k && b.size(1) == s.d, "b must have shape (k, D) = (", s.k, ", ", s.d, "), got ",
+              b.sizes());
+  TORCH_CHECK(targets.size(0) == s.layers && targets.size(1) == s.heads && targets.size(2) == s.n &&
+                  targets.size(3) == s.n,
+              "targets must have shape (layers, heads, N, N) = (", s.layers, ", ", s.heads, ", ", s.n, ", ", s.n,
+              "), got ", targets.sizes());
+  TORCH_CHECK(s.n >= 1 && s.d >= 1 && s.r >= 1 && s.k >= 1, "every size must be >= 1: N=", s.n, " D=", s.d,
+              " r=", s.r, " k=", s.k);
+  TORCH_CHECK(s.n <= kMaxDim && s.d <= kMaxDim && s.r <= kMaxDim && s.k <= kMaxDim,
+              "sizes above ", kMaxDim, " are not supported: N=", s.n, " D=", s.d, " r=", s.r, " k=", s.k);
+  return s;
+}
+
+void check_moment(const Tensor& t, const char* name, const Tensor& q) {
+  check_tensor(t, name, 4, q);
+  TORCH_CHECK(t.sizes() == q.sizes(), name, " must have the shape of q ", q.sizes(), ", got ", t.sizes());
+}
+
+void check_hyper(int64_t step0, int64_t steps, double lr, double scale, int64_t renorm_every, int64_t renorm_mode,
+                 double beta1, double beta2, double eps) {
+  TORCH_CHECK(step0 >= 0, "step0 must be >= 0, got ", step0);
+  TORCH_CHECK(steps >= 0, "steps must be >= 0, got ", steps);
+  TORCH_CHECK(std::isfinite(lr) && lr > 0, "lr must be a finite number > 0, got ", lr);
+  TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale must be a finite number > 0, got ", scale);
+  TORCH_CHECK(renorm_every >= 0, "renorm_every must be >= 0, got ", renorm_every);
+  TORCH_CHECK(renorm_mode >= kRenormCode && renorm_mode <= kRenormNone,
+              "renorm_mode must be 0 (code), 1 (columns) or 2 (none), got ", renorm_mode);
+  TORCH_CHECK(beta1 >= 0 && beta1 < 1, "beta1 must be in [0, 1), got ", beta1);
+  TORCH_CHECK(beta2 >= 0 && beta2 < 1, "beta2 must be in [0, 1), got ", beta2);
+  TORCH_CHECK(std::isfinite(eps) && eps > 0, "eps must be a finite number > 0, got ", eps);
+}
+
+int64_t resolve_loss_heads(int64_t loss_heads, int64_t heads) {
+  TORCH_CHECK(loss_heads >= 0, "loss_heads must be >= 0 (0: the number of heads), got ", loss_heads);
+  return loss_heads == 0 ? heads : loss_heads;
+}
+
+using FitOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+FitOut fit_iterative_cpu(const Tensor& a, const Tensor& b, const Tensor& targets, const Tensor& q, const Tensor& k,
+                         const Tensor& mq, const Tensor& vq, const Tensor& mk, const Tensor& vk, const Tensor& norm0,
+                         int64_t step0, int64_t steps, double lr, double scale, int64_t renorm_every,
+                         int64_t renorm_mode, double beta1, double beta2, double eps, int64_t loss_heads) {
+  const Shape s = check_problem(a, b, targets, q, k);
+  check_moment(mq, "exp_avg_q", q);
+  check_moment(vq, "exp_avg_sq_q", q);
+  check_moment(mk, "exp_avg_k", q);
+  check_moment(vk, "exp_avg_sq_k", q);
+  check_tensor(norm0, "norm0", 1, q);
+  TORCH_CHECK(norm0.size(0) == s.layers, "norm0 must have shape (layers,) = (", s.layers, ",), got ", norm0.sizes());
+  check_hyper(step0, steps, lr, scale, renorm_every, renorm_mode, beta1, beta2, eps);
+  const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
+
+  Tensor q_out = q.clone(), k_out = k.clone(), mq_out = mq.clone(), vq_out = vq.clone(), mk_out = mk.clone(),
+         vk_out = vk.clone();
+  Tensor loss = at::zeros({s.layers, s.heads}, q.options());
+  const int64_t total = s.layers * s.heads;
+  const int64_t dr = s.d * s.r, nn = s.n * s.n;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "impulse_attn::fit_iterative", [&] {
+    const scalar_t* pa = a.const_data_ptr<scalar_t>();
+    const scalar_t* pb = b.const_data_ptr<scalar_t>();
+    const scalar_t* pt = targets.const_data_ptr<scalar_t>();
+    const scalar_t* pn = norm0.const_data_ptr<scalar_t>();
+    scalar_t* pq = q_out.mutable_data_ptr<scalar_t>();
+    scalar_t* pk = k_out.mutable_data_ptr<scalar_t>();
+    scalar_t* pmq = mq_out.mutable_data_ptr<scalar_t>();
+    scalar_t* pvq = vq_out.mutable_data_ptr<scalar_t>();
+    scalar_t* pmk = mk_out.mutable_data_ptr<scalar_t>();
+    scalar_t* pvk = vk_out.mutable_data_ptr<scalar_t>();
+    scalar_t* pl = loss.mutable_data_ptr<scalar_t>();
+    // One head per task: heads never synchronize, and each keeps its working set in its core's cache.
+    at::parallel_for(0, total, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t h = begin; h < end; ++h) {
+        cpu::HeadProblem<scalar_t> pr;
+        pr.n = static_cast<int>(s.n);
+        pr.d = static_cast<int>(s.d);
+        pr.r = static_cast<int>(s.r);
+        pr.k = static_cast<int>(s.k);
+        pr.heads = static_cast<int>(lh);
+        pr.a = pa;
+        pr.b = pb;
+        pr.target = pt + h * nn;
+        pr.q = pq + h * dr;
+        pr.kk = pk + h * dr;
+        pr.mq = pmq + h * dr;
+        pr.vq = pvq + h * dr;
+        pr.mk = pmk + h * dr;
+        pr.vk = pvk + h * dr;
+        pr.norm0 = pn[h / s.heads];
+        pr.scale = static_cast<scalar_t>(scale);
+        pr.step0 = step0;
+        pr.steps = steps;
+        pr.renorm_every = static_cast<int>(renorm_every);
+        pr.renorm_mode = static_cast<int>(renorm_mode);
+        pr.adam = AdamHyper{lr, beta1, beta2, eps};
+        pr.loss = pl + h;
+        cpu::fit_head(pr);
+      }
+    });
+  });
+  return {q_out, k_out, mq_out, vq_out, mk_out, vk_out, loss};
+}
+
+std::tuple<Tensor, Tensor, Tensor> fit_gradients_cpu(const Tensor& a, const Tensor& b, const Tensor& targets,
+                                                     const Tensor& q, const Tensor& k, double scale,
+                                                     int64_t loss_heads) {
+  const Shape s = check_problem(a, b, targets, q, k);
+  TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale must be a finite number > 0, got ", scale);
+  const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
+  Tensor dq = at::empty_like(q), dk = at::empty_like(k);
+  Tensor loss = at::zeros({s.layers, s.heads}, q.options());
+  const int64_t total = s.layers * s.heads;
+  const int64_t dr = s.d * s.r, nn = s.n * s.n;
+  AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "impulse_attn::fit_gradients", [&] {
+    const scalar_t* pa = a.const_data_ptr<scalar_t>();
+    const scalar_t* pb = b.const_data_ptr<scalar_t>();
+    const scalar_t* pt = targets.const_data_ptr<scalar_t>();
+    const scalar_t* pq = q.const_data_ptr<scalar_t>();
+    const scalar_t* pk = k.const_data_ptr<scalar_t>();
+    scalar_t* pdq = dq.mutable_data_ptr<scalar_t>();
+    scalar_t* pdk = dk.mutable_data_ptr<scalar_t>();
+    scalar_t* pl = loss.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, total, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t h = begin; h < end; ++h) {
+        cpu::HeadProblem<scalar_t> pr;
+        pr.n = static_cast<int>(s.n);
+        pr.d = static_cast<int>(s.d);
+        pr.r = static_cast<int>(s.r);
+        pr.k = static_cast<int>(s.k);
+        pr.heads = static_cast<int>(lh);
+        pr.a = pa;
+        pr.b = pb;
+        pr.target = pt + h * nn;
+        // head_gradients only reads q and kk.
+        pr.q = const_cast<scalar_t*>(pq + h * dr);
+        pr.kk = const_cast<scalar_t*>(pk + h * dr);
+        pr.scale = static_cast<scalar_t>(scale);
+        pr.loss = pl + h;
+        cpu::fit_head_gradients(pr, pdq + h * dr, pdk + h * dr);
+      }
+    });
+  });
+  return {dq, dk, loss};
+}
+
+#if defined(WITH_CUDA)
+cuda::FitArgs cuda_args(const Tensor& a, const Tensor& at_, const Tensor& b, const Tensor& targets, const Shape& s,
+                        double scale, int64_t loss_heads) {
+  cuda::FitArgs args;
+  args.layers = static_cast<int>(s.layers);
+  args.heads = static_cast<int>(s.heads);
+  args.loss_heads = static_cast<int>(loss_heads);
+  args.n = static_cast<int>(s.n);
+  args.d = static_cast<int>(s.d);
+  args.r = static_cast<int>(s.r);
+  args.k = static_cast<int>(s.k);
+  args.a = a.const_data_ptr<float>();
+  args.at = at_.const_data_ptr<float>();
+  args.b = b.const_data_ptr<float>();
+  args.targets = targets.const_data_ptr<float>();
+  args.scale = static_cast<float>(scale);
+  return args;
+}
+
+void check_cuda_problem(const Tensor& q) {
+  TORCH_CHECK(q.is_cuda(), "q must be a CUDA tensor for the CUDA kernel");
+  TORCH_CHECK(q.scalar_type() == at::kFloat, "the CUDA fit runs in float32; q has dtype ", q.scalar_type());
+}
+
+FitOut fit_iterative_cuda(const Tensor& a, const Tensor& b, const Tensor& targets, const Tensor& q,
+                          const Tensor& k, const Tensor& mq, const Tensor& vq, const Tensor& mk, const Tensor& vk,
+                          const Tensor& norm0, int64_t step0, int64_t steps, double lr, double scale,
+                          int64_t renorm_every, int64_t renorm_mode, double beta1, double beta2, double eps,
+                          int64_t loss_heads) {
+  check_cuda_problem(q);
+  const Shape s = check_problem(a, b, targets, q, k);
+  check_moment(mq, "exp_avg_q", q);
+  check_moment(vq, "exp_avg_sq_q", q);
+  check_moment(mk, "exp_avg_k", q);
+  check_moment(vk, "exp_avg_sq_k", q);
+  check_tensor(norm0, "norm0", 1, q);
+  TORCH_CHECK(norm0.size(0) == s.layers, "norm0 must have shape (layers,) = (", s.layers, ",), got ", norm0.sizes());
+  check_hyper(step0, steps, lr, scale, renorm_every, renorm_mode, beta1, beta2, eps);
+  const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
+  const c10::cuda::CUDAGuard guard(q.device());
+  Tensor q_out = q.clone(), k_out = k.clone(), mq_out = mq.clone(), vq_out = vq.clone(), mk_out = mk.clone(),
+         vk_out = vk.clone();
+  Tensor loss = at::zeros({s.layers, s.heads}, q.options());
+  const Tensor at_ = a.t().contiguous();
+  cuda::FitArgs args = cuda_args(a, at_, b, targets, s, scale, lh);
+  args.norm0 = norm0.const_data_ptr<float>();
+  args.q = q_out.mutable_data_ptr<float>();
+  args.kk = k_out.mutable_data_ptr<float>();
+  args.mq = mq_out.mutable_data_ptr<float>();
+  args.vq = vq_out.mutable_data_ptr<float>();
+  args.mk = mk_out.mutable_data_ptr<float>();
+  args.vk = vk_out.mutable_data_ptr<float>();
+  args.loss = loss.mutable_data_ptr<float>();
+  args.step0 = step0;
+  args.steps = steps;
+  args.renorm_every = static_cast<int>(renorm_every);
+  args.renorm_mode = static_cast<int>(renorm_mode);
+  args.adam = AdamHyper{lr, beta1, beta2, eps};
+  const std::string err = cuda::launch_fit(args, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err.empty(), err);
+  return {q_out, k_out, mq_out, vq_out, mk_out, vk_out, loss};
+}
+
+std::tuple<Tensor, Tensor, Tensor> fit_gradients_cuda(const Tensor& a, const Tensor& b, const Tensor& targets,
+                                                      const Tensor& q, const Tensor& k, double scale,
+                                                      int64_t loss_heads) {
+  check_cuda_problem(q);
+  const Shape s = check_problem(a, b, targets, q, k);
+  TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale must be a finite number > 0, got ", scale);
+  const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
+  const c10::cuda::CUDAGuard guard(q.device());
+  // Gradient mode reads the state and writes only the gradients and the loss; the scratch copies keep the
+  // inputs untouched.
+  Tensor q_work = q.clone(), k_work = k.clone(), zeros = at::zeros_like(q);
+  Tensor dq = at::empty_like(q), dk = at::empty_like(k);
+  Tensor loss = at::zeros({s.layers, s.heads}, q.options());
+  Tensor norm0 = at::ones({s.layers}, q.options());
+  const Tensor at_ = a.t().contiguous();
+  cuda::FitArgs args = cuda_args(a, at_, b, targets, s, scale, lh);
+  args.norm0 = norm0.const_data_ptr<float>();
+  args.q = q_work.mutable_data_ptr<float>();
+  args.kk = k_work.mutable_data_ptr<float>();
+  args.mq = args.vq = args.mk = args.vk = zeros.mutable_data_ptr<float>();
+  args.loss = loss.mutable_data_ptr<float>();
+  args.grad_q = dq.mutable_data_ptr<float>();
+  args.grad_k = dk.mutable_data_ptr<float>();
+  args.steps = 1;
+  const std::string err = cuda::launch_fit(args, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err.empty(), err);
+  return {dq, dk, loss};
+}
+#endif
+
+}  // namespace
+}  // namespace impulse_fit
+
+TORCH_LIBRARY(impulse_attn, m) {
+  m.def(
+      "fit_iterative(Tensor a, Tensor b, Tensor targets, Tensor q, Tensor k, Tensor exp_avg_q, "
+      "Tensor exp_avg_sq_q, Tensor exp_avg_k, Tensor exp_avg_sq_k, Tensor norm0, int step0, int steps, float lr, "
+      "float scale, int renorm_every, int renorm_mode, float beta1=0.9, float beta2=0.999, float eps=1e-08, "
+      "int loss_heads=0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "fit_gradients(Tensor a, Tensor b, Tensor targets, Tensor q, Tensor k, float scale, int loss_heads=0) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(impulse_attn, CPU, m) {
+  m.impl("fit_iterative", &impulse_fit::fit_iterative_cpu);
+  m.impl("fit_gradients", &impulse_fit::fit_gradients_cpu);
+}
+
+#if defined(WITH_CUDA)
+TORCH_LIBRARY_IMPL(impulse_attn, CUDA, m) {
+  m.impl("fit_iterative", &impulse_fit::fit_iterative_cuda);
+  m.impl("fit_gradients", &impulse_fit::fit_gradients_cuda);
+}
+#endif
+
+// A plain Python module: importing impulse_attn._C loads this library, which registers the ops above.
+namespace {
+
+PyObject* has_cuda(PyObject*, PyObject*) {
+#if defined(WITH_CUDA)
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(impulse_fit::cpu::instruction_set()); }
+
+PyMethodDef methods[] = {
+    {"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled into this build."},
+    {"cpu_isa", cpu_isa, METH_NOARGS,
+     "The instruction set the CPU kernels use on this machine (avx512, avx2 or base; IMPULSE_ATTN_CPU_ISA lowers "
+     "it)."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "Compiled impulse fit (ops under torch.ops.impulse_attn).",
+                          -1, methods};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module_def); }

@@ -1,0 +1,361 @@
+"""The ``impulse-attn`` command: ``train``, ``compare``, ``fit`` and ``demo``.
+
+Every flag shows its default in ``--help``; the training defaults are the published protocol (METHOD.md §5),
+with model-size flags so the same command runs on a CPU. Mistakes a user can fix end with one line on stderr
+and exit status 2, never a traceback, and never replace files of an earlier run.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from .training.errors import TrainingDiverged, UserError
+
+PROG = "impulse-attn"
+DEMO_DEFAULT_OUT = "runs/demo"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag on one line (no usage block) with exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Appends "(default: X)" to every flag's help, unless the help already says what the default means."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return v
+
+
+def _seeds(text: str) -> List[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+
+
+def _scale(text: str):
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
+
+
+# --- the training flags, shared by train and compare ----------------------------------------------------------
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    from .training.config import TrainConfig
+    d = TrainConfig()
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset, help="cifar10, cifar100, svhn (torchvision, downloaded into "
+                   "--data-dir on first use), folder (--data-dir with train/ and test/ or val/ class folders) or "
+                   "synthetic (built in, no download)")
+    g.add_argument("--data-dir", default=d.data_dir, help="where the dataset lives or is downloaded to")
+    g.add_argument("--per-class", type=_positive_int, default=d.per_class,
+                   help="train on a fixed subset of N images per class (default: all)")
+    g.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the --per-class subset and of the "
+                   "synthetic images")
+    g.add_argument("--augment", action="store_true", help="the paper's augmentation: RandomResizedCrop, "
+                   "horizontal flip, RandAugment(2, 14)")
+    g.add_argument("--crop-scale", type=float, default=d.crop_scale, help="smallest area kept by "
+                   "RandomResizedCrop with --augment")
+    g.add_argument("--image-size", type=_positive_int, default=d.image_size,
+                   help="resize images to this side (default: the dataset's own size)")
+    g.add_argument("--synthetic-train", type=_positive_int, default=d.synthetic_train,
+                   help="training images of --dataset synthetic")
+    g.add_argument("--synthetic-test", type=_positive_int, default=d.synthetic_test,
+                   help="test images of --dataset synthetic")
+    g.add_argument("--synthetic-classes", type=_positive_int, default=d.synthetic_classes,
+                   help="classes (shapes) of --dataset synthetic, 1 to 10")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=d.model, choices=("vit", "convmixer"), help="Simple ViT or ConvMixer")
+    g.add_argument("--patch-size", type=_positive_int, default=d.patch_size, help="patch side in pixels")
+    g.add_argument("--grid", type=_positive_int, default=d.grid, help="expected token grid side (image size / "
+                   "patch size), checked before training; the paper always uses 16")
+    g.add_argument("--dim", type=_positive_int, default=d.dim, help="model width (default: 512 for vit, 256 for "
+                   "convmixer)")
+    g.add_argument("--depth", type=_positive_int, default=d.depth, help="blocks (default: 6 for vit, 8 for "
+                   "convmixer)")
+    g.add_argument("--heads", type=_positive_int, default=d.heads, help="attention heads (vit)")
+    g.add_argument("--dim-head", type=_positive_int, default=d.dim_head, help="width per head (vit)")
+    g.add_argument("--mlp-dim", type=_positive_int, default=d.mlp_dim, help="MLP hidden width (vit)")
+    g.add_argument("--attention", default=d.attention, choices=("impulse", "plain"), help="impulse: "
+                   "ImpulseAttention (positional encoding mixed into queries/keys); plain: standard ViT attention "
+                   "with the encoding added to the tokens")
+    g.add_argument("--mode", default=d.mode, choices=("I", "II", "III"), help="ImpulseAttention query/key input: "
+                   "I α·LN(x)+(1−α)·P, II P only, III free maps")
+    g.add_argument("--alpha", type=float, default=d.alpha, help="content weight α of mode I")
+    g.add_argument("--init", default=d.init, choices=("impulse", "mimetic", "random", "default"),
+                   help="query/key init (vit)")
+    g.add_argument("--kernel-size", type=_positive_int, default=d.kernel_size, help="impulse window k (vit) or "
+                   "depthwise filter size (convmixer) (default: 5 for vit, 3 for convmixer)")
+    g.add_argument("--scale", type=float, default=d.scale, help="softmax scale of the attention (default: 0.1 "
+                   "for impulse init with the closed-form fit, the published logit budget with the iterative fit, "
+                   "dim_head^-0.5 otherwise)")
+    g.add_argument("--fit-method", default=d.fit_method, choices=("closed_form", "iterative"),
+                   help="impulse fit: closed form (instant) or the published iterative Adam recipe")
+    g.add_argument("--fit-steps", type=_positive_int, default=d.fit_steps, help="steps of the iterative fit")
+    g.add_argument("--target-mass", type=float, default=d.target_mass, help="closed-form fit sharpness: mean "
+                   "attention mass on the target token (the iterative recipe reaches about 0.3)")
+    g.add_argument("--attention-backend", default=d.attention_backend, choices=("auto", "reference", "sdpa",
+                   "triton"), help="attention implementation (auto: triton on CUDA when it can run, else sdpa)")
+    g.add_argument("--filters", default=d.filters, choices=("learned", "random", "softmax", "impulse", "box",
+                   "gaussian"), help="ConvMixer depthwise filters: learned from PyTorch's init, or a filter bank")
+    g.add_argument("--freeze", action="store_true", help="keep the ConvMixer filter bank fixed")
+    g.add_argument("--box-n", type=_positive_int, default=d.box_n, help="ones per box filter (default: k², the "
+                   "averaging box)")
+
+    g = p.add_argument_group("optimization")
+    g.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs")
+    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training batch size")
+    g.add_argument("--eval-batch-size", type=_positive_int, default=d.eval_batch_size,
+                   help="evaluation batch size (default: --batch-size)")
+    g.add_argument("--optimizer", default=d.optimizer, choices=("adam", "adamw"), help="optimizer")
+    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="weight decay")
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warmup before the cosine "
+                   "schedule")
+    g.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine")
+    g.add_argument("--clip-grad", type=float, default=d.clip_grad, help="gradient norm clipping (0: off)")
+    g.add_argument("--amp", default=d.amp, choices=("auto", "on", "off"), help="mixed precision (auto: on with "
+                   "CUDA, off on the CPU)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of the model init and the data order")
+
+    g = p.add_argument_group("runtime")
+    g.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="where to train")
+    g.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config_from_args(args, **overrides):
+    from .training.config import TrainConfig
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values["progress"] = not args.no_progress
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+# --- subcommands ----------------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .training.loop import train
+    cfg = _config_from_args(args, out=args.out, resume=args.resume)
+    result = train(cfg)
+    print(f"final test accuracy {100 * result.final_acc:.2f}% (best {100 * result.best_acc:.2f}%); metrics in "
+          f"{Path(cfg.out) / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .training.compare import parse_variant, run_compare
+    specs = args.variants or args.inits.split(",")
+    variants = [parse_variant(s) for s in specs]
+    base = _config_from_args(args)
+    t0 = time.perf_counter()
+    res = run_compare(base, variants, args.seeds, args.out, reach=args.reach, title=args.title)
+    print()
+    print(res.table)
+    print(f"\ntable: {res.table_path}\ncurves: {res.curves_path}\n({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _fit_picture(fit, grid, dim, alpha, path, title=""):
+    from .fitting import attention_maps
+    from .plots import plot_fit
+    from .targets import impulse_targets, sincos_2d
+    q = fit.q if fit.q.dim() == 3 else fit.q[0]
+    k = fit.k if fit.k.dim() == 3 else fit.k[0]
+    offsets = fit.offsets if fit.offsets.dim() == 2 else fit.offsets[0]
+    x = sincos_2d(grid, dim) * (1 - alpha)
+    maps = attention_maps(x, q, k, fit.scale)
+    return plot_fit(maps, impulse_targets(offsets, grid), offsets, grid, path, title=title)
+
+
+def cmd_fit(args) -> int:
+    from .fitting import fit_impulse
+    from .training.metrics import write_json
+    if args.dim % 4:
+        raise UserError(f"--dim must be a multiple of 4 for the 2D sin-cos encoding, got {args.dim}",
+                        f"use {args.dim - args.dim % 4 or 4}")
+    if not 0 <= args.alpha < 1:
+        raise UserError(f"--alpha must be in [0, 1), got {args.alpha}", "the paper sweeps 0 to 0.5")
+    if args.kernel_size % 2 == 0:
+        raise UserError(f"--kernel-size must be odd, got {args.kernel_size}", "use 3 or 5")
+    if args.kernel_size > 2 * args.grid - 1:
+        raise UserError(f"--kernel-size {args.kernel_size} is wider than the {args.grid}x{args.grid} grid allows",
+                        f"use --kernel-size {2 * args.grid - 1} or less, or a larger --grid")
+    if not 0 < args.target_mass < 1:
+        raise UserError(f"--target-mass must be in (0, 1), got {args.target_mass}", "use e.g. 0.3")
+    kwargs = dict(method=args.method, seed=args.seed, layers=args.layers, scale=args.scale, alpha=args.alpha,
+                  backend=args.backend, progress=not args.no_progress)
+    if args.method == "iterative":
+        kwargs["steps"] = args.steps
+    else:
+        kwargs["target_mass"] = args.target_mass
+    try:
+        fit = fit_impulse(args.heads, (args.grid, args.grid), args.kernel_size, args.dim, args.dim_head, **kwargs)
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise UserError(f"fit settings rejected: {e}", "change the flag it names (see impulse-attn fit --help)"
+                        ) from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    png = _fit_picture(fit, (args.grid, args.grid), args.dim, args.alpha, out / "fit.png",
+                       title=f"{args.method} fit, {args.heads} heads, {args.grid}x{args.grid} grid, "
+                             f"k={args.kernel_size}, D={args.dim}, r={args.dim_head}, scale {fit.scale:g}")
+    write_json(out / "report.json", {"settings": {k: v for k, v in vars(args).items() if k != "func"},
+                                     "scale": fit.scale, "offsets": fit.offsets.tolist(),
+                                     "report": fit.report.as_dict()})
+    print(f"impulse fit: {fit.report}")
+    print(f"report: {out / 'report.json'}\nmaps vs targets: {png}")
+    return 0
+
+
+# The demo: sized to finish in a few minutes on a 2-core CPU (measured: see docs/RESULTS.md).
+DEMO_SETTINGS = dict(dataset="synthetic", synthetic_train=2000, synthetic_test=500, model="vit", patch_size=2,
+                     dim=64, depth=2, heads=8, dim_head=16, mlp_dim=128, epochs=6, batch_size=64, lr=1e-3,
+                     warmup_epochs=0.0, fit_method="closed_form")
+# The reference row: the convolutional prior itself, at the same width, data and budget.
+DEMO_REFERENCE = "ConvMixer, frozen impulse filters:model=convmixer,depth=4,kernel_size=3,filters=impulse,freeze=1"
+
+
+def cmd_demo(args) -> int:
+    from .training.compare import parse_variant, run_compare
+    from .training.config import TrainConfig
+    from .training.factory import build_model
+    settings = dict(DEMO_SETTINGS, progress=not args.no_progress)
+    if args.epochs is not None:
+        settings["epochs"] = args.epochs
+    base = TrainConfig(**settings)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    print(f"impulse-attn demo: random vs mimetic vs impulse query/key init of a small ViT (16x16 token grid) on "
+          f"the built-in dataset (10 classes of small shapes at random places), {base.epochs} epochs, seeds "
+          f"{args.seeds}; a ConvMixer with frozen impulse filters shows what a convolutional prior is worth on "
+          f"this data. Runs go to {out}/ and are reused when rerun.")
+    variants = [parse_variant(s) for s in ("random", "mimetic", "impulse")] + [parse_variant(DEMO_REFERENCE)]
+    res = run_compare(base, variants, args.seeds, out,
+                      title="demo: query/key init of a small ViT on the built-in shapes")
+    model, init = build_model(dataclasses.replace(base, init="impulse"), 10, 32)
+    layer = model.attention_layers()[0]
+    fit = model.fit_results[0]
+    png = _fit_picture(dataclasses.replace(fit, q=fit.q[0] if fit.q.dim() == 4 else fit.q,
+                                           k=fit.k[0] if fit.k.dim() == 4 else fit.k,
+                                           offsets=fit.offsets[0] if fit.offsets.dim() == 3 else fit.offsets),
+                       layer.grid_size, layer.dim, layer.alpha, out / "fit.png",
+                       title="the impulse init of layer 1: fitted attention of the centre token vs target shifts")
+    print()
+    print(res.table)
+    print(f"\n(accuracy in %, test set of {base.synthetic_test} images; mean ± std when several seeds)")
+    print(f"table:          {res.table_path}")
+    print(f"accuracy curves: {res.curves_path}")
+    print(f"fitted maps:    {png}")
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, formatter_class=_Help, description=(
+        "Impulse (convolutional) initialization of attention for data-efficient vision transformers.\n"
+        "Start with `impulse-attn demo`."))
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,fit,demo}", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("train", help="one training run", formatter_class=_Help,
+                       description="Train one model. Defaults are the published protocol (Simple ViT 512x6, "
+                                   "8 heads, patch 2, Adam 1e-4, cosine, 200 epochs, batch 512); scale it down "
+                                   "with --dim/--depth/--heads/--dim-head/--mlp-dim/--epochs.")
+    _add_training_flags(p)
+    p.add_argument("--out", default="runs/train", help="run folder: metrics.jsonl, checkpoint.pt, run.json")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compare", help="several inits on the same data, seeds and budget", formatter_class=_Help,
+                       description="Train several variants with the same settings and seeds; write a markdown "
+                                   "table and a PNG of the accuracy curves. Runs already in --out are resumed "
+                                   "or reused.")
+    _add_training_flags(p)
+    p.add_argument("--inits", default="random,mimetic,impulse", help="comma-separated inits to compare")
+    p.add_argument("--variants", nargs="+", default=None, help="instead of --inits: variants as overrides of "
+                   "the flags, e.g. 'init=impulse,alpha=0.1' 'frozen box:model=convmixer,filters=box,freeze=1' "
+                   "(a label before ':' names it)")
+    p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds, e.g. 0,1,2")
+    p.add_argument("--reach", type=float, default=None, help="accuracy (0-1) for the 'epochs to reach' column "
+                   "(default: the lowest final accuracy of the variants)")
+    p.add_argument("--title", default="", help="title of the table and the plot")
+    p.add_argument("--out", default="runs/compare", help="folder of the runs, results.md and curves.png")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("fit", help="the impulse fit alone: report and a PNG of maps vs targets",
+                       formatter_class=_Help)
+    p.add_argument("--heads", type=_positive_int, default=8, help="heads (one offset each)")
+    p.add_argument("--grid", type=_positive_int, default=16, help="token grid side")
+    p.add_argument("--kernel-size", type=_positive_int, default=5, help="window k the offsets come from")
+    p.add_argument("--dim", type=_positive_int, default=512, help="model width D")
+    p.add_argument("--dim-head", type=_positive_int, default=64, help="head dim r (rank of Q Kᵀ)")
+    p.add_argument("--method", default="closed_form", choices=("closed_form", "iterative"), help="fit method")
+    p.add_argument("--steps", type=_positive_int, default=10000, help="steps of the iterative fit")
+    p.add_argument("--scale", type=_scale, default=0.1, help="softmax scale s, or 'auto' (the published logit "
+                   "budget at any size)")
+    p.add_argument("--alpha", type=float, default=0.0, help="fit on (1−α)·P, Model I's positional part")
+    p.add_argument("--target-mass", type=float, default=0.3, help="closed-form sharpness (mass on the target)")
+    p.add_argument("--layers", type=_positive_int, default=1, help="independent fits (the picture shows the first)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the offsets and the init")
+    p.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp", "cuda"),
+                   help="iterative fit backend")
+    p.add_argument("--out", default="runs/fit", help="folder for report.json and fit.png")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("demo", help="random vs mimetic vs impulse on the built-in dataset (a few CPU minutes)",
+                       formatter_class=_Help)
+    p.add_argument("--out", default=DEMO_DEFAULT_OUT, help="folder of the runs, the table and the pictures")
+    p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds")
+    p.add_argument("--epochs", type=_positive_int, default=None,
+                   help=f"epochs per run (default: {DEMO_SETTINGS['epochs']})")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"{PROG} {args.command}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted (a run continues with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Several variants (inits, α, filter banks, ...) on the same data, seeds and budget, and their table.
+
+A variant is a set of overrides of the base ``TrainConfig``: ``"impulse"`` is short for ``init=impulse``,
+``"init=impulse,alpha=0.1"`` sets two fields, ``"frozen impulse:filters=impulse,freeze=true"`` gives a label.
+Every run lives in ``OUT/<label>/seed<k>`` and is resumed or reused when it is already there, so an interrupted
+comparison continues where it stopped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .config import TrainConfig
+from .errors import UserError
+from .loop import TrainResult, train
+from .metrics import write_json
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_NOT_VARIED = ("out", "resume", "seed", "progress")
+
+
+@dataclass
+class Variant:
+    label: str
+    overrides: Dict[str, object]
+
+
+def _coerce(name: str, text: str):
+    kind = str(_FIELDS[name].type)
+    if text.lower() in ("none", "null") and "Optional" in kind:
+        return None
+    try:
+        if "bool" in kind:
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if "int" in kind:
+            return int(text)
+        if "float" in kind:
+            return float(text)
+    except ValueError:
+        raise UserError(f"variant value {name}={text!r} is not a valid {kind}", "fix the variant") from None
+    return text
+
+
+def parse_variant(spec: str) -> Variant:
+    """``"impulse"``, ``"init=impulse,alpha=0.1"`` or ``"label:init=impulse,alpha=0.1"``."""
+    spec = spec.strip()
+    label = None
+    if ":" in spec:
+        label, spec = (s.strip() for s in spec.split(":", 1))
+    overrides: Dict[str, object] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if "=" not in part:
+            overrides["init"] = part
+            continue
+        key, value = (s.strip() for s in part.split("=", 1))
+        key = key.replace("-", "_")
+        if key not in _FIELDS or key in _NOT_VARIED:
+            raise UserError(f"variant {spec!r} sets unknown or fixed field {key!r}",
+                            "use train option names such as init, alpha, filters, freeze, patch_size")
+        overrides[key] = _coerce(key, value)
+    if not overrides:
+        raise UserError(f"empty variant {spec!r}", "name an init such as impulse, or key=value overrides")
+    if label is None:
+        label = spec if set(overrides) != {"init"} else str(overrides["init"])
+    return Variant(label, overrides)
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", label).strip("_") or "variant"
+
+
+def mean_std(values: Sequence[float]) -> tuple:
+    values = list(values)
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def epochs_to_reach(history: List[dict], acc: float) -> Optional[int]:
+    return next((r["epoch"] for r in history if r["epoch"] > 0 and r["test_acc"] >= acc), None)
+
+
+def _check_existing(cfg: TrainConfig) -> None:
+    """Refuse up front (not after hours of other runs) a run folder that holds a run with other settings."""
+    info = Path(cfg.out) / "run.json"
+    if not info.is_file():
+        return
+    try:
+        saved = TrainConfig.from_dict(json.loads(info.read_text())["config"])
+    except (ValueError, KeyError, TypeError, UserError):
+        return  # unreadable: train() decides from the checkpoint itself
+    diff = cfg.differences(saved)
+    if diff:
+        listed = "; ".join(f"{k}: there {b!r}, now {a!r}" for k, (a, b) in sorted(diff.items()))
+        raise UserError(f"{cfg.out} holds a run with other settings ({listed})",
+                        "use another --out for a comparison with new settings")
+
+
+@dataclass
+class CompareResult:
+    out: Path
+    runs: Dict[str, List[TrainResult]]
+    reach: float
+    table: str
+    table_path: Path
+    curves_path: Optional[Path] = None
+
+
+def summarize(runs: Dict[str, List[TrainResult]], reach: Optional[float] = None) -> tuple:
+    """The markdown table (accuracies in %, mean ± std over seeds) and the reach accuracy used."""
+    finals = {label: mean_std(r.final_acc for r in rs)[0] for label, rs in runs.items()}
+    if reach is None:  # the accuracy every variant ends above: who gets there first?
+        reach = math.floor(100 * min(finals.values())) / 100
+    lines = [f"| variant | seeds | epoch 1 acc | final acc | best acc | epochs to {100 * reach:.0f}% | init s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, rs in runs.items():
+        def pm(vals):
+            m, s = mean_std([100 * v for v in vals])
+            return f"{m:.1f} ± {s:.1f}" if len(rs) > 1 else f"{m:.1f}"
+        first = [next((h["test_acc"] for h in r.history if h["epoch"] == 1), float("nan")) for r in rs]
+        reached = [epochs_to_reach(r.history, reach) for r in rs]
+        got = [e for e in reached if e is not None]
+        reach_txt = "not reached" if not got else f"{statistics.fmean(got):.1f}"
+        if got and len(got) < len(rs):
+            reach_txt += f" ({len(got)}/{len(rs)} seeds)"
+        init_s = statistics.fmean(r.init.get("init_seconds", float("nan")) for r in rs)
+        lines.append(f"| {label} | {len(rs)} | {pm(first)} | {pm([r.final_acc for r in rs])} | "
+                     f"{pm([r.best_acc for r in rs])} | {reach_txt} | {init_s:.2f} |")
+    return "\n".join(lines), reach
+
+
+def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[int], out, *,
+                reach: Optional[float] = None, title: str = "", log: Callable[[str], None] = print,
+                plot: bool = True) -> CompareResult:
+    """Train every variant for every seed (resuming or reusing runs already in ``out``), then write
+    ``out/results.md`` (table), ``out/summary.json`` and ``out/curves.png``."""
+    out = Path(out)
+    labels = [v.label for v in variants]
+    if len(set(map(slug, labels))) != len(labels):
+        raise UserError(f"variant labels {labels} are not distinct", "give each variant its own label (label:key=value,...)")
+    configs = {}
+    for v in variants:  # check every config before the first (long) run starts
+        for seed in seeds:
+            cfg = dataclasses.replace(base, **v.overrides, seed=seed, resume=True,
+                                      out=str(out / slug(v.label) / f"seed{seed}"))
+            cfg.check()
+            _check_existing(cfg)
+            configs[(v.label, seed)] = cfg
+    runs: Dict[str, List[TrainResult]] = {v.label: [] for v in variants}
+    total = len(configs)
+    for i, ((label, seed), cfg) in enumerate(configs.items(), 1):
+        log(f"[{i}/{total}] {label}, seed {seed} -> {cfg.out}")
+        runs[label].append(train(cfg, log=lambda s: log("    " + s)))
+    table, reach = summarize(runs, reach)
+    out.mkdir(parents=True, exist_ok=True)
+    table_path = out / "results.md"
+    c = base.resolved()
+    setting = (f"{c.dataset}" + (f" ({c.per_class}/class)" if c.per_class else "") +
+               f", {c.model} dim {c.dim} depth {c.depth}" +
+               (f" heads {c.heads}x{c.dim_head} mlp {c.mlp_dim}" if c.model == "vit" else f" kernel {c.kernel_size}")
+               + f", patch {c.patch_size}, {c.epochs} epochs, batch {c.batch_size}, {c.optimizer} lr {c.lr:g}, "
+               f"seeds {list(seeds)}")
+    curves_path = None
+    if plot:
+        from ..plots import plot_curves
+        curves_path = plot_curves({label: [r.history for r in rs] for label, rs in runs.items()},
+                                  out / "curves.png", title=title or setting, reach=reach)
+    text = f"# {title or 'comparison'}\n\n{setting}\n\n{table}\n"
+    if curves_path:
+        text += f"\n![accuracy curves](curves.png)\n"
+    table_path.write_text(text, encoding="utf-8")
+    write_json(out / "summary.json", {
+        "setting": setting, "reach": reach,
+        "variants": {label: {"overrides": next(v.overrides for v in variants if v.label == label),
+                             "seeds": [r.history[-1] | {"seed": s} for r, s in zip(rs, seeds)],
+                             "final_acc": [r.final_acc for r in rs], "best_acc": [r.best_acc for r in rs],
+                             "acc_by_epoch": [[h["test_acc"] for h in r.history] for r in rs],
+                             "init_seconds": [r.init.get("init_seconds") for r in rs]}
+                     for label, rs in runs.items()}})
+    return CompareResult(out, runs, reach, table, table_path, curves_path)

@@ -1,0 +1,194 @@
+"""Datasets for training: torchvision's CIFAR-10/100 and SVHN, any image-folder tree, and the built-in one.
+
+``build_datasets(config)`` returns the train and test sets with the transforms of the run, after checking
+everything a user can get wrong (unknown name, missing or empty folders, mismatched class lists, too few
+images for ``--per-class``) and turning it into a one-line ``UserError``.
+
+Image folders: ``DIR/train/<class>/*`` and ``DIR/test/<class>/*`` (or ``val/``): how Tiny-ImageNet (after
+sorting its val images into class folders) and a user's own data come in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .errors import UserError
+from .synthetic import SyntheticShapes
+
+TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "svhn": "SVHN"}
+DATASETS = ("synthetic", "folder") + tuple(TORCHVISION)
+NATIVE_SIZE = {"synthetic": 32, "cifar10": 32, "cifar100": 32, "svhn": 32}
+# One normalization for every dataset keeps the runs comparable; the models normalize patches themselves.
+MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    test: Dataset
+    classes: List[str]
+    image_size: int
+    channels: int
+    description: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def _to_uint8_tensor(img) -> torch.Tensor:
+    if isinstance(img, torch.Tensor):
+        return img
+    from torchvision.transforms.functional import pil_to_tensor
+    return pil_to_tensor(img.convert("RGB"))
+
+
+def build_transform(image_size: int, augment: bool, resize: bool, crop_scale: float = 0.75) -> Callable:
+    """uint8 tensor or PIL image -> float (3, S, S) normalized. ``augment``: the paper's RandomResizedCrop,
+    horizontal flip and RandAugment(2, 14), applied to uint8 images."""
+    from torchvision import transforms as T
+    steps: list = [T.Lambda(_to_uint8_tensor)]
+    if resize:
+        steps.append(T.Resize((image_size, image_size), antialias=True))
+    if augment:
+        steps += [T.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), ratio=(1.0, 1.0), antialias=True),
+                  T.RandomHorizontalFlip(), T.RandAugment(num_ops=2, magnitude=14)]
+    steps += [T.ConvertImageDtype(torch.float32), T.Normalize(MEAN, STD)]
+    return T.Compose(steps)
+
+
+def per_class_indices(targets: Sequence[int], n: int, seed: int = 0) -> List[int]:
+    """Indices of exactly ``n`` items per class, the same for the same (targets, n, seed), sorted.
+
+    The subset for a larger n contains the subset for a smaller one (a prefix of one fixed permutation per
+    class), so data-efficiency curves add images instead of drawing new ones.
+    """
+    t = torch.as_tensor([int(x) for x in targets])
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(t), generator=gen)
+    picked = []
+    for c in torch.unique(t).tolist():
+        idx = order[t[order] == c]
+        if len(idx) < n:
+            raise UserError(f"--per-class {n} asks for more images than class {c} has ({len(idx)})",
+                            f"use --per-class {len(idx)} or fewer")
+        picked.append(idx[:n])
+    return sorted(torch.cat(picked).tolist())
+
+
+def _targets(ds) -> list:
+    for name in ("targets", "labels"):
+        if hasattr(ds, name):
+            return [int(x) for x in getattr(ds, name)]
+    raise TypeError(f"{type(ds).__name__} exposes no targets")
+
+
+def _folder(root: Path, transform, what: str):
+    from torchvision.datasets import ImageFolder
+    try:
+        return ImageFolder(str(root), transform=transform)
+    except FileNotFoundError as e:
+        raise UserError(f"{what} {root} holds no images in class folders ({e})",
+                        "put each class's images in its own subfolder, e.g. train/cat/0001.jpg") from None
+
+
+def _first_image_size(ds) -> int:
+    from PIL import Image
+    with Image.open(ds.samples[0][0]) as im:
+        w, h = im.size
+    if w != h:
+        raise UserError(f"images in the folder are {w}x{h}, not square", "pass --image-size to resize them")
+    return w
+
+
+def _folder_datasets(data_dir: str, image_size: Optional[int], augment: bool, crop_scale: float):
+    root = Path(data_dir)
+    fix = "pass --data-dir pointing at a folder with train/ and test/ (or val/) class folders"
+    if not root.is_dir():
+        raise UserError(f"data directory {root} does not exist", fix)
+    if not (root / "train").is_dir():
+        raise UserError(f"data directory {root} has no train/ folder", fix)
+    test_root = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
+    if test_root is None:
+        raise UserError(f"data directory {root} has no test/ or val/ folder", fix)
+    if (test_root / "images").is_dir() and not any(p.is_dir() and p.name != "images" for p in test_root.iterdir()):
+        raise UserError(f"{test_root} holds a flat images/ folder (Tiny-ImageNet's val layout)",
+                        "move each val image into a folder named after its class (val_annotations.txt lists them)")
+    train = _folder(root / "train", None, "training folder")
+    test = _folder(test_root, None, "test folder")
+    if train.classes != test.classes:
+        missing = sorted(set(train.classes) ^ set(test.classes))
+        raise UserError(f"train/ and {test_root.name}/ have different class folders (differ in {missing[:5]})",
+                        "give both the same class subfolders")
+    size = image_size or _first_image_size(train)
+    train.transform = build_transform(size, augment, resize=True, crop_scale=crop_scale)
+    test.transform = build_transform(size, False, resize=True)
+    return train, test, train.classes, size, f"image folder {root}"
+
+
+def _torchvision_datasets(name: str, data_dir: str, image_size: Optional[int], augment: bool, crop_scale: float):
+    import torchvision.datasets as tvd
+    root = Path(data_dir)
+    if (root / "train").is_dir() and not any(root.glob("cifar-*")) and not any(root.glob("*.mat")):
+        raise UserError(f"--data-dir {root} holds an image-folder tree (train/), not {name} files",
+                        "pass --dataset folder")
+    size = image_size or NATIVE_SIZE[name]
+    train_tf = build_transform(size, augment, resize=size != NATIVE_SIZE[name], crop_scale=crop_scale)
+    test_tf = build_transform(size, False, resize=size != NATIVE_SIZE[name])
+    cls = getattr(tvd, TORCHVISION[name])
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if name == "svhn":
+            train = cls(str(root), split="train", download=True, transform=train_tf)
+            test = cls(str(root), split="test", download=True, transform=test_tf)
+            classes = [str(i) for i in range(10)]
+        else:
+            train = cls(str(root), train=True, download=True, transform=train_tf)
+            test = cls(str(root), train=False, download=True, transform=test_tf)
+            classes = list(train.classes)
+    except UserError:
+        raise
+    except Exception as e:  # no network, a half-downloaded archive, a read-only folder: all fixable by the user
+        raise UserError(f"could not load {name} from {root} ({type(e).__name__}: {str(e).splitlines()[0]})",
+                        f"connect to the network once so torchvision can download it there, or pass --data-dir "
+                        f"to a folder that holds the torchvision {name} files") from None
+    return train, test, classes, size, f"{name} (torchvision, {root})"
+
+
+def build_datasets(config) -> DataBundle:
+    """Train and test datasets for a ``TrainConfig`` (dataset, data_dir, image_size, augment, per_class, ...)."""
+    name = config.dataset
+    crop_scale = config.crop_scale
+    if name == "synthetic":
+        if config.augment:
+            raise UserError("--augment would flip the synthetic images, whose classes include mirror-image shapes "
+                            "(diag and anti, the two bar directions)", "drop --augment for --dataset synthetic")
+        size = config.image_size or NATIVE_SIZE["synthetic"]
+        tf = build_transform(size, False, resize=False)
+        try:
+            kw = dict(seed=config.data_seed, transform=tf, num_classes=config.synthetic_classes)
+            train = SyntheticShapes(config.synthetic_train, size, split="train", **kw)
+            test = SyntheticShapes(config.synthetic_test, size, split="test", **kw)
+        except ValueError as e:
+            raise UserError(f"synthetic dataset: {e}", "pass --image-size 5 or more") from None
+        train_set, test_set, classes = train, test, train.classes
+        desc = f"synthetic shapes ({config.synthetic_train} train / {config.synthetic_test} test, {size}x{size})"
+    elif name == "folder":
+        train_set, test_set, classes, size, desc = _folder_datasets(config.data_dir, config.image_size,
+                                                                   config.augment, crop_scale)
+    elif name in TORCHVISION:
+        train_set, test_set, classes, size, desc = _torchvision_datasets(name, config.data_dir, config.image_size,
+                                                                        config.augment, crop_scale)
+    else:
+        raise UserError(f"unknown dataset {name!r}", f"use one of {', '.join(DATASETS)} (folder: any directory "
+                        f"with train/ and test/ class folders, via --data-dir)")
+    if len(train_set) == 0 or len(test_set) == 0:
+        raise UserError(f"dataset {desc} is empty", "check --data-dir")
+    if config.per_class is not None:
+        train_set = Subset(train_set, per_class_indices(_targets(train_set), config.per_class, config.data_seed))
+        desc += f", {config.per_class} per class"
+    return DataBundle(train_set, test_set, list(classes), size, 3, desc)
