@@ -66,3 +66,12 @@ def finite_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
     if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf values")
     return t
+
+
+def image_grid(image_size, patch_size) -> tuple:
+    """Validate an image size and patch size; return ((H, W), token grid (H/ph, W/pw))."""
+    ih, iw = grid_pair(image_size, "image_size")
+    ph, pw = grid_pair(patch_size, "patch_size")
+    if ih % ph or iw % pw:
+        raise ValueError(f"image_size {(ih, iw)} must be divisible by patch_size {(ph, pw)}")
+    return (ih, iw), (ih // ph, iw // pw)

@@ -40,6 +40,17 @@ class _QKLayer(nn.Module):
     scale: float
     grid_size: tuple
 
+    def _setup(self, dim, num_heads, dim_head, grid_size, init, kernel_size, fit_method, backend) -> None:
+        """Validate and store what every attention layer shares (before any parameter is created)."""
+        self.dim = positive_int(dim, "dim")
+        self.heads = positive_int(num_heads, "num_heads")
+        self.dim_head = positive_int(dim_head, "dim_head")
+        self.grid_size = grid_pair(grid_size)
+        self.init = choice(init, "init", INIT_STRATEGIES)
+        odd_kernel_size(kernel_size)
+        choice(fit_method, "fit_method", FIT_METHODS)
+        self.backend = choice(backend, "backend", ATTENTION_BACKENDS)
+
     def _split(self, t: torch.Tensor) -> torch.Tensor:
         b, n, _ = t.shape
         return t.view(b, n, self.heads, -1).transpose(1, 2)
@@ -100,10 +111,7 @@ class ImpulseAttention(_QKLayer):
                  fit_method: str = "closed_form", fit_kwargs: Optional[dict] = None, seed: int = 0,
                  backend: str = "auto", prenorm: bool = True, dropout: float = 0.0, defer_init: bool = False):
         super().__init__()
-        self.dim = positive_int(dim, "dim")
-        self.heads = positive_int(num_heads, "num_heads")
-        self.dim_head = positive_int(dim_head, "dim_head")
-        self.grid_size = grid_pair(grid_size)
+        self._setup(dim, num_heads, dim_head, grid_size, init, kernel_size, fit_method, backend)
         self.mode = choice(mode, "mode", MODES)
         self.alpha = positive_float(alpha, "alpha", allow_zero=True)
         if self.alpha > 1:
@@ -111,13 +119,8 @@ class ImpulseAttention(_QKLayer):
         if mode == "I" and init == "impulse" and self.alpha >= 1:
             raise ValueError("alpha must be < 1 with init='impulse' in mode 'I': at alpha = 1 queries and keys "
                              "see no positional encoding to fit")
-        choice(init, "init", INIT_STRATEGIES)
-        odd_kernel_size(kernel_size)
-        choice(fit_method, "fit_method", FIT_METHODS)
-        self.backend = choice(backend, "backend", ATTENTION_BACKENDS)
         if dim % 4 != 0:
             raise ValueError(f"dim must be a multiple of 4 (2D sin-cos encoding), got {dim}")
-        self.init = init
         self.scale = _default_scale(scale, init, fit_method, self.qk_shape())
         inner = self.heads * self.dim_head
         n = self.grid_size[0] * self.grid_size[1]
@@ -205,15 +208,7 @@ class ViTAttention(_QKLayer):
                  fit_method: str = "closed_form", fit_kwargs: Optional[dict] = None, seed: int = 0,
                  backend: str = "auto", prenorm: bool = True, dropout: float = 0.0, defer_init: bool = False):
         super().__init__()
-        self.dim = positive_int(dim, "dim")
-        self.heads = positive_int(num_heads, "num_heads")
-        self.dim_head = positive_int(dim_head, "dim_head")
-        self.grid_size = grid_pair(grid_size)
-        choice(init, "init", INIT_STRATEGIES)
-        choice(fit_method, "fit_method", FIT_METHODS)
-        odd_kernel_size(kernel_size)
-        self.backend = choice(backend, "backend", ATTENTION_BACKENDS)
-        self.init = init
+        self._setup(dim, num_heads, dim_head, grid_size, init, kernel_size, fit_method, backend)
         self.scale = _default_scale(scale, init, fit_method, self.qk_shape())
         inner = self.heads * self.dim_head
         self.norm = nn.LayerNorm(dim) if prenorm else nn.Identity()

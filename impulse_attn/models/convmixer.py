@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._validate import choice, grid_pair, odd_kernel_size, positive_int
+from .._validate import choice, image_grid, odd_kernel_size, positive_int
 from ..filters import BANKS, filter_bank
 
 FILTER_INITS = ("learned",) + BANKS
@@ -32,10 +32,8 @@ class ConvMixer(nn.Module):
                  kernel_size: int = 3, channels: int = 3, filters: str = "learned", freeze: bool = False,
                  box_n=None, seed: int = 0):
         super().__init__()
-        ih, iw = grid_pair(image_size, "image_size")
-        ph, pw = grid_pair(patch_size, "patch_size")
-        if ih % ph or iw % pw:
-            raise ValueError(f"image_size {(ih, iw)} must be divisible by patch_size {(ph, pw)}")
+        (ih, iw), grid = image_grid(image_size, patch_size)
+        ph, pw = ih // grid[0], iw // grid[1]
         positive_int(num_classes, "num_classes")
         positive_int(dim, "dim")
         positive_int(depth, "depth")

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .._validate import choice, grid_pair, positive_int
+from .._validate import choice, image_grid, positive_int
 from ..attention import ImpulseAttention, ViTAttention
 from ..init import initialize_qk_
 from ..targets import sincos_2d
@@ -53,10 +53,8 @@ class SimpleViT(nn.Module):
                  kernel_size: int = 5, scale: Optional[float] = None, fit_method: str = "closed_form",
                  fit_kwargs: Optional[dict] = None, seed: int = 0, attention_backend: str = "auto"):
         super().__init__()
-        ih, iw = grid_pair(image_size, "image_size")
-        ph, pw = grid_pair(patch_size, "patch_size")
-        if ih % ph or iw % pw:
-            raise ValueError(f"image_size {(ih, iw)} must be divisible by patch_size {(ph, pw)}")
+        (ih, iw), grid = image_grid(image_size, patch_size)
+        ph, pw = ih // grid[0], iw // grid[1]
         positive_int(num_classes, "num_classes")
         positive_int(depth, "depth")
         positive_int(channels, "channels")
@@ -64,7 +62,7 @@ class SimpleViT(nn.Module):
         choice(attention, "attention", ATTENTIONS)
         if dim % 4 != 0:
             raise ValueError(f"dim must be a multiple of 4 (2D sin-cos encoding), got {dim}")
-        self.image_size, self.grid_size = (ih, iw), (ih // ph, iw // pw)
+        self.image_size, self.grid_size = (ih, iw), grid
         self.channels = channels
         self.attention_kind = attention
         self.init = init
