@@ -75,10 +75,12 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
                    help="train on a fixed subset of N images per class (default: all)")
     g.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the --per-class subset and of the "
                    "synthetic images")
-    g.add_argument("--augment", action="store_true", help="the paper's augmentation: RandomResizedCrop, "
-                   "horizontal flip, RandAugment(2, 14)")
+    g.add_argument("--augment", default=d.augment, choices=("none", "flip-crop", "paper"),
+                   help="training augmentation: none; flip-crop (random crop of the image zero-padded by 1/8 of its "
+                   "side, horizontal flip: the standard CIFAR recipe); paper (RandomResizedCrop, horizontal flip, "
+                   "RandAugment(2, 14))")
     g.add_argument("--crop-scale", type=float, default=d.crop_scale, help="smallest area kept by "
-                   "RandomResizedCrop with --augment")
+                   "RandomResizedCrop with --augment paper")
     g.add_argument("--image-size", type=_positive_int, default=d.image_size,
                    help="resize images to this side (default: the dataset's own size)")
     g.add_argument("--synthetic-train", type=_positive_int, default=d.synthetic_train,
@@ -128,6 +130,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs")
+    g.add_argument("--steps", type=_positive_int, default=d.steps, help="a fixed budget of optimizer steps "
+                   "instead of --epochs (the run lasts as many epochs as that takes, the last one cut short); the "
+                   "same budget at every --per-class size trains smaller sets for more epochs (default: --epochs)")
+    g.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help="evaluate every N epochs (and "
+                   "always at init and after the last epoch)")
     g.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training batch size")
     g.add_argument("--eval-batch-size", type=_positive_int, default=d.eval_batch_size,
                    help="evaluation batch size (default: --batch-size)")

@@ -64,19 +64,21 @@ def _stack(histories: List[List[dict]], key: str):
     return np.array(epochs), np.array([[r[e] for e in epochs] for r in rows], dtype=float)
 
 
-def plot_curves(curves: Dict[str, List[List[dict]]], path, title: str = "", reach: Optional[float] = None) -> Path:
-    """Test accuracy and training loss per epoch, mean over seeds with a ±1 std band, one line per label.
+def plot_curves(curves: Dict[str, List[List[dict]]], path, title: str = "", reach: Optional[float] = None,
+                split: str = "test") -> Path:
+    """Accuracy on ``split`` and training loss per epoch, mean over seeds with a ±1 std band, one line per label.
 
     curves: {label: [history of seed 0, history of seed 1, ...]}, histories as in metrics.jsonl.
     """
     plt = _pyplot()
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
+    acc_key = f"{split}_acc"
     for label, histories in curves.items():
-        for ax, key in ((ax_acc, "test_acc"), (ax_loss, "train_loss")):
+        for ax, key in ((ax_acc, acc_key), (ax_loss, "train_loss")):
             epochs, vals = _stack(histories, key)
             if len(epochs) == 0:
                 continue
-            scale = 100.0 if key == "test_acc" else 1.0
+            scale = 100.0 if key == acc_key else 1.0
             mean = vals.mean(0) * scale
             line, = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{label} (n={len(histories)})")
             if len(histories) > 1:
@@ -85,8 +87,8 @@ def plot_curves(curves: Dict[str, List[List[dict]]], path, title: str = "", reac
     if reach is not None:
         ax_acc.axhline(100 * reach, color="grey", lw=0.8, ls="--")
     ax_acc.set_xlabel("epoch")
-    ax_acc.set_ylabel("test accuracy (%)")
-    ax_acc.set_title("test accuracy (mean ± std over seeds)", fontsize=10)
+    ax_acc.set_ylabel(f"{split} accuracy (%)")
+    ax_acc.set_title(f"{split} accuracy (mean ± std over seeds)", fontsize=10)
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training loss")
     ax_loss.set_title("training loss", fontsize=10)

@@ -61,7 +61,7 @@ def test_train_defaults_are_the_published_protocol():
     assert (c.dim, c.depth, c.heads, c.dim_head, c.mlp_dim, c.patch_size) == (512, 6, 8, 64, 512, 2)
     assert (c.optimizer, c.lr, c.weight_decay, c.epochs, c.batch_size) == ("adam", 1e-4, 0.0, 200, 512)
     assert (c.mode, c.alpha, c.init, c.kernel_size, c.dataset, c.augment) == ("I", 0.2, "impulse", 5, "cifar10",
-                                                                              False)
+                                                                              "none")
     assert c.amp == "auto" and c.warmup_epochs == 0 and c.clip_grad == 0
     assert set(vars(args)) - {"func", "no_progress"} <= {f for f in TrainConfig.__dataclass_fields__}
 

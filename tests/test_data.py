@@ -45,6 +45,40 @@ def test_image_folder_native_size_and_val_split(tmp_path):
     assert d.image_size == 10 and len(d.test) == 2 and d.test[0][0].shape == (3, 10, 10)
 
 
+def test_image_folder_with_val_and_test_evaluates_both_val_first(tmp_path):
+    _tree(tmp_path, "train", ["a", "b"], 3, size=10)
+    _tree(tmp_path, "val", ["a", "b"], 2, size=10)
+    _tree(tmp_path, "test", ["a", "b"], 1, size=10)
+    d = build_datasets(_cfg(dataset="folder", data_dir=str(tmp_path)))
+    assert list(d.evals) == ["val", "test"] and d.primary == "val"
+    assert (len(d.evals["val"]), len(d.evals["test"]), len(d.test)) == (4, 2, 2)
+
+
+def test_flip_crop_shifts_and_flips_but_keeps_pixels():
+    img = torch.arange(3 * 16 * 16, dtype=torch.int64).reshape(3, 16, 16).remainder(251).to(torch.uint8) + 1
+    tf = data_mod.build_transform(16, augment="flip-crop", resize=False)
+    torch.manual_seed(0)
+    outs = [tf(img) for _ in range(20)]
+    plain = data_mod.build_transform(16, augment="none", resize=False)(img)
+    assert all(o.shape == (3, 16, 16) for o in outs)
+    assert any(not torch.equal(o, plain) for o in outs)
+    # every output is the image shifted by at most 2 pixels (16/8), maybe mirrored, zero (-1 after normalizing)
+    # where the shift leaves the image
+    def shifted(o):
+        for flip in (False, True):
+            src = plain.flip(-1) if flip else plain
+            for dy in range(-2, 3):
+                for dx in range(-2, 3):
+                    ref = torch.full_like(src, -1.0)
+                    ys, yd = slice(max(dy, 0), 16 + min(dy, 0)), slice(max(-dy, 0), 16 + min(-dy, 0))
+                    xs, xd = slice(max(dx, 0), 16 + min(dx, 0)), slice(max(-dx, 0), 16 + min(-dx, 0))
+                    ref[:, yd, xd] = src[:, ys, xs]
+                    if torch.equal(ref, o):
+                        return True
+        return False
+    assert all(shifted(o) for o in outs)
+
+
 def test_per_class_picks_exactly_n_per_class(tmp_path):
     _tree(tmp_path, "train", ["a", "b", "c"], 6)
     _tree(tmp_path, "test", ["a", "b", "c"], 1)
@@ -163,7 +197,7 @@ def test_torchvision_name_on_an_image_folder_tree_is_refused(tmp_path):
 
 
 def test_augmentation_transform_on_tensors_and_pil():
-    tf = data_mod.build_transform(16, augment=True, resize=False)
+    tf = data_mod.build_transform(16, augment="paper", resize=False)
     torch.manual_seed(0)
     x = tf(torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8))
     y = tf(Image.new("RGB", (16, 16), (10, 200, 30)))
@@ -193,7 +227,7 @@ def test_synthetic_images_hold_their_class_shape():
 
 def test_synthetic_augment_is_refused():
     with pytest.raises(UserError, match="drop --augment"):
-        build_datasets(_cfg(dataset="synthetic", augment=True))
+        build_datasets(_cfg(dataset="synthetic", augment="flip-crop"))
 
 
 def test_synthetic_bundle():

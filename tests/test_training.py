@@ -159,6 +159,39 @@ def test_resume_after_sigkill_mid_epoch_matches_uninterrupted(tmp_path):
     assert _scores(a) == _scores(b)
 
 
+def test_step_budget_and_eval_every(tmp_path):
+    # 640 images in batches of 16: 40 steps an epoch; 100 steps = 2 full epochs and 20 steps of a third.
+    res = train(_cfg(tmp_path, steps=100, eval_every=2, epochs=50), log=_quiet)
+    h = res.history
+    assert [r["epoch"] for r in h] == [0, 1, 2, 3]
+    assert [r["step"] for r in h] == [0, 40, 80, 100]
+    assert ["test_acc" in r for r in h] == [True, False, True, True]     # init, every 2nd, and the last epoch
+    assert h[-1]["lr"] == pytest.approx(0.0, abs=1e-12)                  # the cosine ends at the budget's end
+    summary = json.loads((Path(res.out) / "summary.json").read_text())
+    assert summary["steps"] == 100 and summary["epochs"] == 3 and summary["final_acc"] == h[-1]["test_acc"]
+
+
+def test_folder_data_with_val_selects_on_val_and_reports_test(tmp_path):
+    from PIL import Image
+    root = tmp_path / "data"
+    for split, n in (("train", 12), ("val", 6), ("test", 4)):
+        for ci, c in enumerate(("hbar", "vbar")):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                img = Image.new("RGB", (16, 16), (30, 30, 30))
+                for j in range(16):
+                    img.putpixel((j, 3 + i % 8) if ci == 0 else (3 + i % 8, j), (250, 250, 250))
+                img.save(d / f"{i}.png")
+    res = train(_cfg(tmp_path, dataset="folder", data_dir=str(root), synthetic_train=1, epochs=2, batch_size=8),
+                log=_quiet)
+    assert res.split == "val" and res.metric == "val_acc"
+    assert all("val_acc" in r and "test_acc" in r for r in res.history)
+    summary = json.loads((Path(res.out) / "summary.json").read_text())
+    assert summary["split"] == "val" and summary["final_acc"] == res.history[-1]["val_acc"]
+    assert summary["final"]["test"] == res.history[-1]["test_acc"]
+
+
 # --- refusing to lose work ------------------------------------------------------------------------------------
 def _snapshot(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}

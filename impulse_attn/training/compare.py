@@ -84,8 +84,9 @@ def mean_std(values: Sequence[float]) -> tuple:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def epochs_to_reach(history: List[dict], acc: float) -> Optional[int]:
-    return next((r["epoch"] for r in history if r["epoch"] > 0 and r["test_acc"] >= acc), None)
+def epochs_to_reach(result: TrainResult, acc: float) -> Optional[int]:
+    """The first evaluated epoch at which the selection split's accuracy reaches ``acc``."""
+    return next((e for e, a in result.accuracies() if e > 0 and a >= acc), None)
 
 
 def _check_existing(cfg: TrainConfig) -> None:
@@ -119,21 +120,27 @@ def summarize(runs: Dict[str, List[TrainResult]], reach: Optional[float] = None)
     finals = {label: mean_std(r.final_acc for r in rs)[0] for label, rs in runs.items()}
     if reach is None:  # the accuracy every variant ends above: who gets there first?
         reach = math.floor(100 * min(finals.values())) / 100
-    lines = [f"| variant | seeds | epoch 1 acc | final acc | best acc | epochs to {100 * reach:.0f}% | init s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    any_run = next(iter(runs.values()))[0]
+    split = any_run.split
+    also_test = split != "test" and any_run.final("test") is not None
+    first_epoch = min((e for e, _ in any_run.accuracies() if e > 0), default=1)
+    head = (f"| variant | seeds | epoch {first_epoch} {split} acc | final {split} acc | best {split} acc | "
+            f"epochs to {100 * reach:.0f}% |" + (" final test acc |" if also_test else "") + " init s |")
+    lines = [head, "|" + " --- |" * (head.count("|") - 1)]
     for label, rs in runs.items():
         def pm(vals):
             m, s = mean_std([100 * v for v in vals])
             return f"{m:.1f} ± {s:.1f}" if len(rs) > 1 else f"{m:.1f}"
-        first = [next((h["test_acc"] for h in r.history if h["epoch"] == 1), float("nan")) for r in rs]
-        reached = [epochs_to_reach(r.history, reach) for r in rs]
+        first = [dict(r.accuracies()).get(first_epoch, float("nan")) for r in rs]
+        reached = [epochs_to_reach(r, reach) for r in rs]
         got = [e for e in reached if e is not None]
         reach_txt = "not reached" if not got else f"{statistics.fmean(got):.1f}"
         if got and len(got) < len(rs):
             reach_txt += f" ({len(got)}/{len(rs)} seeds)"
         init_s = statistics.fmean(r.init.get("init_seconds", float("nan")) for r in rs)
+        test_txt = f" {pm([r.final('test') for r in rs])} |" if also_test else ""
         lines.append(f"| {label} | {len(rs)} | {pm(first)} | {pm([r.final_acc for r in rs])} | "
-                     f"{pm([r.best_acc for r in rs])} | {reach_txt} | {init_s:.2f} |")
+                     f"{pm([r.best_acc for r in rs])} | {reach_txt} |{test_txt} {init_s:.2f} |")
     return "\n".join(lines), reach
 
 
@@ -172,7 +179,8 @@ def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[
     if plot:
         from ..plots import plot_curves
         curves_path = plot_curves({label: [r.history for r in rs] for label, rs in runs.items()},
-                                  out / "curves.png", title=title or setting, reach=reach)
+                                  out / "curves.png", title=title or setting, reach=reach,
+                                  split=next(iter(runs.values()))[0].split)
     text = f"# {title or 'comparison'}\n\n{setting}\n\n{table}\n"
     if curves_path:
         text += f"\n![accuracy curves](curves.png)\n"
@@ -181,8 +189,11 @@ def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[
         "setting": setting, "reach": reach,
         "variants": {label: {"overrides": next(v.overrides for v in variants if v.label == label),
                              "seeds": [r.history[-1] | {"seed": s} for r, s in zip(rs, seeds)],
+                             "split": rs[0].split,
                              "final_acc": [r.final_acc for r in rs], "best_acc": [r.best_acc for r in rs],
-                             "acc_by_epoch": [[h["test_acc"] for h in r.history] for r in rs],
+                             "final_test_acc": [r.final("test") for r in rs],
+                             "acc_by_epoch": [[a for _, a in r.accuracies()] for r in rs],
+                             "evaluated_epochs": [e for e, _ in rs[0].accuracies()],
                              "init_seconds": [r.init.get("init_seconds") for r in rs]}
                      for label, rs in runs.items()}})
     return CompareResult(out, runs, reach, table, table_path, curves_path)

@@ -24,6 +24,7 @@ MODEL_DEFAULTS = {
 
 # Fields that do not change what a run computes: they may differ between a run and its resumption.
 RUNTIME_FIELDS = ("out", "resume", "data_dir", "device", "num_workers", "progress", "compile")
+AUGMENTATIONS = ("none", "flip-crop", "paper")
 
 
 @dataclass
@@ -33,8 +34,8 @@ class TrainConfig:
     data_dir: str = "data"
     per_class: Optional[int] = None
     data_seed: int = 0                        # seeds the --per-class subset and the synthetic images
-    augment: bool = False
-    crop_scale: float = 0.75                  # RandomResizedCrop's smallest area fraction (with --augment)
+    augment: str = "none"                     # none | flip-crop | paper (see data.AUGMENTATIONS)
+    crop_scale: float = 0.75                  # RandomResizedCrop's smallest area fraction (--augment paper)
     image_size: Optional[int] = None          # None: the dataset's own size
     synthetic_train: int = 5000               # images in the built-in dataset's train split
     synthetic_test: int = 1000
@@ -63,6 +64,7 @@ class TrainConfig:
     box_n: Optional[int] = None
     # optimization
     epochs: int = 200
+    steps: Optional[int] = None               # a fixed optimizer-step budget instead of --epochs
     batch_size: int = 512
     eval_batch_size: Optional[int] = None
     optimizer: str = "adam"
@@ -73,6 +75,7 @@ class TrainConfig:
     clip_grad: float = 0.0
     amp: str = "auto"
     seed: int = 0
+    eval_every: int = 1                       # evaluate every N epochs (and at init and after the last epoch)
     # runtime
     out: str = "runs/train"
     resume: bool = False
@@ -97,6 +100,9 @@ class TrainConfig:
         unknown = set(d) - names
         if unknown:
             raise UserError(f"unknown config keys {sorted(unknown)}", "check the spelling")
+        d = dict(d)
+        if isinstance(d.get("augment"), bool):  # runs written before --augment took a recipe name
+            d["augment"] = "paper" if d["augment"] else "none"
         return cls(**d)
 
     def differences(self, other: "TrainConfig") -> dict:
@@ -107,7 +113,7 @@ class TrainConfig:
     def check(self) -> None:
         """Validate the numbers a user types, before any data is read or file written."""
         c = self.resolved()
-        for name in ("epochs", "batch_size", "patch_size", "heads", "dim_head", "mlp_dim", "dim", "depth",
+        for name in ("epochs", "eval_every", "batch_size", "patch_size", "heads", "dim_head", "mlp_dim", "dim", "depth",
                      "synthetic_train", "synthetic_test"):
             v = getattr(c, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -117,6 +123,8 @@ class TrainConfig:
             raise UserError(f"--synthetic-classes must be in [1, 10], got {c.synthetic_classes}", "pick 2 to 10")
         if c.per_class is not None and c.per_class < 1:
             raise UserError(f"--per-class must be >= 1, got {c.per_class}", "pass a positive count or leave it out")
+        if c.steps is not None and (not isinstance(c.steps, int) or isinstance(c.steps, bool) or c.steps < 1):
+            raise UserError(f"--steps must be a positive integer, got {c.steps!r}", "pass a value >= 1 or leave it out")
         if c.eval_batch_size is not None and c.eval_batch_size < 1:
             raise UserError(f"--eval-batch-size must be >= 1, got {c.eval_batch_size}", "pass a positive value")
         if c.lr <= 0 or c.lr != c.lr:
@@ -125,7 +133,7 @@ class TrainConfig:
             v = getattr(c, name)
             if v < 0 or v != v:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {v}", "pass 0 to turn it off")
-        if c.warmup_epochs >= c.epochs and c.warmup_epochs > 0:
+        if c.steps is None and c.warmup_epochs >= c.epochs and c.warmup_epochs > 0:
             raise UserError(f"--warmup-epochs {c.warmup_epochs} must be shorter than --epochs {c.epochs}",
                             "lower the warmup")
         if c.kernel_size < 1 or c.kernel_size % 2 == 0:
@@ -135,6 +143,6 @@ class TrainConfig:
         if c.model == "vit" and c.dim % 4:
             raise UserError(f"--dim must be a multiple of 4 for the 2D sin-cos encoding, got {c.dim}",
                             f"use {c.dim - c.dim % 4 or 4}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("amp", AMP_MODES), ("device", DEVICES)):
+        for name, allowed in (("augment", AUGMENTATIONS), ("optimizer", OPTIMIZERS), ("amp", AMP_MODES), ("device", DEVICES)):
             if getattr(c, name) not in allowed:
                 raise UserError(f"unknown --{name} {getattr(c, name)!r}", f"use one of {', '.join(allowed)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset, Subset
@@ -28,8 +28,12 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 @dataclass
 class DataBundle:
+    """The training set and the evaluation sets, by split name ("val", "test"), in evaluation order.
+
+    ``primary`` is the split that settings are chosen on: "val" when the data has one, else "test".
+    """
     train: Dataset
-    test: Dataset
+    evals: Dict[str, Dataset]
     classes: List[str]
     image_size: int
     channels: int
@@ -39,6 +43,14 @@ class DataBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def primary(self) -> str:
+        return "val" if "val" in self.evals else next(iter(self.evals))
+
+    @property
+    def test(self) -> Dataset:
+        return self.evals.get("test", self.evals[self.primary])
+
 
 def _to_uint8_tensor(img) -> torch.Tensor:
     if isinstance(img, torch.Tensor):
@@ -47,14 +59,27 @@ def _to_uint8_tensor(img) -> torch.Tensor:
     return pil_to_tensor(img.convert("RGB"))
 
 
-def build_transform(image_size: int, augment: bool, resize: bool, crop_scale: float = 0.75) -> Callable:
-    """uint8 tensor or PIL image -> float (3, S, S) normalized. ``augment``: the paper's RandomResizedCrop,
-    horizontal flip and RandAugment(2, 14), applied to uint8 images."""
+AUGMENTATIONS = ("none", "flip-crop", "paper")
+
+
+def build_transform(image_size: int, augment: str, resize: bool, crop_scale: float = 0.75) -> Callable:
+    """uint8 tensor or PIL image -> float (3, S, S) normalized, with one of ``AUGMENTATIONS`` on uint8 images:
+
+    "none"; "flip-crop": the standard CIFAR recipe, a random crop from the image zero-padded by S/8 pixels (4 at
+    32×32) and a horizontal flip; "paper": the paper's RandomResizedCrop (area ``crop_scale``..1), horizontal
+    flip and RandAugment(2, 14).
+    """
     from torchvision import transforms as T
+    if isinstance(augment, bool):
+        augment = "paper" if augment else "none"
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
     steps: list = [T.Lambda(_to_uint8_tensor)]
     if resize:
         steps.append(T.Resize((image_size, image_size), antialias=True))
-    if augment:
+    if augment == "flip-crop":
+        steps += [T.RandomCrop(image_size, padding=max(1, image_size // 8)), T.RandomHorizontalFlip()]
+    elif augment == "paper":
         steps += [T.RandomResizedCrop(image_size, scale=(crop_scale, 1.0), ratio=(1.0, 1.0), antialias=True),
                   T.RandomHorizontalFlip(), T.RandAugment(num_ops=2, magnitude=14)]
     steps += [T.ConvertImageDtype(torch.float32), T.Normalize(MEAN, STD)]
@@ -105,32 +130,39 @@ def _first_image_size(ds) -> int:
     return w
 
 
-def _folder_datasets(data_dir: str, image_size: Optional[int], augment: bool, crop_scale: float):
+def _folder_datasets(data_dir: str, image_size: Optional[int], augment: str, crop_scale: float):
     root = Path(data_dir)
     fix = "pass --data-dir pointing at a folder with train/ and test/ (or val/) class folders"
     if not root.is_dir():
         raise UserError(f"data directory {root} does not exist", fix)
     if not (root / "train").is_dir():
         raise UserError(f"data directory {root} has no train/ folder", fix)
-    test_root = next((root / n for n in ("test", "val") if (root / n).is_dir()), None)
-    if test_root is None:
+    eval_roots = [root / n for n in ("val", "test") if (root / n).is_dir()]
+    if not eval_roots:
         raise UserError(f"data directory {root} has no test/ or val/ folder", fix)
-    if (test_root / "images").is_dir() and not any(p.is_dir() and p.name != "images" for p in test_root.iterdir()):
-        raise UserError(f"{test_root} holds a flat images/ folder (Tiny-ImageNet's val layout)",
-                        "move each val image into a folder named after its class (val_annotations.txt lists them)")
+    for eval_root in eval_roots:
+        if (eval_root / "images").is_dir() and not any(p.is_dir() and p.name != "images"
+                                                        for p in eval_root.iterdir()):
+            raise UserError(f"{eval_root} holds a flat images/ folder (Tiny-ImageNet's val layout)",
+                            "move each val image into a folder named after its class (val_annotations.txt lists "
+                            "them)")
     train = _folder(root / "train", None, "training folder")
-    test = _folder(test_root, None, "test folder")
-    if train.classes != test.classes:
-        missing = sorted(set(train.classes) ^ set(test.classes))
-        raise UserError(f"train/ and {test_root.name}/ have different class folders (differ in {missing[:5]})",
-                        "give both the same class subfolders")
+    evals = {}
+    for eval_root in eval_roots:
+        ds = _folder(eval_root, None, f"{eval_root.name} folder")
+        if train.classes != ds.classes:
+            missing = sorted(set(train.classes) ^ set(ds.classes))
+            raise UserError(f"train/ and {eval_root.name}/ have different class folders (differ in {missing[:5]})",
+                            "give both the same class subfolders")
+        evals[eval_root.name] = ds
     size = image_size or _first_image_size(train)
     train.transform = build_transform(size, augment, resize=True, crop_scale=crop_scale)
-    test.transform = build_transform(size, False, resize=True)
-    return train, test, train.classes, size, f"image folder {root}"
+    for ds in evals.values():
+        ds.transform = build_transform(size, "none", resize=True)
+    return train, evals, train.classes, size, f"image folder {root}"
 
 
-def _torchvision_datasets(name: str, data_dir: str, image_size: Optional[int], augment: bool, crop_scale: float):
+def _torchvision_datasets(name: str, data_dir: str, image_size: Optional[int], augment: str, crop_scale: float):
     import torchvision.datasets as tvd
     root = Path(data_dir)
     if (root / "train").is_dir() and not any(root.glob("cifar-*")) and not any(root.glob("*.mat")):
@@ -138,7 +170,7 @@ def _torchvision_datasets(name: str, data_dir: str, image_size: Optional[int], a
                         "pass --dataset folder")
     size = image_size or NATIVE_SIZE[name]
     train_tf = build_transform(size, augment, resize=size != NATIVE_SIZE[name], crop_scale=crop_scale)
-    test_tf = build_transform(size, False, resize=size != NATIVE_SIZE[name])
+    test_tf = build_transform(size, "none", resize=size != NATIVE_SIZE[name])
     cls = getattr(tvd, TORCHVISION[name])
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -156,7 +188,7 @@ def _torchvision_datasets(name: str, data_dir: str, image_size: Optional[int], a
         raise UserError(f"could not load {name} from {root} ({type(e).__name__}: {str(e).splitlines()[0]})",
                         f"connect to the network once so torchvision can download it there, or pass --data-dir "
                         f"to a folder that holds the torchvision {name} files") from None
-    return train, test, classes, size, f"{name} (torchvision, {root})"
+    return train, {"test": test}, classes, size, f"{name} (torchvision, {root})"
 
 
 def build_datasets(config) -> DataBundle:
@@ -164,31 +196,31 @@ def build_datasets(config) -> DataBundle:
     name = config.dataset
     crop_scale = config.crop_scale
     if name == "synthetic":
-        if config.augment:
+        if config.augment != "none":
             raise UserError("--augment would flip the synthetic images, whose classes include mirror-image shapes "
                             "(diag and anti, the two bar directions)", "drop --augment for --dataset synthetic")
         size = config.image_size or NATIVE_SIZE["synthetic"]
-        tf = build_transform(size, False, resize=False)
+        tf = build_transform(size, "none", resize=False)
         try:
             kw = dict(seed=config.data_seed, transform=tf, num_classes=config.synthetic_classes)
             train = SyntheticShapes(config.synthetic_train, size, split="train", **kw)
             test = SyntheticShapes(config.synthetic_test, size, split="test", **kw)
         except ValueError as e:
             raise UserError(f"synthetic dataset: {e}", "pass --image-size 5 or more") from None
-        train_set, test_set, classes = train, test, train.classes
+        train_set, evals, classes = train, {"test": test}, train.classes
         desc = f"synthetic shapes ({config.synthetic_train} train / {config.synthetic_test} test, {size}x{size})"
     elif name == "folder":
-        train_set, test_set, classes, size, desc = _folder_datasets(config.data_dir, config.image_size,
+        train_set, evals, classes, size, desc = _folder_datasets(config.data_dir, config.image_size,
                                                                    config.augment, crop_scale)
     elif name in TORCHVISION:
-        train_set, test_set, classes, size, desc = _torchvision_datasets(name, config.data_dir, config.image_size,
+        train_set, evals, classes, size, desc = _torchvision_datasets(name, config.data_dir, config.image_size,
                                                                         config.augment, crop_scale)
     else:
         raise UserError(f"unknown dataset {name!r}", f"use one of {', '.join(DATASETS)} (folder: any directory "
                         f"with train/ and test/ class folders, via --data-dir)")
-    if len(train_set) == 0 or len(test_set) == 0:
+    if len(train_set) == 0 or any(len(ds) == 0 for ds in evals.values()):
         raise UserError(f"dataset {desc} is empty", "check --data-dir")
     if config.per_class is not None:
         train_set = Subset(train_set, per_class_indices(_targets(train_set), config.per_class, config.data_seed))
         desc += f", {config.per_class} per class"
-    return DataBundle(train_set, test_set, list(classes), size, 3, desc)
+    return DataBundle(train_set, evals, list(classes), size, 3, desc)

@@ -29,6 +29,9 @@ from .factory import build_model, check_geometry
 from .metrics import MetricsWriter, read_metrics, write_json
 
 CHECKPOINT, METRICS, RUN_INFO, SUMMARY = "checkpoint.pt", "metrics.jsonl", "run.json", "summary.json"
+# With many short epochs (tiny --per-class sets) a checkpoint every epoch would cost more than the epoch: save at
+# evaluated epochs, the last one, and whenever this much time has passed since the last save.
+CHECKPOINT_SECONDS = 300.0
 
 
 @dataclass
@@ -36,14 +39,28 @@ class TrainResult:
     out: Path
     history: List[dict]          # epoch 0 (the model at init) first, then one record per trained epoch
     init: dict                   # init seconds, parameter counts, fit report (impulse init)
+    split: str = "test"          # the split settings are chosen on: "val" when the data has one
+
+    @property
+    def metric(self) -> str:
+        return f"{self.split}_acc"
+
+    def accuracies(self, split: Optional[str] = None) -> List[tuple]:
+        """(epoch, accuracy) of every evaluated epoch on ``split`` (default: the selection split)."""
+        key = f"{split or self.split}_acc"
+        return [(r["epoch"], r[key]) for r in self.history if key in r]
 
     @property
     def final_acc(self) -> float:
-        return self.history[-1]["test_acc"]
+        return self.accuracies()[-1][1]
 
     @property
     def best_acc(self) -> float:
-        return max(r["test_acc"] for r in self.history)
+        return max(a for _, a in self.accuracies())
+
+    def final(self, split: str) -> Optional[float]:
+        acc = self.accuracies(split)
+        return acc[-1][1] if acc else None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -70,6 +87,14 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 def _autocast(device: torch.device, enabled: bool, dtype):
     return torch.autocast(device.type, dtype=dtype) if enabled else contextlib.nullcontext()
+
+
+def evaluate_splits(model: torch.nn.Module, loaders: dict, device: torch.device, amp: bool, amp_dtype) -> dict:
+    """{"<split>_loss": ..., "<split>_acc": ...} for every evaluation split."""
+    record = {}
+    for split, loader in loaders.items():
+        record[f"{split}_loss"], record[f"{split}_acc"] = evaluate(model, loader, device, amp, amp_dtype)
+    return record
 
 
 @torch.no_grad()
@@ -153,14 +178,21 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     train_loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=sampler_gen,
                               num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                               persistent_workers=cfg.num_workers > 0)
-    test_loader = DataLoader(data.test, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
-                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    eval_loaders = {split: DataLoader(ds, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
+                                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+                    for split, ds in data.evals.items()}
     steps_per_epoch = len(train_loader)
+    total_steps = cfg.steps or cfg.epochs * steps_per_epoch
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+    if warmup_steps and warmup_steps >= total_steps:
+        raise UserError(f"--warmup-epochs {cfg.warmup_epochs} ({warmup_steps} steps) is not shorter than the run "
+                        f"({total_steps} steps)", "lower the warmup")
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(
-        cfg.epochs * steps_per_epoch, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr / cfg.lr))
+        total_steps, warmup_steps, cfg.min_lr / cfg.lr))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     step_model = torch.compile(model) if cfg.compile else model
 
@@ -174,34 +206,38 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
         set_rng_state(state["rng"])
         history, start_epoch = list(state["history"]), state["epoch"] + 1
         metrics.replace(history)
-        log(f"resuming {out} at epoch {start_epoch}/{cfg.epochs}" if start_epoch <= cfg.epochs else
-            f"{out} finished all {cfg.epochs} epochs already: reusing it")
+        log(f"resuming {out} at epoch {start_epoch}/{epochs}" if start_epoch <= epochs else
+            f"{out} finished all {epochs} epochs already: reusing it")
     else:
         if cfg.resume and metrics_path.exists():
             log(f"no checkpoint in {out} yet: starting again from epoch 1")
         _write_run_info(out, cfg, init, data.description, device)
-        test_loss, test_acc = evaluate(step_model, test_loader, device, use_amp, amp_dtype)
-        history = [{"epoch": 0, "test_loss": test_loss, "test_acc": test_acc, "lr": scheduler.get_last_lr()[0],
-                    "elapsed": 0.0}]
+        scores = evaluate_splits(step_model, eval_loaders, device, use_amp, amp_dtype)
+        history = [{"epoch": 0, "step": 0, **scores, "lr": scheduler.get_last_lr()[0], "elapsed": 0.0}]
         metrics.replace(history)
         start_epoch = 1
         log(f"{data.description}; {type(model).__name__} {init['parameters']:,} parameters on {device}; "
             f"init {cfg.init if cfg.model == 'vit' else cfg.filters} in {init['init_seconds']:.2f} s; "
-            f"test acc at init {test_acc:.3f}")
+            f"{data.primary} acc at init {scores[f'{data.primary}_acc']:.3f}; {total_steps} steps "
+            f"({epochs} epochs of {steps_per_epoch})")
         if "fit_summary" in init:
             log(f"impulse fit: {init['fit_summary']}")
 
     # 4. Train.
     from tqdm.auto import tqdm
     elapsed = history[-1].get("elapsed", 0.0)
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    last_save = time.monotonic()
+    for epoch in range(start_epoch, epochs + 1):
         sampler_gen.manual_seed(epoch_seed(cfg.seed, epoch))
         step_model.train()
         t0 = time.perf_counter()
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not cfg.progress, leave=False,
-                   dynamic_ncols=True)
+        epoch_steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", disable=not cfg.progress, leave=False,
+                   dynamic_ncols=True, total=epoch_steps)
         for i, (x, y) in enumerate(bar):
+            if i == epoch_steps:  # the step budget ends inside this epoch
+                break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with _autocast(device, use_amp, amp_dtype):
                 logits = step_model(x)
@@ -217,7 +253,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
             loss_sum += loss.detach() * y.numel()
             correct += (logits.detach().argmax(-1) == y).sum()
             seen += y.numel()
-            if cfg.progress and (i % 10 == 0 or i == steps_per_epoch - 1):
+            if cfg.progress and (i % 10 == 0 or i == epoch_steps - 1):
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         train_loss = loss_sum.item() / seen
@@ -225,25 +261,33 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
             raise TrainingDiverged(f"the loss became {train_loss} in epoch {epoch}: lower --lr or set --clip-grad "
                                    f"(the checkpoint of epoch {epoch - 1} in {out} is kept)")
         train_seconds = time.perf_counter() - t0
-        test_loss, test_acc = evaluate(step_model, test_loader, device, use_amp, amp_dtype)
+        evaluated = epoch % cfg.eval_every == 0 or epoch == epochs
+        scores = evaluate_splits(step_model, eval_loaders, device, use_amp, amp_dtype) if evaluated else {}
         elapsed += time.perf_counter() - t0
-        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": correct.item() / seen,
-                  "test_loss": test_loss, "test_acc": test_acc, "lr": scheduler.get_last_lr()[0],
+        record = {"epoch": epoch, "step": (epoch - 1) * steps_per_epoch + epoch_steps, "train_loss": train_loss,
+                  "train_acc": correct.item() / seen, **scores, "lr": scheduler.get_last_lr()[0],
                   "epoch_seconds": train_seconds, "images_per_s": seen / train_seconds, "elapsed": elapsed}
         history.append(record)
         metrics.append(record)
-        save_checkpoint(ckpt_path, {"epoch": epoch, "config": cfg.as_dict(), "init": init,
-                                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                    "rng": rng_state(), "history": history})
-        log(f"epoch {epoch}/{cfg.epochs}: train loss {train_loss:.4f} acc {record['train_acc']:.3f} | test loss "
-            f"{test_loss:.4f} acc {test_acc:.3f} | {record['images_per_s']:.0f} img/s")
+        if evaluated or time.monotonic() - last_save > CHECKPOINT_SECONDS:
+            save_checkpoint(ckpt_path, {"epoch": epoch, "config": cfg.as_dict(), "init": init,
+                                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                        "rng": rng_state(), "history": history})
+            last_save = time.monotonic()
+        if evaluated or cfg.progress:
+            shown = " | ".join(f"{s} loss {scores[f'{s}_loss']:.4f} acc {scores[f'{s}_acc']:.3f}"
+                               for s in eval_loaders if f"{s}_acc" in scores)
+            log(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f} acc {record['train_acc']:.3f}"
+                + (f" | {shown}" if shown else "") + f" | {record['images_per_s']:.0f} img/s")
 
-    best = max(history, key=lambda r: r["test_acc"])
-    write_json(out / SUMMARY, {"final_acc": history[-1]["test_acc"], "best_acc": best["test_acc"],
-                               "best_epoch": best["epoch"], "epochs": cfg.epochs, "init": init,
+    result = TrainResult(out, history, init, data.primary)
+    best_epoch, best_acc = max(result.accuracies(), key=lambda ea: ea[1])
+    write_json(out / SUMMARY, {"split": data.primary, "final_acc": result.final_acc, "best_acc": best_acc,
+                               "best_epoch": best_epoch, "final": {s: result.final(s) for s in eval_loaders},
+                               "epochs": epochs, "steps": total_steps, "init": init,
                                "train_seconds": history[-1].get("elapsed", 0.0)})
-    return TrainResult(out, history, init)
+    return result
 
 
 def load_history(out) -> List[dict]:
