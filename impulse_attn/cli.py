@@ -282,13 +282,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _query(text: str) -> tuple:
+    try:
+        r, c = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a token position 'row,col'") from None
+    return r, c
+
+
+def cmd_inspect(args) -> int:
+    from .training.inspect import inspect_run
+    inspect_run(args.run, images=args.images, query=args.query, out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, formatter_class=_Help, description=(
         "Impulse (convolutional) initialization of attention for data-efficient vision transformers.\n"
         "Start with `impulse-attn demo`."))
     from . import __version__
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,compare,fit,demo}", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="{train,compare,fit,inspect,demo}", parser_class=_Parser)
     sub.required = True
 
     p = sub.add_parser("train", help="one training run", formatter_class=_Help,
@@ -336,6 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/fit", help="folder for report.json and fit.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("inspect", help="a trained ViT's attention maps next to its maps at init",
+                       formatter_class=_Help,
+                       description="Draw a trained run's attention maps for one query token next to the same "
+                                   "model's maps at init, and report per layer and head how convolution-like they "
+                                   "are (mass on the impulse target, best single offset) and how far they moved.")
+    p.add_argument("run", help="the --out folder of a finished or interrupted `impulse-attn train` run")
+    p.add_argument("--images", type=_positive_int, default=64, help="evaluation images the maps are averaged over")
+    p.add_argument("--query", type=_query, default=None, help="query token 'row,col' to draw (default: the grid "
+                   "centre)")
+    p.add_argument("--out", default=None, help="where inspect.json and maps.png go (default: the run folder)")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("demo", help="random vs mimetic vs impulse on the built-in dataset (a few CPU minutes)",
                        formatter_class=_Help)

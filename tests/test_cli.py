@@ -41,12 +41,15 @@ def _subparser(name: str) -> argparse.ArgumentParser:
 
 
 # --- flags ----------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["train", "compare", "fit", "demo"])
+@pytest.mark.parametrize("name", ["train", "compare", "fit", "inspect", "demo"])
 def test_every_flag_has_help_showing_its_default(name):
     sub = _subparser(name)
     formatter = sub._get_formatter()
     for action in sub._actions:
         if isinstance(action, argparse._HelpAction):
+            continue
+        if not action.option_strings:  # a required positional: it has help but no default
+            assert action.help
             continue
         assert action.help, f"{action.option_strings} has no help text"
         assert "(default:" in formatter._get_help_string(action), action.option_strings
