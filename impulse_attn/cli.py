@@ -62,113 +62,55 @@ def _scale(text: str):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
 
 
-# --- the training flags, shared by train and compare ----------------------------------------------------------
-def _add_training_flags(p: argparse.ArgumentParser) -> None:
-    from .training.config import TrainConfig
-    d = TrainConfig()
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=d.dataset, help="cifar10, cifar100, svhn (torchvision, downloaded into "
-                   "--data-dir on first use), folder (--data-dir with train/ and test/ or val/ class folders) or "
-                   "synthetic (built in, no download)")
-    g.add_argument("--data-dir", default=d.data_dir, help="where the dataset lives or is downloaded to")
-    g.add_argument("--per-class", type=_positive_int, default=d.per_class,
-                   help="train on a fixed subset of N images per class (default: all)")
-    g.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the --per-class subset and of the "
-                   "synthetic images")
-    g.add_argument("--augment", default=d.augment, choices=("none", "flip-crop", "paper"),
-                   help="training augmentation: none; flip-crop (random crop of the image zero-padded by 1/8 of its "
-                   "side, horizontal flip: the standard CIFAR recipe); paper (RandomResizedCrop, horizontal flip, "
-                   "RandAugment(2, 14))")
-    g.add_argument("--crop-scale", type=float, default=d.crop_scale, help="smallest area kept by "
-                   "RandomResizedCrop with --augment paper")
-    g.add_argument("--image-size", type=_positive_int, default=d.image_size,
-                   help="resize images to this side (default: the dataset's own size)")
-    g.add_argument("--synthetic-train", type=_positive_int, default=d.synthetic_train,
-                   help="training images of --dataset synthetic")
-    g.add_argument("--synthetic-test", type=_positive_int, default=d.synthetic_test,
-                   help="test images of --dataset synthetic")
-    g.add_argument("--synthetic-classes", type=_positive_int, default=d.synthetic_classes,
-                   help="classes (shapes) of --dataset synthetic, 1 to 10")
+# --- the training flags, shared by train and compare: generated from TrainConfig's fields ---------------------
+def _field_type(f):
+    from .training.config import parse_value
 
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, choices=("vit", "convmixer"), help="Simple ViT or ConvMixer")
-    g.add_argument("--patch-size", type=_positive_int, default=d.patch_size, help="patch side in pixels")
-    g.add_argument("--grid", type=_positive_int, default=d.grid, help="expected token grid side (image size / "
-                   "patch size), checked before training; the paper always uses 16")
-    g.add_argument("--dim", type=_positive_int, default=d.dim, help="model width (default: 512 for vit, 256 for "
-                   "convmixer)")
-    g.add_argument("--depth", type=_positive_int, default=d.depth, help="blocks (default: 6 for vit, 8 for "
-                   "convmixer)")
-    g.add_argument("--heads", type=_positive_int, default=d.heads, help="attention heads (vit)")
-    g.add_argument("--dim-head", type=_positive_int, default=d.dim_head, help="width per head (vit)")
-    g.add_argument("--mlp-dim", type=_positive_int, default=d.mlp_dim, help="MLP hidden width (vit)")
-    g.add_argument("--attention", default=d.attention, choices=("impulse", "plain"), help="impulse: "
-                   "ImpulseAttention (positional encoding mixed into queries/keys); plain: standard ViT attention "
-                   "with the encoding added to the tokens")
-    g.add_argument("--mode", default=d.mode, choices=("I", "II", "III"), help="ImpulseAttention query/key input: "
-                   "I α·LN(x)+(1−α)·P, II P only, III free maps")
-    g.add_argument("--alpha", type=float, default=d.alpha, help="content weight α of mode I")
-    g.add_argument("--init", default=d.init, choices=("impulse", "mimetic", "random", "default"),
-                   help="query/key init (vit)")
-    g.add_argument("--kernel-size", type=_positive_int, default=d.kernel_size, help="impulse window k (vit) or "
-                   "depthwise filter size (convmixer) (default: 5 for vit, 3 for convmixer)")
-    g.add_argument("--scale", type=float, default=d.scale, help="softmax scale of the attention (default: 0.1 "
-                   "for impulse init with the closed-form fit, the published logit budget with the iterative fit, "
-                   "dim_head^-0.5 otherwise)")
-    g.add_argument("--fit-method", default=d.fit_method, choices=("closed_form", "iterative"),
-                   help="impulse fit: closed form (instant) or the published iterative Adam recipe")
-    g.add_argument("--fit-steps", type=_positive_int, default=d.fit_steps, help="steps of the iterative fit")
-    g.add_argument("--target-mass", type=float, default=d.target_mass, help="closed-form fit sharpness: mean "
-                   "attention mass on the target token (the iterative recipe reaches about 0.3)")
-    g.add_argument("--attention-backend", default=d.attention_backend, choices=("auto", "reference", "sdpa",
-                   "triton"), help="attention implementation (auto: triton on CUDA when it can run, else sdpa)")
-    g.add_argument("--filters", default=d.filters, choices=("learned", "random", "softmax", "impulse", "box",
-                   "gaussian"), help="ConvMixer depthwise filters: learned from PyTorch's init, or a filter bank")
-    g.add_argument("--freeze", action="store_true", help="keep the ConvMixer filter bank fixed")
-    g.add_argument("--box-n", type=_positive_int, default=d.box_n, help="ones per box filter (default: k², the "
-                   "averaging box)")
+    def parse(text: str):
+        try:
+            return parse_value(f, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = f.name  # argparse names the type in its error message
+    return parse
 
-    g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=_positive_int, default=d.epochs, help="training epochs")
-    g.add_argument("--steps", type=_positive_int, default=d.steps, help="a fixed budget of optimizer steps "
-                   "instead of --epochs (the run lasts as many epochs as that takes, the last one cut short); the "
-                   "same budget at every --per-class size trains smaller sets for more epochs (default: --epochs)")
-    g.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help="evaluate every N epochs (and "
-                   "always at init and after the last epoch)")
-    g.add_argument("--batch-size", type=_positive_int, default=d.batch_size, help="training batch size")
-    g.add_argument("--eval-batch-size", type=_positive_int, default=d.eval_batch_size,
-                   help="evaluation batch size (default: --batch-size)")
-    g.add_argument("--optimizer", default=d.optimizer, choices=("adam", "adamw"), help="optimizer")
-    g.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="weight decay")
-    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warmup before the cosine "
-                   "schedule")
-    g.add_argument("--min-lr", type=float, default=d.min_lr, help="learning rate at the end of the cosine")
-    g.add_argument("--clip-grad", type=float, default=d.clip_grad, help="gradient norm clipping (0: off)")
-    g.add_argument("--amp", default=d.amp, choices=("auto", "on", "off"), help="mixed precision (auto: on with "
-                   "CUDA, off on the CPU)")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed of the model init and the data order")
 
-    g = p.add_argument_group("runtime")
-    g.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"), help="where to train")
-    g.add_argument("--num-workers", type=int, default=d.num_workers, help="data loader worker processes")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+def _add_training_flags(p: argparse.ArgumentParser, skip=()) -> None:
+    from .training.config import TrainConfig, field_kind, flag_name
+    groups = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in skip:
+            continue
+        meta = f.metadata
+        g = groups.get(meta["group"]) or groups.setdefault(meta["group"], p.add_argument_group(meta["group"]))
+        shown = meta["none_means"] if f.default is None else f.default
+        if field_kind(f) == "bool":
+            action = "store_false" if f.default else "store_true"
+            g.add_argument(flag_name(f), dest=f.name, action=action, default=f.default,
+                           help=f"{meta['help']} (default: {'on' if f.default else 'off'})")
+            continue
+        kwargs = dict(dest=f.name, default=f.default, help=f"{meta['help']} (default: {shown})")
+        if meta["choices"] is not None:
+            kwargs["choices"] = tuple(meta["choices"]())
+        else:
+            kwargs["type"] = _field_type(f)
+        g.add_argument(flag_name(f), **kwargs)
 
 
 def _config_from_args(args, **overrides):
     from .training.config import TrainConfig
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
-    values["progress"] = not args.no_progress
     values.update(overrides)
-    return TrainConfig(**values)
+    cfg = TrainConfig(**values)
+    cfg.check()
+    return cfg
 
 
 # --- subcommands ----------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from .training.loop import train
-    cfg = _config_from_args(args, out=args.out, resume=args.resume)
+    cfg = _config_from_args(args)
     result = train(cfg)
     print(f"final test accuracy {100 * result.final_acc:.2f}% (best {100 * result.best_acc:.2f}%); metrics in "
           f"{Path(cfg.out) / 'metrics.jsonl'}")
@@ -310,15 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "8 heads, patch 2, Adam 1e-4, cosine, 200 epochs, batch 512); scale it down "
                                    "with --dim/--depth/--heads/--dim-head/--mlp-dim/--epochs.")
     _add_training_flags(p)
-    p.add_argument("--out", default="runs/train", help="run folder: metrics.jsonl, checkpoint.pt, run.json")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="several inits on the same data, seeds and budget", formatter_class=_Help,
                        description="Train several variants with the same settings and seeds; write a markdown "
                                    "table and a PNG of the accuracy curves. Runs already in --out are resumed "
                                    "or reused.")
-    _add_training_flags(p)
+    _add_training_flags(p, skip=("out", "resume"))
     p.add_argument("--inits", default="random,mimetic,impulse", help="comma-separated inits to compare")
     p.add_argument("--variants", nargs="+", default=None, help="instead of --inits: variants as overrides of "
                    "the flags, e.g. 'init=impulse,alpha=0.1' 'frozen box:model=convmixer,filters=box,freeze=1' "
@@ -376,7 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, or a bad flag (already reported on one line)
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.func(args)
     except UserError as e:

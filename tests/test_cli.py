@@ -129,7 +129,7 @@ def _one_line_error(code, err, *needles):
 
 def test_unknown_dataset(tmp_path, capsys):
     code, _, err = _run(["train", "--dataset", "imagenet5", "--out", str(tmp_path / "r")], capsys)
-    _one_line_error(code, err, "unknown dataset 'imagenet5'", "use one of")
+    _one_line_error(code, err, "--dataset: invalid choice: 'imagenet5'", "synthetic")
     assert not (tmp_path / "r").exists()
 
 
@@ -153,10 +153,8 @@ def test_grid_that_does_not_match_the_model(tmp_path, capsys):
 
 
 def test_bad_flag_value_is_one_line(capsys):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["train", "--init", "xavier"])
-    _, err = capsys.readouterr()
-    _one_line_error(e.value.code, err, "invalid choice: 'xavier'")
+    code, _, err = _run(["train", "--init", "xavier"], capsys)
+    _one_line_error(code, err, "invalid choice: 'xavier'")
 
 
 @pytest.mark.parametrize("damage", ["corrupt", "mismatch"])

@@ -291,7 +291,7 @@ def test_parse_variant():
     assert v.overrides == {"model": "convmixer", "filters": "box", "freeze": True, "box_n": None}
     with pytest.raises(UserError, match="unknown or fixed field 'colour'"):
         parse_variant("colour=red")
-    with pytest.raises(UserError, match="not a valid"):
+    with pytest.raises(UserError, match="alpha=.high. is not valid"):
         parse_variant("alpha=high")
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from .._validate import choice, finite_tensor, grid_pair, odd_kernel_size, positive_float, positive_int
-from ..targets import (check_offsets, draw_offsets, impulse_targets, separable_logit_target, sincos_2d,
+from ..targets import (TARGET_SHAPES, check_offsets, draw_offsets, impulse_targets, logit_target, sincos_2d,
                        valid_rows)
 from .cache import FitCache, cache_key
 from .closed_form import fit_closed_form
@@ -31,10 +31,10 @@ def resolve_scale(scale, dim: int, rank: int, num_heads: int) -> float:
 
 
 def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: int = 512, rank: int = 64,
-                method: str = "iterative", steps: int = 10000, seed: int = 0, backend: str = "reference", *,
+                method: str = "iterative", steps: int = 10000, seed: int = 0, backend: str = "auto", *,
                 layers: int = 1, offsets=None, scale=0.1, lr: float = 1e-4, renorm_every: int = 100,
                 renorm: str = "code", alpha: float = 0.0, pseudo_input: Optional[torch.Tensor] = None,
-                target_mass: float = 0.3, logit_scale: Optional[float] = None, pinv_rtol: float = 0.03,
+                target: str = "impulse", target_mass: float = 0.3, logit_scale: Optional[float] = None, pinv_rtol: float = 0.03,
                 noise_std: float = 0.0, warn: bool = True, progress: bool = False, cache_dir=None,
                 dedup: bool = False, tol: Optional[float] = None, check_every: int = 100) -> FitResult:
     """Fit Q, K so that softmax(scale · X Q Kᵀ Xᵀ) reproduces one random impulse (shift) map per head.
@@ -58,6 +58,9 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
         alpha: fit on the pseudo-input X = (1 − α)·P, the positional part of Model I's query/key input; 0 fits on
             P itself as the public code does.
         pseudo_input: an explicit (N, D) X instead of the sin-cos encoding (e.g. LN(P) for a standard ViT).
+        target: the closed form's target logits around each head's offset, ``"impulse"`` (row match + column
+            match) or ``"laplace"`` (minus the city-block distance to the target: a local blob), see
+            ``targets.logit_target``.
         target_mass, logit_scale, pinv_rtol, noise_std: closed-form sharpness and conditioning (see
             ``fitting.closed_form``).
         warn: emit a RuntimeWarning when the fit is no better than a uniform map.
@@ -77,6 +80,7 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
     positive_int(dim, "dim")
     positive_int(rank, "rank")
     choice(method, "method", METHODS)
+    choice(target, "target", TARGET_SHAPES)
     choice(backend, "backend", FIT_BACKENDS)
     positive_int(layers, "layers")
     scale = resolve_scale(scale, dim, rank, num_heads)
@@ -139,7 +143,7 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
             package=impulse_attn.__version__, torch=torch.__version__, method=method, backend=used,
             layers=layers, num_heads=num_heads, grid=[h, w], kernel_size=kernel_size, dim=dim, rank=rank,
             seed=seed, offsets=offs, x=x, scale=scale, steps=steps, lr=lr, renorm_every=renorm_every,
-            renorm=renorm, target_mass=target_mass, logit_scale=logit_scale, pinv_rtol=pinv_rtol,
+            renorm=renorm, target=target, target_mass=target_mass, logit_scale=logit_scale, pinv_rtol=pinv_rtol,
             noise_std=noise_std, dedup=dedup, tol=tol, check_every=check_every))
         shape = (layers, num_heads, dim, rank)
         entry, cache_status = cache.load(key, {"q": (shape, torch.float32), "k": (shape, torch.float32)})
@@ -150,11 +154,11 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
         extra = dict(entry["meta"].get("extra", {}))
         steps_done = int(entry["meta"].get("steps_done", 0))
     elif method == "closed_form":
-        logits = separable_logit_target(flat, (h, w)).reshape(layers, num_heads, n, n)
+        logits = logit_target(flat, (h, w), target).reshape(layers, num_heads, n, n)
         q, k, beta = fit_closed_form(x, logits, targets, valid, rank, scale=scale, target_mass=target_mass,
                                      logit_scale=logit_scale, pinv_rtol=pinv_rtol, noise_std=noise_std,
                                      generator=gen)
-        extra = {"logit_scale": beta, "pinv_rtol": pinv_rtol}
+        extra = {"logit_scale": beta, "pinv_rtol": pinv_rtol, "target": target}
         steps_done = 0
     else:
         q0, k0 = init_qk(layers, num_heads, dim, rank, gen)

@@ -98,3 +98,34 @@ def separable_logit_target(offsets, grid_size, dtype=torch.float64) -> torch.Ten
     row_hit = (rows[None, None, :] - rows[None, :, None]) == m
     col_hit = (cols[None, None, :] - cols[None, :, None]) == dn
     return row_hit.to(dtype) + col_hit.to(dtype)
+
+
+TARGET_SHAPES = ("impulse", "laplace")
+
+
+def logit_target(offsets, grid_size, shape: str = "impulse", dtype=torch.float64) -> torch.Tensor:
+    """Target logits (heads, N, N) for the closed-form fit, up to the scale β the fit calibrates.
+
+    Both shapes are a row term plus a column term (what a bilinear form in the 2D sin-cos encoding can express)
+    and both peak at the head's offset:
+
+    - ``"impulse"``: ``separable_logit_target``, 1 where the row shift matches plus 1 where the column shift
+      matches. exp of it is a 2D impulse, but off the target it is a cross: every token on the target's row or
+      column gets the same logit, however far it is.
+    - ``"laplace"``: ``−(|Δr − m| + |Δc − n|)``, minus the city-block distance to the target. exp of it is a
+      local blob that decays with distance from the target in every direction, as the maps of the published
+      iterative recipe do (their mean logit falls monotonically with the distance to the target).
+    """
+    if shape == "impulse":
+        return separable_logit_target(offsets, grid_size, dtype)
+    if shape != "laplace":
+        raise ValueError(f"shape must be one of {TARGET_SHAPES}, got {shape!r}")
+    offsets = check_offsets(offsets)
+    h, w = grid_pair(grid_size)
+    rows = torch.arange(h).repeat_interleave(w)
+    cols = torch.arange(w).repeat(h)
+    m = offsets[:, 0, None, None]
+    dn = offsets[:, 1, None, None]
+    dr = rows[None, None, :] - rows[None, :, None] - m
+    dc = cols[None, None, :] - cols[None, :, None] - dn
+    return -(dr.abs() + dc.abs()).to(dtype)

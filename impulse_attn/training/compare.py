@@ -16,12 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .config import TrainConfig
+from .config import TrainConfig, fields_by_name, parse_value
 from .errors import UserError
 from .loop import TrainResult, train
 from .metrics import write_json
 
-_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _NOT_VARIED = ("out", "resume", "seed", "progress")
 
 
@@ -29,26 +28,6 @@ _NOT_VARIED = ("out", "resume", "seed", "progress")
 class Variant:
     label: str
     overrides: Dict[str, object]
-
-
-def _coerce(name: str, text: str):
-    kind = str(_FIELDS[name].type)
-    if text.lower() in ("none", "null") and "Optional" in kind:
-        return None
-    try:
-        if "bool" in kind:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if "int" in kind:
-            return int(text)
-        if "float" in kind:
-            return float(text)
-    except ValueError:
-        raise UserError(f"variant value {name}={text!r} is not a valid {kind}", "fix the variant") from None
-    return text
 
 
 def parse_variant(spec: str) -> Variant:
@@ -64,10 +43,14 @@ def parse_variant(spec: str) -> Variant:
             continue
         key, value = (s.strip() for s in part.split("=", 1))
         key = key.replace("-", "_")
-        if key not in _FIELDS or key in _NOT_VARIED:
+        known = fields_by_name()
+        if key not in known or key in _NOT_VARIED:
             raise UserError(f"variant {spec!r} sets unknown or fixed field {key!r}",
                             "use train option names such as init, alpha, filters, freeze, patch_size")
-        overrides[key] = _coerce(key, value)
+        try:
+            overrides[key] = parse_value(known[key], value)
+        except ValueError as e:
+            raise UserError(f"variant value {key}={value!r} is not valid ({e})", "fix the variant") from None
     if not overrides:
         raise UserError(f"empty variant {spec!r}", "name an init such as impulse, or key=value overrides")
     if label is None:

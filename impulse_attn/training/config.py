@@ -2,12 +2,17 @@
 
 A run is fully described by its ``TrainConfig``: it is written next to the metrics, stored in every checkpoint,
 and ``--resume`` refuses a checkpoint whose config differs in anything that changes the numbers.
+
+This file is the one source of every training setting: each field carries its command-line help, its group, its
+choices (taken from the module that owns them) and its validation rule. The ``train``/``compare`` flags and the
+``compare`` variant parser are generated from these fields, so adding a setting means adding one field here.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, fields
-from typing import Optional
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from .errors import UserError
 
@@ -22,72 +27,230 @@ MODEL_DEFAULTS = {
     "convmixer": {"dim": 256, "depth": 8, "kernel_size": 3},
 }
 
-# Fields that do not change what a run computes: they may differ between a run and its resumption.
-RUNTIME_FIELDS = ("out", "resume", "data_dir", "device", "num_workers", "progress", "compile")
-AUGMENTATIONS = ("none", "flip-crop", "paper")
+# Anything larger is refused before allocating: a 4096×4096 image is already 50 M pixels per sample.
+MAX_IMAGE_SIZE = 4096
+MAX_SEED = 2 ** 63 - 1
+
+
+# --- value rules (each written once; the field metadata points at them) ---------------------------------------
+def _is_int(v) -> bool:
+    try:
+        import numpy as np
+        if isinstance(v, np.integer):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def positive(v) -> Optional[str]:
+    return None if _is_int(v) and v >= 1 else "must be a positive integer"
+
+
+def non_negative_int(v) -> Optional[str]:
+    return None if _is_int(v) and v >= 0 else "must be an integer >= 0"
+
+
+def seed_range(v) -> Optional[str]:
+    return None if _is_int(v) and 0 <= v <= MAX_SEED else f"must be an integer in [0, 2**63 - 1]"
+
+
+def positive_float(v) -> Optional[str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return None if ok else "must be a finite number > 0"
+
+
+def non_negative_float(v) -> Optional[str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    return None if ok else "must be a finite number >= 0 (0 turns it off)"
+
+
+def unit_open(v) -> Optional[str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+    return None if ok else "must be a number in (0, 1)"
+
+
+def unit_half_open(v) -> Optional[str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+    return None if ok else "must be a number in (0, 1]"
+
+
+def alpha_range(v) -> Optional[str]:
+    # α = 1 leaves no positional part in mode I's query/key input; impulse init refuses it later, by name.
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+    return None if ok else "must be a number in [0, 1] (the paper sweeps 0 to 0.5)"
+
+
+def odd_positive(v) -> Optional[str]:
+    return None if _is_int(v) and v >= 1 and v % 2 == 1 else "must be an odd positive integer (e.g. 3 or 5)"
+
+
+def image_size_range(v) -> Optional[str]:
+    return None if _is_int(v) and 1 <= v <= MAX_IMAGE_SIZE else f"must be an integer in [1, {MAX_IMAGE_SIZE}]"
+
+
+def dim_rule(v) -> Optional[str]:
+    return None if _is_int(v) and v >= 1 else "must be a positive integer"
+
+
+def option(default: Any, help: str, group: str, *, choices: Optional[Callable[[], Sequence[str]]] = None,
+           check: Optional[Callable[[Any], Optional[str]]] = None, none_means: Optional[str] = None,
+           runtime: bool = False, flag: Optional[str] = None):
+    """A TrainConfig field with its command-line face: ``help``, ``group``, ``choices`` (a callable, so the list
+    is read from the module that owns it), ``check`` (returns why a value is wrong, or None), ``none_means``
+    (what None stands for, shown as the default), ``runtime`` (may differ between a run and its resumption)."""
+    return field(default=default, metadata=dict(help=help, group=group, choices=choices, check=check,
+                                                none_means=none_means, runtime=runtime, flag=flag))
+
+
+def _datasets():
+    from .data import DATASETS
+    return DATASETS
+
+
+def _augmentations():
+    from .data import AUGMENTATIONS
+    return AUGMENTATIONS
+
+
+def _attentions():
+    from ..models.simple_vit import ATTENTIONS
+    return ATTENTIONS
+
+
+def _modes():
+    from ..attention import MODES
+    return MODES
+
+
+def _inits():
+    from ..init import INIT_STRATEGIES
+    return INIT_STRATEGIES
+
+
+def _fit_methods():
+    from ..fitting import METHODS
+    return METHODS
+
+
+def _fit_backends():
+    from ..fitting import FIT_BACKENDS
+    return FIT_BACKENDS
+
+
+def _attention_backends():
+    from ..attention import ATTENTION_BACKENDS
+    return ATTENTION_BACKENDS
+
+
+def _filters():
+    from ..models.convmixer import FILTER_INITS
+    return FILTER_INITS
+
+
+def _fit_targets():
+    from ..targets import TARGET_SHAPES
+    return TARGET_SHAPES
 
 
 @dataclass
 class TrainConfig:
     # data
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    per_class: Optional[int] = None
-    data_seed: int = 0                        # seeds the --per-class subset and the synthetic images
-    augment: str = "none"                     # none | flip-crop | paper (see data.AUGMENTATIONS)
-    crop_scale: float = 0.75                  # RandomResizedCrop's smallest area fraction (--augment paper)
-    image_size: Optional[int] = None          # None: the dataset's own size
-    synthetic_train: int = 5000               # images in the built-in dataset's train split
-    synthetic_test: int = 1000
-    synthetic_classes: int = 10               # the first N shapes of synthetic.SHAPES
+    dataset: str = option("cifar10", "cifar10, cifar100, svhn (torchvision, downloaded into --data-dir on first "
+                          "use), folder (--data-dir with train/ and val/ and/or test/ class folders; settings are "
+                          "chosen on val/, test/ is reported beside it) or synthetic (built in, no download)",
+                          "data", choices=_datasets)
+    data_dir: str = option("data", "where the dataset lives or is downloaded to", "data", runtime=True)
+    per_class: Optional[int] = option(None, "train on a fixed subset of N images per class (nested: the subset "
+                                      "for a larger N contains the smaller one)", "data", check=positive,
+                                      none_means="all")
+    data_seed: int = option(0, "seed of the --per-class subset and of the synthetic images", "data",
+                            check=seed_range)
+    augment: str = option("none", "training augmentation: none; flip-crop (random crop of the image zero-padded "
+                          "by 1/8 of its side, horizontal flip: the standard CIFAR recipe); paper "
+                          "(RandomResizedCrop, horizontal flip, RandAugment(2, 14))", "data", choices=_augmentations)
+    crop_scale: float = option(0.75, "smallest area kept by RandomResizedCrop with --augment paper", "data",
+                               check=unit_half_open)
+    image_size: Optional[int] = option(None, "resize images to this side", "data", check=image_size_range,
+                                       none_means="the dataset's own size")
+    synthetic_train: int = option(5000, "training images of --dataset synthetic", "data", check=positive)
+    synthetic_test: int = option(1000, "test images of --dataset synthetic", "data", check=positive)
+    synthetic_classes: int = option(10, "classes (shapes) of --dataset synthetic, 1 to 10", "data",
+                                    check=lambda v: None if _is_int(v) and 1 <= v <= 10 else
+                                    "must be an integer in [1, 10]")
     # model
-    model: str = "vit"
-    patch_size: int = 2
-    grid: Optional[int] = None                # expected token grid side; checked against image/patch size
-    dim: Optional[int] = None                 # None: MODEL_DEFAULTS
-    depth: Optional[int] = None
-    heads: int = 8
-    dim_head: int = 64
-    mlp_dim: int = 512
-    attention: str = "impulse"
-    mode: str = "I"
-    alpha: float = 0.2
-    init: str = "impulse"
-    kernel_size: Optional[int] = None
-    scale: Optional[float] = None
-    fit_method: str = "closed_form"
-    fit_steps: int = 10000
-    target_mass: float = 0.3
-    attention_backend: str = "auto"
-    filters: str = "learned"
-    freeze: bool = False
-    box_n: Optional[int] = None
+    model: str = option("vit", "Simple ViT or ConvMixer", "model", choices=lambda: MODELS)
+    patch_size: int = option(2, "patch side in pixels", "model", check=positive)
+    grid: Optional[int] = option(None, "expected token grid side (image size / patch size), checked before "
+                                 "training; the paper always uses 16", "model", check=positive,
+                                 none_means="not checked")
+    dim: Optional[int] = option(None, "model width", "model", check=dim_rule,
+                                none_means="512 for vit, 256 for convmixer")
+    depth: Optional[int] = option(None, "blocks", "model", check=positive, none_means="6 for vit, 8 for convmixer")
+    heads: int = option(8, "attention heads (vit)", "model", check=positive)
+    dim_head: int = option(64, "width per head (vit)", "model", check=positive)
+    mlp_dim: int = option(512, "MLP hidden width (vit)", "model", check=positive)
+    attention: str = option("impulse", "impulse: ImpulseAttention (positional encoding mixed into queries/keys); "
+                            "plain: standard ViT attention with the encoding added to the tokens", "model",
+                            choices=_attentions)
+    mode: str = option("I", "ImpulseAttention query/key input: I α·LN(x)+(1−α)·P, II P only, III free maps",
+                       "model", choices=_modes)
+    alpha: float = option(0.2, "content weight α of mode I", "model", check=alpha_range)
+    init: str = option("impulse", "query/key init (vit)", "model", choices=_inits)
+    kernel_size: Optional[int] = option(None, "impulse window k (vit) or depthwise filter size (convmixer)",
+                                        "model", check=odd_positive, none_means="5 for vit, 3 for convmixer")
+    scale: Optional[float] = option(None, "softmax scale of the attention", "model", check=positive_float,
+                                    none_means="the fit's scale for impulse init, dim_head^-0.5 otherwise")
+    fit_method: str = option("closed_form", "impulse fit: closed form (instant) or the published iterative Adam "
+                             "recipe", "model", choices=_fit_methods)
+    fit_target: str = option("impulse", "shape of the closed-form fit's target logits around each head's "
+                             "offset (see impulse_attn.targets.logit_target)", "model", choices=_fit_targets)
+    fit_steps: int = option(10000, "steps of the iterative fit", "model", check=positive)
+    fit_backend: str = option("auto", "where the iterative fit runs (auto: the compiled extension when built)",
+                              "model", choices=_fit_backends)
+    target_mass: float = option(0.3, "closed-form fit sharpness: mean attention mass on the target token (the "
+                                "iterative recipe reaches about 0.3 at the paper's size)", "model", check=unit_open)
+    attention_backend: str = option("auto", "attention implementation (auto: the fastest that gives the "
+                                    "reference's result here)", "model", choices=_attention_backends)
+    filters: str = option("learned", "ConvMixer depthwise filters: learned from PyTorch's init, or a filter bank",
+                          "model", choices=_filters)
+    freeze: bool = option(False, "keep the ConvMixer filter bank fixed", "model")
+    box_n: Optional[int] = option(None, "ones per box filter", "model", check=positive,
+                                  none_means="k², the averaging box")
     # optimization
-    epochs: int = 200
-    steps: Optional[int] = None               # a fixed optimizer-step budget instead of --epochs
-    batch_size: int = 512
-    eval_batch_size: Optional[int] = None
-    optimizer: str = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
-    clip_grad: float = 0.0
-    amp: str = "auto"
-    seed: int = 0
-    eval_every: int = 1                       # evaluate every N epochs (and at init and after the last epoch)
+    epochs: int = option(200, "training epochs", "optimization", check=positive)
+    steps: Optional[int] = option(None, "a fixed budget of optimizer steps instead of --epochs (the run lasts as "
+                                  "many epochs as that takes, the last one cut short); the same budget at every "
+                                  "--per-class size trains smaller sets for more epochs", "optimization",
+                                  check=positive, none_means="--epochs")
+    batch_size: int = option(512, "training batch size", "optimization", check=positive)
+    eval_batch_size: Optional[int] = option(None, "evaluation batch size", "optimization", check=positive,
+                                            none_means="--batch-size")
+    optimizer: str = option("adam", "optimizer", "optimization", choices=lambda: OPTIMIZERS)
+    lr: float = option(1e-4, "peak learning rate", "optimization", check=positive_float)
+    weight_decay: float = option(0.0, "weight decay", "optimization", check=non_negative_float)
+    warmup_epochs: float = option(0.0, "linear warmup before the cosine schedule", "optimization",
+                                  check=non_negative_float)
+    min_lr: float = option(0.0, "learning rate at the end of the cosine", "optimization", check=non_negative_float)
+    clip_grad: float = option(0.0, "gradient norm clipping (0: off)", "optimization", check=non_negative_float)
+    amp: str = option("auto", "mixed precision (auto: on with CUDA, off on the CPU)", "optimization",
+                      choices=lambda: AMP_MODES)
+    seed: int = option(0, "seed of the model init and the data order", "optimization", check=seed_range)
+    eval_every: int = option(1, "evaluate every N epochs (and always at init and after the last epoch)",
+                             "optimization", check=positive)
     # runtime
-    out: str = "runs/train"
-    resume: bool = False
-    device: str = "auto"
-    num_workers: int = 0
-    progress: bool = True
-    compile: bool = False
+    out: str = option("runs/train", "run folder: metrics.jsonl, checkpoint.pt, run.json", "runtime", runtime=True)
+    resume: bool = option(False, "continue the run in --out from its last checkpoint", "runtime", runtime=True)
+    device: str = option("auto", "where to train", "runtime", choices=lambda: DEVICES, runtime=True)
+    num_workers: int = option(0, "data loader worker processes", "runtime", check=non_negative_int, runtime=True)
+    progress: bool = option(True, "progress bars", "runtime", runtime=True, flag="--no-progress")
+    compile: bool = option(False, "torch.compile the model", "runtime", runtime=True)
 
     def resolved(self) -> "TrainConfig":
         """A copy with the model-dependent defaults filled in."""
         if self.model not in MODELS:
-            raise UserError(f"unknown model {self.model!r}", f"use one of {', '.join(MODELS)}")
+            raise UserError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}",
+                            f"use one of {', '.join(MODELS)}")
         filled = {k: v for k, v in MODEL_DEFAULTS[self.model].items() if getattr(self, k) is None}
         return dataclasses.replace(self, **filled)
 
@@ -96,6 +259,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise UserError(f"run settings must be a mapping, got {type(d).__name__}", "check the run folder")
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -111,38 +276,81 @@ class TrainConfig:
         return {k: (a[k], b[k]) for k in a if k not in RUNTIME_FIELDS and a[k] != b[k]}
 
     def check(self) -> None:
-        """Validate the numbers a user types, before any data is read or file written."""
+        """Validate every value against its field's rule, before any data is read or file written."""
         c = self.resolved()
-        for name in ("epochs", "eval_every", "batch_size", "patch_size", "heads", "dim_head", "mlp_dim", "dim", "depth",
-                     "synthetic_train", "synthetic_test"):
-            v = getattr(c, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}",
-                                "pass a value >= 1")
-        if not 1 <= c.synthetic_classes <= 10:
-            raise UserError(f"--synthetic-classes must be in [1, 10], got {c.synthetic_classes}", "pick 2 to 10")
-        if c.per_class is not None and c.per_class < 1:
-            raise UserError(f"--per-class must be >= 1, got {c.per_class}", "pass a positive count or leave it out")
-        if c.steps is not None and (not isinstance(c.steps, int) or isinstance(c.steps, bool) or c.steps < 1):
-            raise UserError(f"--steps must be a positive integer, got {c.steps!r}", "pass a value >= 1 or leave it out")
-        if c.eval_batch_size is not None and c.eval_batch_size < 1:
-            raise UserError(f"--eval-batch-size must be >= 1, got {c.eval_batch_size}", "pass a positive value")
-        if c.lr <= 0 or c.lr != c.lr:
-            raise UserError(f"--lr must be > 0, got {c.lr}", "pass a positive learning rate such as 1e-4")
-        for name in ("weight_decay", "warmup_epochs", "min_lr", "clip_grad"):
-            v = getattr(c, name)
-            if v < 0 or v != v:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {v}", "pass 0 to turn it off")
+        for f in fields(c):
+            value, meta = getattr(c, f.name), f.metadata
+            if value is None and meta.get("none_means") is not None:
+                continue
+            why = None
+            if meta.get("choices") is not None:
+                allowed = tuple(meta["choices"]())
+                if value not in allowed:
+                    why = f"must be one of {', '.join(allowed)}"
+            elif meta.get("check") is not None:
+                why = meta["check"](value)
+            elif f.type in ("bool", bool) and not isinstance(value, bool):
+                why = "must be true or false"
+            elif f.type in ("str", str) and not isinstance(value, str):
+                why = "must be a string"
+            if why:
+                raise UserError(f"{flag_name(f)} {why}, got {value!r}", f"see impulse-attn train --help")
         if c.steps is None and c.warmup_epochs >= c.epochs and c.warmup_epochs > 0:
             raise UserError(f"--warmup-epochs {c.warmup_epochs} must be shorter than --epochs {c.epochs}",
                             "lower the warmup")
-        if c.kernel_size < 1 or c.kernel_size % 2 == 0:
-            raise UserError(f"--kernel-size must be odd and positive, got {c.kernel_size}", "use 3 or 5")
-        if not 0 <= c.alpha <= 1:
-            raise UserError(f"--alpha must be in [0, 1], got {c.alpha}", "the paper sweeps 0 to 0.5")
         if c.model == "vit" and c.dim % 4:
             raise UserError(f"--dim must be a multiple of 4 for the 2D sin-cos encoding, got {c.dim}",
                             f"use {c.dim - c.dim % 4 or 4}")
-        for name, allowed in (("augment", AUGMENTATIONS), ("optimizer", OPTIMIZERS), ("amp", AMP_MODES), ("device", DEVICES)):
-            if getattr(c, name) not in allowed:
-                raise UserError(f"unknown --{name} {getattr(c, name)!r}", f"use one of {', '.join(allowed)}")
+        if c.model == "vit" and c.init == "impulse" and c.attention == "impulse" and c.mode == "I" and c.alpha >= 1:
+            raise UserError("--alpha 1 leaves no positional part in mode I's queries and keys for the impulse init "
+                            "to fit", "use --alpha below 1 (the paper sweeps 0 to 0.5)")
+        if c.image_size is not None and c.patch_size > c.image_size:
+            raise UserError(f"--patch-size {c.patch_size} is larger than --image-size {c.image_size}",
+                            "use a smaller patch")
+
+
+RUNTIME_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("runtime"))
+AUGMENTATION_FIELD = "augment"
+
+
+def flag_name(f) -> str:
+    """The command-line flag of a field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def field_kind(f) -> str:
+    """"bool", "int", "float" or "str": what a command-line value of this field is parsed as."""
+    t = str(f.type)
+    for kind in ("bool", "int", "float"):
+        if kind in t:
+            return kind
+    return "str"
+
+
+def parse_value(f, text: str):
+    """A field's value from text (a flag value or a compare variant): types only; ranges are ``check``'s job."""
+    kind = field_kind(f)
+    low = text.strip().lower()
+    if low in ("none", "null") and f.metadata.get("none_means") is not None:
+        return None
+    if kind == "bool":
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{text!r} is not true/false")
+    if kind == "int":
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not an integer") from None
+    if kind == "float":
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+    return text
+
+
+def fields_by_name() -> Dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(TrainConfig)}

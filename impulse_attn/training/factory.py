@@ -43,8 +43,10 @@ def build_model(config, num_classes: int, image_size: int, channels: int = 3,
             if c.init == "impulse":
                 if c.fit_method == "closed_form":
                     kwargs.setdefault("target_mass", c.target_mass)
+                    kwargs.setdefault("target", c.fit_target)
                 else:
                     kwargs.setdefault("steps", c.fit_steps)
+                    kwargs.setdefault("backend", c.fit_backend)
             model = SimpleViT(image_size=image_size, patch_size=c.patch_size, num_classes=num_classes, dim=c.dim,
                               depth=c.depth, heads=c.heads, dim_head=c.dim_head, mlp_dim=c.mlp_dim,
                               channels=channels, attention=c.attention, mode=c.mode, alpha=c.alpha, init=c.init,
