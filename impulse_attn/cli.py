@@ -48,9 +48,14 @@ def _positive_int(text: str) -> int:
 
 def _seeds(text: str) -> List[int]:
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError(f"{text!r} names no seed; pass e.g. 0,1,2")
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} repeats a seed")
+    return seeds
 
 
 def _scale(text: str):

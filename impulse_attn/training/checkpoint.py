@@ -7,10 +7,12 @@ lists and dicts: the numpy and Python RNG states are converted to those.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import random
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -18,7 +20,10 @@ import torch
 from .errors import UserError
 
 FORMAT = "impulse-attn-checkpoint"
-VERSION = 1
+VERSION = 2
+# What a training checkpoint must hold, and the type of each entry (checked before any of it is used).
+REQUIRED = {"epoch": int, "config": dict, "init": dict, "model": dict, "optimizer": dict, "scheduler": dict,
+            "scaler": dict, "rng": dict, "history": list}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -50,28 +55,66 @@ def atomic_write_bytes(path: Path, write) -> None:
     _fsync_dir(path.parent)
 
 
+def _serialize(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def save_checkpoint(path: Path, state: Dict[str, Any]) -> None:
-    state = {"format": FORMAT, "version": VERSION, **state}
-    atomic_write_bytes(path, lambda f: torch.save(state, f))
+    """Write ``state`` atomically, with a SHA-256 of its bytes that ``load_checkpoint`` verifies.
+
+    torch.load does not check the zip's CRCs, so a flipped bit in a weight would load silently; the digest over
+    the whole serialized state catches any change."""
+    payload = _serialize(state)
+    outer = {"format": FORMAT, "version": VERSION, "sha256": hashlib.sha256(payload).hexdigest(),
+             "payload": torch.frombuffer(bytearray(payload), dtype=torch.uint8)}
+    atomic_write_bytes(path, lambda f: torch.save(outer, f))
 
 
-def load_checkpoint(path: Path) -> Dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint``; a missing, corrupt or foreign file is a UserError."""
+def _refuse(path: Path, why: str) -> UserError:
+    return UserError(f"checkpoint {path} is {why}",
+                     "restore it, or start a new run with another --out (the file is left as it is)")
+
+
+def load_checkpoint(path: Path, required: Optional[Dict[str, type]] = None) -> Dict[str, Any]:
+    """Load and verify a checkpoint written by ``save_checkpoint`` (``weights_only=True``: no code runs).
+
+    A missing, corrupt (digest mismatch, unreadable), foreign or incomplete file is a one-line UserError; the file
+    is never modified. ``required`` maps keys to the types they must have (default: nothing beyond the format).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path} to resume", "drop --resume to start a new run, or pass the --out "
                         "of the run to continue")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        outer = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         first = (str(e).splitlines() or [""])[0][:160]
-        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: {first})",
-                        "restore it, or start a new run with another --out (the file is left as it is)") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise _refuse(path, f"corrupt or not a checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(outer, dict) or outer.get("format") != FORMAT:
         raise UserError(f"{path} is not an impulse-attn checkpoint", "pass the --out folder of an impulse-attn run")
-    if state.get("version") != VERSION:
-        raise UserError(f"checkpoint {path} has format version {state.get('version')}, this package reads "
+    if outer.get("version") != VERSION:
+        raise UserError(f"checkpoint {path} has format version {outer.get('version')!r}, this package reads "
                         f"{VERSION}", "resume it with the impulse-attn version that wrote it")
+    payload, digest = outer.get("payload"), outer.get("sha256")
+    if not isinstance(payload, torch.Tensor) or payload.dtype != torch.uint8 or payload.dim() != 1 \
+            or not isinstance(digest, str):
+        raise _refuse(path, "corrupt (no payload or checksum)")
+    data = payload.numpy().tobytes()
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise _refuse(path, "corrupt (its SHA-256 does not match the one stored when it was written)")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _refuse(path, f"corrupt ({type(e).__name__} in its payload)") from None
+    if not isinstance(state, dict):
+        raise _refuse(path, "corrupt (its payload is not a mapping)")
+    for key, kind in (required or {}).items():
+        if key not in state:
+            raise _refuse(path, f"incomplete (no {key!r})")
+        if not isinstance(state[key], kind) or (kind is int and isinstance(state[key], bool)):
+            raise _refuse(path, f"damaged ({key!r} is a {type(state[key]).__name__}, expected {kind.__name__})")
     return state
 
 

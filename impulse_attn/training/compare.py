@@ -148,7 +148,7 @@ def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[
     total = len(configs)
     for i, ((label, seed), cfg) in enumerate(configs.items(), 1):
         log(f"[{i}/{total}] {label}, seed {seed} -> {cfg.out}")
-        runs[label].append(train(cfg, log=lambda s: log("    " + s)))
+        runs[label].append(train(cfg, log=lambda s: log("    " + s), start_if_missing=True))
     table, reach = summarize(runs, reach)
     out.mkdir(parents=True, exist_ok=True)
     table_path = out / "results.md"

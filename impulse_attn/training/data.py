@@ -9,6 +9,7 @@ sorting its val images into class folders) and a user's own data come in.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -121,6 +122,40 @@ def _folder(root: Path, transform, what: str):
                         "put each class's images in its own subfolder, e.g. train/cat/0001.jpg") from None
 
 
+# Formats whose end marker says whether the file is complete (a truncated JPEG or PNG opens fine and fails to
+# decode only when a batch needs it, epochs into a run).
+_END_MARKERS = {"JPEG": (b"\xff\xd9", 64), "PNG": (b"IEND", 64)}
+
+
+def check_images(paths: Sequence[str], what: str) -> None:
+    """A cheap check of every image file before training: not empty, an image PIL recognizes (header only), and
+    for JPEG/PNG the format's end marker near the end of the file. The first bad file is a UserError naming it."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+    for path in tqdm(paths, desc=f"checking {what} images", disable=len(paths) < 20000, leave=False):
+        why = None
+        try:
+            size = os.path.getsize(path)
+            if size == 0:
+                why = "the file is empty"
+            else:
+                with Image.open(path) as im:
+                    fmt = im.format
+                    im.size  # noqa: B018 (parsed from the header)
+                marker = _END_MARKERS.get(fmt)
+                if marker is not None:
+                    with open(path, "rb") as f:
+                        f.seek(max(0, size - marker[1]))
+                        if marker[0] not in f.read():
+                            why = f"the {fmt} data is truncated (no end marker)"
+        except UnidentifiedImageError:
+            why = "not an image PIL can read"
+        except OSError as e:
+            why = f"unreadable ({e.strerror or e})"
+        if why:
+            raise UserError(f"{what} image {path}: {why}", "remove or replace the file, then run again")
+
+
 def _first_image_size(ds) -> int:
     from PIL import Image
     with Image.open(ds.samples[0][0]) as im:
@@ -155,6 +190,9 @@ def _folder_datasets(data_dir: str, image_size: Optional[int], augment: str, cro
             raise UserError(f"train/ and {eval_root.name}/ have different class folders (differ in {missing[:5]})",
                             "give both the same class subfolders")
         evals[eval_root.name] = ds
+    check_images([p for p, _ in train.samples], "training")
+    for name, ds in evals.items():
+        check_images([p for p, _ in ds.samples], name)
     size = image_size or _first_image_size(train)
     train.transform = build_transform(size, augment, resize=True, crop_scale=crop_scale)
     for ds in evals.values():

@@ -18,6 +18,10 @@ def check_geometry(config, image_size: int) -> int:
         raise UserError(f"image size {image_size} is not divisible by patch size {p}",
                         f"use --patch-size in {divisors} or an --image-size that is a multiple of {p}")
     grid = image_size // p
+    k = config.resolved().kernel_size
+    if config.model == "vit" and k > 2 * grid - 1:
+        raise UserError(f"--kernel-size {k} is wider than a {grid}x{grid} token grid allows (an offset must stay "
+                        f"inside the grid)", f"use --kernel-size {2 * grid - 1 if grid > 1 else 1} or less")
     if config.grid is not None and config.grid != grid:
         want = config.grid
         hint = (f"--patch-size {image_size // want}" if image_size % want == 0 else
@@ -25,6 +29,18 @@ def check_geometry(config, image_size: int) -> int:
         raise UserError(f"--grid {want} does not match the model: {image_size}x{image_size} images in patches of "
                         f"{p} give a {grid}x{grid} grid", f"use {hint}, or drop --grid")
     return grid
+
+
+def check_attention_backend(backend: str, device: torch.device) -> None:
+    """An explicitly requested attention backend that cannot run on ``device`` is refused before any work."""
+    if backend in ("auto", "reference", "sdpa"):
+        return
+    from ..backends import triton_unavailable_reason
+    probe = torch.zeros(1, 1, 1, 16, device=device)
+    why = triton_unavailable_reason(probe, probe, probe)
+    if why is not None:
+        raise UserError(f"--attention-backend {backend} cannot run on {device}: {why}",
+                        "use --attention-backend auto (it picks the fastest backend that runs here)")
 
 
 def build_model(config, num_classes: int, image_size: int, channels: int = 3,

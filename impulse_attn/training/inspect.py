@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..analysis import head_stats, map_change
-from .checkpoint import load_checkpoint
+from .checkpoint import REQUIRED, load_checkpoint
 from .config import TrainConfig
 from .data import build_datasets
 from .errors import UserError
@@ -55,7 +55,7 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
     run = Path(run)
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist", "pass the --out folder of an impulse-attn train run")
-    state = load_checkpoint(run / CHECKPOINT)
+    state = load_checkpoint(run / CHECKPOINT, REQUIRED)
     try:
         cfg = TrainConfig.from_dict(state["config"]).resolved()
     except (UserError, TypeError, KeyError):

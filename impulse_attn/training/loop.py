@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import platform
 import random
 import time
@@ -21,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import REQUIRED, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import build_datasets
 from .errors import TrainingDiverged, UserError
-from .factory import build_model, check_geometry
+from .factory import build_model, check_attention_backend, check_geometry
 from .metrics import MetricsWriter, read_metrics, write_json
 
 CHECKPOINT, METRICS, RUN_INFO, SUMMARY = "checkpoint.pt", "metrics.jsonl", "run.json", "summary.json"
@@ -82,7 +83,7 @@ def cosine_schedule(total_steps: int, warmup_steps: int, min_ratio: float) -> Ca
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
-    return seed * 100_003 + epoch
+    return (seed * 100_003 + epoch) % 2 ** 63
 
 
 def _autocast(device: torch.device, enabled: bool, dtype):
@@ -118,22 +119,40 @@ def _write_run_info(out: Path, cfg: TrainConfig, init: dict, data_desc: str, dev
                                 "host": platform.node()})
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+def check_out_dir(out: Path) -> None:
+    """Refuse, before any work, an --out that is a file, lies under a file, or cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is an existing file, not a folder", "pass a folder for the run's files")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {out} lies under {parent}, which is a file", "pass a folder path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out} cannot be written ({parent} is not writable)", "pass a writable folder")
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_missing: bool = False
+          ) -> TrainResult:
     """Run (or resume) one training run described by ``config``; returns its history.
 
     Files in ``config.out``: run.json (config, init, environment), metrics.jsonl (one record per epoch, epoch 0
-    is the model at init), checkpoint.pt (after every epoch), summary.json (at the end).
+    is the model at init), checkpoint.pt (at evaluated epochs), summary.json (at the end).
+    ``config.resume`` continues the run in ``out`` and refuses an ``out`` with no run in it, unless
+    ``start_if_missing`` (what ``compare`` uses to start or continue each of its runs).
     Raises UserError for anything the user can fix; existing files are never replaced by a run that fails.
     """
     cfg = config.resolved()
     cfg.check()
     out = Path(cfg.out)
+    check_out_dir(out)
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    run_files = [p.name for p in (ckpt_path, metrics_path, out / RUN_INFO, out / SUMMARY) if p.exists()]
 
     # 1. Where does this run start? Decide before touching any file.
     state = None
     if cfg.resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
+        state = load_checkpoint(ckpt_path, REQUIRED)
         try:
             saved = TrainConfig.from_dict(state["config"])
         except (UserError, TypeError, KeyError):
@@ -144,16 +163,18 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
             listed = "; ".join(f"{k}: checkpoint {b!r}, now {a!r}" for k, (a, b) in sorted(diff.items()))
             raise UserError(f"checkpoint {ckpt_path} was made with other settings ({listed})",
                             f"resume with the flags in {out / RUN_INFO}, or start a new run with another --out")
-    elif not cfg.resume:
-        existing = [p.name for p in (ckpt_path, metrics_path) if p.exists()]
-        if existing:
-            raise UserError(f"{out} already holds a run ({', '.join(existing)})",
-                            "pass --resume to continue it, or choose another --out")
+    elif cfg.resume and not run_files and not start_if_missing:
+        raise UserError(f"--resume: {out} holds no run to continue",
+                        "drop --resume to start a new run there, or pass the --out of the run to continue")
+    elif not cfg.resume and run_files:
+        raise UserError(f"{out} already holds a run ({', '.join(run_files)})",
+                        "pass --resume to continue it, or choose another --out")
 
     # 2. Data, device, model: all validated before anything is written.
     data = build_datasets(cfg)
     check_geometry(cfg, data.image_size)
     device = resolve_device(cfg.device)
+    check_attention_backend(cfg.attention_backend, device)
     if cfg.amp == "on" and device.type != "cuda":
         raise UserError("--amp on needs a CUDA device", "use --amp auto (mixed precision on CUDA, fp32 on CPU)")
     use_amp = device.type == "cuda" and cfg.amp != "off"
@@ -200,11 +221,16 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> TrainResul
     out.mkdir(parents=True, exist_ok=True)
     metrics = MetricsWriter(metrics_path)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        history, start_epoch = list(state["history"]), state["epoch"] + 1
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            set_rng_state(state["rng"])
+            history, start_epoch = [dict(r) for r in state["history"]], int(state["epoch"]) + 1
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise UserError(f"checkpoint {ckpt_path} is damaged ({type(e).__name__} while restoring the optimizer "
+                            f"and random state)", "start a new run with another --out (the file is left as it is)"
+                            ) from None
         metrics.replace(history)
         log(f"resuming {out} at epoch {start_epoch}/{epochs}" if start_epoch <= epochs else
             f"{out} finished all {epochs} epochs already: reusing it")
