@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import impulse_attn as ia
 
 # The size the experiments and the demo train on this CPU (docs/RESULTS.md): a 16x16 token grid.
-CFG = dict(image_size=32, patch_size=2, num_classes=10, dim=64, depth=2, heads=8, dim_head=16, mlp_dim=128)
+CFG = dict(image_size=32, patch_size=2, num_classes=10, dim=64, depth=2, num_heads=8, head_dim=16, mlp_dim=128)
 BATCH = 32
 ROUNDS = 20
 CUDA = torch.cuda.is_available()

@@ -21,7 +21,7 @@ import triton  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-from impulse_attn.kernels import triton_attention as ta  # noqa: E402
+from impulse_attn.attention import triton_flash as ta  # noqa: E402
 
 B, H, D = 128, 8, 64
 DTYPE = torch.bfloat16

@@ -59,7 +59,7 @@ def init_table(data_dir: str) -> None:
     for patch in (2, 4):
         for alpha in (0.0, 0.1, 0.2, 0.3, 0.5):
             torch.manual_seed(0)
-            m = SimpleViT(patch_size=patch, dim=64, depth=2, heads=8, dim_head=16, mlp_dim=128, alpha=alpha)
+            m = SimpleViT(patch_size=patch, dim=64, depth=2, num_heads=8, head_dim=16, mlp_dim=128, alpha=alpha)
             per_layer = [locality_single(m, x, i) for i in range(2)]
             loc = locality(m, x)
             print(f"| {m.grid_size[0]}x{m.grid_size[1]} | {alpha} | {m.fit_results[0].report.target_mass:.2f} | "

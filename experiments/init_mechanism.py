@@ -29,7 +29,7 @@ from impulse_attn.fitting.closed_form import fit_closed_form
 from impulse_attn.targets import impulse_targets, sincos_2d, valid_rows
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
-MODEL = dict(image_size=32, patch_size=4, dim=128, depth=4, heads=8, dim_head=16, mlp_dim=256, alpha=0.2)
+MODEL = dict(image_size=32, patch_size=4, dim=128, depth=4, num_heads=8, head_dim=16, mlp_dim=256, alpha=0.2)
 GRID = (8, 8)
 
 
@@ -72,12 +72,12 @@ def closed(offsets, kind="separable", mass=0.3, scale=0.1):
     logits = offsets_logits(flat, GRID, kind).reshape(L, H, 64, 64)
     t = impulse_targets(flat, GRID).reshape(L, H, 64, 64)
     v = valid_rows(flat, GRID).reshape(L, H, 64)
-    q, k, _ = fit_closed_form(x, logits, t, v, MODEL["dim_head"], scale=scale, target_mass=mass)
+    q, k, _ = fit_closed_form(x, logits, t, v, MODEL["head_dim"], scale=scale, target_mass=mass)
     return q, k, scale
 
 
 def recipe(offsets, seed):
-    f = ia.fit_impulse(MODEL["heads"], GRID, 5, MODEL["dim"], MODEL["dim_head"], method="iterative", layers=4,
+    f = ia.fit_impulse(MODEL["num_heads"], GRID, 5, MODEL["dim"], MODEL["head_dim"], method="iterative", layers=4,
                        offsets=offsets, scale="auto", alpha=MODEL["alpha"], backend="auto", seed=seed, warn=False)
     return f.q, f.k, f.scale
 
@@ -118,7 +118,7 @@ def add_complement(q, k, gen, bound):
 def make_variant(name: str, offsets: torch.Tensor, seed: int):
     """(q, k, scale) for every layer, or None for the random baseline."""
     gen = torch.Generator().manual_seed(seed + 1000)
-    recipe_bound = math.sqrt(1 / (MODEL["dim_head"] * MODEL["heads"]))
+    recipe_bound = math.sqrt(1 / (MODEL["head_dim"] * MODEL["num_heads"]))
     if name == "random":
         return None
     if name == "recipe":
@@ -146,7 +146,7 @@ def run(name: str, seed: int, data, epochs=15, batch=512, lr=1e-3, wd=0.05) -> d
     (xtr, ytr), (xva, yva) = data
     torch.manual_seed(seed)
     model = ia.SimpleViT(num_classes=10, init="random", seed=seed, attention_backend="sdpa", **MODEL)
-    offsets = torch.stack([torch.randint(0, 25, (MODEL["heads"],), generator=torch.Generator().manual_seed(seed * 7 + i))
+    offsets = torch.stack([torch.randint(0, 25, (MODEL["num_heads"],), generator=torch.Generator().manual_seed(seed * 7 + i))
                            for i in range(MODEL["depth"])])
     offsets = torch.stack((offsets // 5 - 2, offsets % 5 - 2), -1)
     t0 = time.perf_counter()

@@ -1,51 +1,73 @@
 """Argument checks shared by the public API.
 
 Every public function calls these before doing any work, so bad input fails with a message that names the
-argument and what was expected instead of a shape error deep inside a matmul.
+argument and what was expected instead of a shape error deep inside a matmul. Integers may be Python or numpy
+integers (anything with ``__index__`` that is not a bool).
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Tuple
+import operator
+import os
+from typing import Iterable, Optional, Tuple
 
 import torch
+
+# Set to a number of bytes to cap what one call may allocate (default: the memory available when it is asked).
+MEMORY_BUDGET_ENV = "IMPULSE_ATTN_MEMORY_BUDGET"
+
+
+def as_int(value, name: str) -> int:
+    """An int from a Python or numpy integer; bools and floats are refused."""
+    if isinstance(value, bool) or isinstance(value, float) or (isinstance(value, torch.Tensor) and
+                                                               value.is_floating_point()):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
 
 
 def grid_pair(grid_size, name: str = "grid_size") -> Tuple[int, int]:
     """Normalize an int or (H, W) pair to a tuple of two positive ints."""
-    if isinstance(grid_size, bool):
-        raise TypeError(f"{name} must be an int or a pair (H, W) of ints, got {grid_size!r}")
-    if isinstance(grid_size, int):
-        grid_size = (grid_size, grid_size)
     if isinstance(grid_size, torch.Size):
         grid_size = tuple(grid_size)
-    if not isinstance(grid_size, (tuple, list)) or len(grid_size) != 2:
-        raise TypeError(f"{name} must be an int or a pair (H, W) of ints, got {grid_size!r}")
-    h, w = grid_size
-    for v in (h, w):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must hold positive ints, got {grid_size!r}")
-    return int(h), int(w)
+    if isinstance(grid_size, (tuple, list)):
+        if len(grid_size) != 2:
+            raise TypeError(f"{name} must be an int or a pair (H, W) of ints, got {grid_size!r}")
+        try:
+            h, w = (as_int(v, name) for v in grid_size)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a pair (H, W) of ints, got {grid_size!r}") from None
+    else:
+        try:
+            h = w = as_int(grid_size, name)
+        except TypeError:
+            raise TypeError(f"{name} must be an int or a pair (H, W) of ints, got {grid_size!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"{name} must hold positive ints, got {grid_size!r}")
+    return h, w
 
 
 def positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = as_int(value, name)
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
 
 
 def odd_kernel_size(value, name: str = "kernel_size") -> int:
-    positive_int(value, name)
+    value = positive_int(value, name)
     if value % 2 == 0:
         raise ValueError(f"{name} must be odd (the window is centred on the token), got {value}")
     return value
 
 
 def positive_float(value, name: str, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if isinstance(value, torch.Tensor) and value.numel() != 1:
+        raise TypeError(f"{name} must be a number, got a tensor of shape {tuple(value.shape)}")
     value = float(value)
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
@@ -55,7 +77,7 @@ def positive_float(value, name: str, allow_zero: bool = False) -> float:
 
 def choice(value, name: str, allowed: Iterable[str]) -> str:
     allowed = tuple(allowed)
-    if value not in allowed:
+    if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(repr(a) for a in allowed)}; got {value!r}")
     return value
 
@@ -75,3 +97,35 @@ def image_grid(image_size, patch_size) -> tuple:
     if ih % ph or iw % pw:
         raise ValueError(f"image_size {(ih, iw)} must be divisible by patch_size {(ph, pw)}")
     return (ih, iw), (ih // ph, iw // pw)
+
+
+def available_memory(device: Optional[torch.device] = None) -> Optional[int]:
+    """Bytes that one allocation may take on ``device``: the budget from IMPULSE_ATTN_MEMORY_BUDGET when set,
+    otherwise what the device has free (host: MemAvailable); None when it cannot be told."""
+    budget = os.environ.get(MEMORY_BUDGET_ENV)
+    if budget:
+        try:
+            return int(float(budget))
+        except ValueError:
+            raise ValueError(f"{MEMORY_BUDGET_ENV} must be a number of bytes, got {budget!r}") from None
+    if device is not None and torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def require_memory(nbytes: int, what: str, fix: str, device: Optional[torch.device] = None) -> None:
+    """Refuse, before allocating, work whose memory would exceed the budget of ``available_memory``."""
+    free = available_memory(device)
+    if free is not None and nbytes > free:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB "
+                         f"available: {fix}")

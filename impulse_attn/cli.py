@@ -139,45 +139,30 @@ def _fit_picture(fit, grid, dim, alpha, path, title=""):
     from .fitting import attention_maps
     from .plots import plot_fit
     from .targets import impulse_targets, sincos_2d
-    q = fit.q if fit.q.dim() == 3 else fit.q[0]
-    k = fit.k if fit.k.dim() == 3 else fit.k[0]
-    offsets = fit.offsets if fit.offsets.dim() == 2 else fit.offsets[0]
     x = sincos_2d(grid, dim) * (1 - alpha)
-    maps = attention_maps(x, q, k, fit.scale)
-    return plot_fit(maps, impulse_targets(offsets, grid), offsets, grid, path, title=title)
+    maps = attention_maps(x, fit.q[0], fit.k[0], fit.scale)
+    return plot_fit(maps, impulse_targets(fit.offsets[0], grid), fit.offsets[0], grid, path, title=title)
 
 
 def cmd_fit(args) -> int:
     from .fitting import fit_impulse
+    from .training.loop import check_out_dir
     from .training.metrics import write_json
-    if args.dim % 4:
-        raise UserError(f"--dim must be a multiple of 4 for the 2D sin-cos encoding, got {args.dim}",
-                        f"use {args.dim - args.dim % 4 or 4}")
-    if not 0 <= args.alpha < 1:
-        raise UserError(f"--alpha must be in [0, 1), got {args.alpha}", "the paper sweeps 0 to 0.5")
-    if args.kernel_size % 2 == 0:
-        raise UserError(f"--kernel-size must be odd, got {args.kernel_size}", "use 3 or 5")
-    if args.kernel_size > 2 * args.grid - 1:
-        raise UserError(f"--kernel-size {args.kernel_size} is wider than the {args.grid}x{args.grid} grid allows",
-                        f"use --kernel-size {2 * args.grid - 1} or less, or a larger --grid")
-    if not 0 < args.target_mass < 1:
-        raise UserError(f"--target-mass must be in (0, 1), got {args.target_mass}", "use e.g. 0.3")
-    kwargs = dict(method=args.method, seed=args.seed, layers=args.layers, scale=args.scale, alpha=args.alpha,
-                  backend=args.backend, progress=not args.no_progress)
-    if args.method == "iterative":
-        kwargs["steps"] = args.steps
-    else:
-        kwargs["target_mass"] = args.target_mass
-    try:
-        fit = fit_impulse(args.heads, (args.grid, args.grid), args.kernel_size, args.dim, args.dim_head, **kwargs)
+    kwargs = dict(method=args.fit_method, seed=args.seed, layers=args.layers, scale=args.scale, alpha=args.alpha,
+                  backend=args.fit_backend, progress=not args.no_progress, steps=args.fit_steps,
+                  target=args.fit_target, target_mass=args.target_mass)
+    out = Path(args.out)
+    check_out_dir(out)
+    try:  # fit_impulse validates every argument before any work; its messages name the argument
+        fit = fit_impulse(args.num_heads, (args.grid, args.grid), args.kernel_size, args.dim, args.head_dim,
+                          **kwargs)
     except (ValueError, TypeError, RuntimeError) as e:
         raise UserError(f"fit settings rejected: {e}", "change the flag it names (see impulse-attn fit --help)"
                         ) from None
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     png = _fit_picture(fit, (args.grid, args.grid), args.dim, args.alpha, out / "fit.png",
-                       title=f"{args.method} fit, {args.heads} heads, {args.grid}x{args.grid} grid, "
-                             f"k={args.kernel_size}, D={args.dim}, r={args.dim_head}, scale {fit.scale:g}")
+                       title=f"{args.fit_method} fit, {args.num_heads} heads, {args.grid}x{args.grid} grid, "
+                             f"k={args.kernel_size}, D={args.dim}, r={args.head_dim}, scale {fit.scale:g}")
     write_json(out / "report.json", {"settings": {k: v for k, v in vars(args).items() if k != "func"},
                                      "scale": fit.scale, "offsets": fit.offsets.tolist(),
                                      "report": fit.report.as_dict()})
@@ -188,7 +173,7 @@ def cmd_fit(args) -> int:
 
 # The demo: sized to finish in a few minutes on a 2-core CPU (measured: see docs/RESULTS.md).
 DEMO_SETTINGS = dict(dataset="synthetic", synthetic_train=2000, synthetic_test=500, model="vit", patch_size=2,
-                     dim=64, depth=2, heads=8, dim_head=16, mlp_dim=128, epochs=6, batch_size=64, lr=1e-3,
+                     dim=64, depth=2, num_heads=8, head_dim=16, mlp_dim=128, epochs=6, batch_size=64, lr=1e-3,
                      warmup_epochs=0.0, fit_method="closed_form")
 # The reference row: the convolutional prior itself, at the same width, data and budget.
 DEMO_REFERENCE = "ConvMixer, frozen impulse filters:model=convmixer,depth=4,kernel_size=3,filters=impulse,freeze=1"
@@ -214,10 +199,7 @@ def cmd_demo(args) -> int:
     model, init = build_model(dataclasses.replace(base, init="impulse"), 10, 32)
     layer = model.attention_layers()[0]
     fit = model.fit_results[0]
-    png = _fit_picture(dataclasses.replace(fit, q=fit.q[0] if fit.q.dim() == 4 else fit.q,
-                                           k=fit.k[0] if fit.k.dim() == 4 else fit.k,
-                                           offsets=fit.offsets[0] if fit.offsets.dim() == 3 else fit.offsets),
-                       layer.grid_size, layer.dim, layer.alpha, out / "fit.png",
+    png = _fit_picture(fit, layer.grid_size, layer.dim, layer.alpha, out / "fit.png",
                        title="the impulse init of layer 1: fitted attention of the centre token vs target shifts")
     print()
     print(res.table)
@@ -227,6 +209,12 @@ def cmd_demo(args) -> int:
     print(f"fitted maps:    {png}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def _choices(module: str, name: str) -> tuple:
+    """A choice list from the module that owns it."""
+    import importlib
+    return tuple(getattr(importlib.import_module(f"impulse_attn.{module}"), name))
 
 
 def _query(text: str) -> tuple:
@@ -255,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="one training run", formatter_class=_Help,
                        description="Train one model. Defaults are the published protocol (Simple ViT 512x6, "
                                    "8 heads, patch 2, Adam 1e-4, cosine, 200 epochs, batch 512); scale it down "
-                                   "with --dim/--depth/--heads/--dim-head/--mlp-dim/--epochs.")
+                                   "with --dim/--depth/--num-heads/--head-dim/--mlp-dim/--epochs.")
     _add_training_flags(p)
     p.set_defaults(func=cmd_train)
 
@@ -277,21 +265,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="the impulse fit alone: report and a PNG of maps vs targets",
                        formatter_class=_Help)
-    p.add_argument("--heads", type=_positive_int, default=8, help="heads (one offset each)")
+    p.add_argument("--num-heads", type=_positive_int, default=8, help="heads (one offset each)")
     p.add_argument("--grid", type=_positive_int, default=16, help="token grid side")
-    p.add_argument("--kernel-size", type=_positive_int, default=5, help="window k the offsets come from")
-    p.add_argument("--dim", type=_positive_int, default=512, help="model width D")
-    p.add_argument("--dim-head", type=_positive_int, default=64, help="head dim r (rank of Q Kᵀ)")
-    p.add_argument("--method", default="closed_form", choices=("closed_form", "iterative"), help="fit method")
-    p.add_argument("--steps", type=_positive_int, default=10000, help="steps of the iterative fit")
+    p.add_argument("--kernel-size", type=int, default=5, help="window k the offsets come from")
+    p.add_argument("--dim", type=int, default=512, help="model width D")
+    p.add_argument("--head-dim", type=_positive_int, default=64, help="head dim r (rank of Q Kᵀ)")
+    p.add_argument("--fit-method", default="closed_form", choices=_choices("fitting", "METHODS"),
+                   help="fit method")
+    p.add_argument("--fit-steps", type=int, default=10000, help="steps of the iterative fit")
+    p.add_argument("--fit-target", default="impulse", choices=_choices("targets", "TARGET_SHAPES"),
+                   help="closed-form target logits around each offset")
+    p.add_argument("--fit-backend", default="auto", choices=_choices("fitting", "FIT_BACKENDS"),
+                   help="iterative fit backend")
     p.add_argument("--scale", type=_scale, default=0.1, help="softmax scale s, or 'auto' (the published logit "
                    "budget at any size)")
     p.add_argument("--alpha", type=float, default=0.0, help="fit on (1−α)·P, Model I's positional part")
     p.add_argument("--target-mass", type=float, default=0.3, help="closed-form sharpness (mass on the target)")
     p.add_argument("--layers", type=_positive_int, default=1, help="independent fits (the picture shows the first)")
     p.add_argument("--seed", type=int, default=0, help="seed of the offsets and the init")
-    p.add_argument("--backend", default="auto", choices=("auto", "reference", "cpp", "cuda"),
-                   help="iterative fit backend")
     p.add_argument("--out", default="runs/fit", help="folder for report.json and fit.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit)

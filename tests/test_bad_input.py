@@ -17,7 +17,7 @@ from impulse_attn.training.checkpoint import REQUIRED, save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test", "20", "--image-size", "16",
-        "--dim", "32", "--depth", "1", "--heads", "4", "--dim-head", "8", "--mlp-dim", "64", "--kernel-size", "3",
+        "--dim", "32", "--depth", "1", "--num-heads", "4", "--head-dim", "8", "--mlp-dim", "64", "--kernel-size", "3",
         "--epochs", "1", "--batch-size", "16", "--lr", "3e-3", "--no-progress"]
 
 
@@ -198,7 +198,7 @@ def test_bad_image_in_a_folder_is_named_before_anything_is_written(tmp_path, cap
     damage(bad)
     out = tmp_path / "run"
     line = _error(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--dim", "32", "--depth",
-                   "1", "--heads", "2", "--dim-head", "8", "--mlp-dim", "32", "--kernel-size", "3", "--patch-size",
+                   "1", "--num-heads", "2", "--head-dim", "8", "--mlp-dim", "32", "--kernel-size", "3", "--patch-size",
                    "2", "--epochs", "1", "--out", str(out), "--no-progress"], capsys, needle)
     assert str(bad) in line
     assert not out.exists()

@@ -16,7 +16,7 @@ from impulse_attn.training import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test", "20", "--image-size", "16",
-        "--dim", "32", "--depth", "1", "--heads", "4", "--dim-head", "8", "--mlp-dim", "64", "--kernel-size", "3",
+        "--dim", "32", "--depth", "1", "--num-heads", "4", "--head-dim", "8", "--mlp-dim", "64", "--kernel-size", "3",
         "--epochs", "1", "--batch-size", "16", "--lr", "3e-3", "--no-progress"]
 
 
@@ -61,7 +61,7 @@ def test_every_flag_has_help_showing_its_default(name):
 def test_train_defaults_are_the_published_protocol():
     args = _subparser("train").parse_args([])
     c = cli._config_from_args(args, out=args.out, resume=args.resume).resolved()
-    assert (c.dim, c.depth, c.heads, c.dim_head, c.mlp_dim, c.patch_size) == (512, 6, 8, 64, 512, 2)
+    assert (c.dim, c.depth, c.num_heads, c.head_dim, c.mlp_dim, c.patch_size) == (512, 6, 8, 64, 512, 2)
     assert (c.optimizer, c.lr, c.weight_decay, c.epochs, c.batch_size) == ("adam", 1e-4, 0.0, 200, 512)
     assert (c.mode, c.alpha, c.init, c.kernel_size, c.dataset, c.augment) == ("I", 0.2, "impulse", 5, "cifar10",
                                                                               "none")
@@ -87,8 +87,8 @@ def test_train_and_resume_a_finished_run(tmp_path, capsys):
 
 
 def test_fit_writes_report_and_picture(tmp_path, capsys):
-    code, stdout, _ = _run(["fit", "--heads", "4", "--grid", "8", "--kernel-size", "3", "--dim", "32",
-                            "--dim-head", "8", "--out", str(tmp_path)], capsys)
+    code, stdout, _ = _run(["fit", "--num-heads", "4", "--grid", "8", "--kernel-size", "3", "--dim", "32",
+                            "--head-dim", "8", "--out", str(tmp_path)], capsys)
     assert code == 0 and "argmax hit" in stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["report"]["argmax_hit"] > 0.9 and len(report["offsets"]) == 4

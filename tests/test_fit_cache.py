@@ -19,7 +19,7 @@ from impulse_attn.fitting.iterative import init_qk
 from impulse_attn.fitting.reduced import fit_iterative_factored
 from impulse_attn.targets import impulse_targets, sincos_2d
 
-SMALL = dict(num_heads=3, grid_size=(5, 6), kernel_size=3, dim=32, rank=8, steps=20, lr=1e-3, scale=0.5, seed=1,
+SMALL = dict(num_heads=3, grid_size=(5, 6), kernel_size=3, dim=32, head_dim=8, steps=20, lr=1e-3, scale=0.5, seed=1,
              backend="reference", warn=False)
 
 
@@ -42,12 +42,43 @@ def test_second_fit_is_a_hit_with_identical_tensors(tmp_path, method):
 
 @pytest.mark.parametrize("change", [dict(seed=2), dict(steps=21), dict(lr=1.1e-3), dict(scale=0.5000001),
                                     dict(renorm="columns"), dict(offsets=[[0, 1], [1, 1], [-1, 0]]),
-                                    dict(alpha=0.1), dict(rank=4)])
+                                    dict(alpha=0.1), dict(head_dim=4)])
 def test_any_input_that_matters_changes_the_key(tmp_path, change):
     fit_impulse(**SMALL, cache_dir=tmp_path)
     other = fit_impulse(**dict(SMALL, **change), cache_dir=tmp_path)
     assert other.report.extra["cache"] == "miss"
     assert len(_entries(tmp_path)) == 2
+
+
+def test_passing_the_offsets_the_seed_would_draw_gives_the_same_fit_and_entry(tmp_path):
+    drawn = fit_impulse(**SMALL)
+    given = fit_impulse(**SMALL, offsets=drawn.offsets[0].tolist())
+    assert torch.equal(drawn.q, given.q) and torch.equal(drawn.k, given.k)
+    # so a cache hit across the two spellings returns the right tensors
+    fit_impulse(**SMALL, cache_dir=tmp_path)
+    hit = fit_impulse(**SMALL, offsets=drawn.offsets[0].tolist(), cache_dir=tmp_path)
+    assert torch.equal(hit.q, drawn.q)
+
+
+def test_every_spec_field_is_in_the_key():
+    import dataclasses
+
+    from impulse_attn.fitting.spec import FitSpec, make_spec
+    spec = make_spec(3, (5, 6), 3, 32, 8, "iterative", 20, 1, "reference", layers=1, offsets=None, scale=0.5,
+                     lr=1e-3, renorm_every=100, renorm="code", alpha=0.0, pseudo_input=None, target="impulse",
+                     target_mass=0.3, logit_scale=None, pinv_rtol=0.03, noise_std=0.0, dedup=False, tol=None,
+                     check_every=100)
+    base = cache_key(spec.key_fields())
+    other = {"num_heads": 4, "grid_size": (6, 5), "kernel_size": 5, "dim": 36, "head_dim": 4, "method": "closed_form",
+             "layers": 2, "seed": 2, "offsets": (((0, 1), (1, 0), (0, 0)),), "scale": 0.25, "alpha": 0.1,
+             "pseudo_input": torch.zeros(30, 32), "backend": "cpp", "steps": 21, "lr": 2e-3, "renorm_every": 50,
+             "renorm": "none", "dedup": True, "tol": 0.1, "check_every": 10, "target": "laplace", "target_mass": 0.2,
+             "logit_scale": 3.0, "pinv_rtol": 0.05, "noise_std": 0.1}
+    names = [f.name for f in dataclasses.fields(FitSpec)]
+    assert sorted(names) == sorted(other), "a new FitSpec field needs a value here"
+    for name in names:
+        changed = dataclasses.replace(spec, **{name: other[name]})
+        assert cache_key(changed.key_fields()) != base, name
 
 
 def _corrupt_garbage(path):
@@ -110,7 +141,7 @@ def test_unwritable_cache_dir_costs_the_cache_not_the_fit(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache directory should be")
     res = fit_impulse(**SMALL, cache_dir=blocker / "cache")
-    assert res.report.extra["cache"] == "miss" and res.q.shape == (3, 32, 8)
+    assert res.report.extra["cache"] == "miss" and res.q.shape == (1, 3, 32, 8)
 
 
 def test_cache_arguments_are_checked():
@@ -212,4 +243,4 @@ def test_fit_impulse_labels_the_fast_fit():
     extra = res.report.extra
     assert "not the published recipe" in extra["algorithm"]
     assert extra["distinct_heads"] == 2 and extra["total_heads"] == 6
-    assert torch.equal(res.q[0], res.q[2]) and not torch.equal(res.q[0], res.q[3])
+    assert torch.equal(res.q[0, 0], res.q[0, 2]) and not torch.equal(res.q[0, 0], res.q[0, 3])

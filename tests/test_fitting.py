@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from impulse_attn import fit_impulse
+from impulse_attn.fitting.api import _init_generator
 from impulse_attn.fitting.iterative import fit_iterative_reference, init_norm, init_qk, renormalize
 from impulse_attn.fitting.report import attention_maps
 from impulse_attn.targets import impulse_targets, sincos_2d, valid_rows
 
-SMALL = dict(num_heads=4, grid_size=8, kernel_size=3, dim=64, rank=16)
+SMALL = dict(num_heads=4, grid_size=8, kernel_size=3, dim=64, head_dim=16)
 
 
 def test_iterative_reaches_every_target_small():
@@ -17,7 +18,8 @@ def test_iterative_reaches_every_target_small():
     res = fit_impulse(**SMALL, method="iterative", steps=300, lr=1e-3, scale="auto", seed=0)
     assert res.report.argmax_hit == 1.0
     assert res.report.mse < 0.6 * res.report.uniform_mse
-    assert res.q.shape == (4, 64, 16) and res.k.shape == (4, 64, 16) and res.offsets.shape == (4, 2)
+    # one output shape whatever the number of layers: (layers, heads, D, r)
+    assert res.q.shape == (1, 4, 64, 16) and res.k.shape == (1, 4, 64, 16) and res.offsets.shape == (1, 4, 2)
 
 
 def test_closed_form_reaches_every_target_small():
@@ -32,9 +34,9 @@ def test_closed_form_reaches_every_target_small():
 def test_report_matches_recomputed_maps():
     res = fit_impulse(**SMALL, method="closed_form", seed=2)
     x = sincos_2d(8, 64, dtype=torch.float64)
-    maps = attention_maps(x, res.q.double(), res.k.double(), res.scale)
-    t = impulse_targets(res.offsets, 8, dtype=torch.float64)
-    valid = valid_rows(res.offsets, 8)
+    maps = attention_maps(x, res.q[0].double(), res.k[0].double(), res.scale)
+    t = impulse_targets(res.offsets[0], 8, dtype=torch.float64)
+    valid = valid_rows(res.offsets[0], 8)
     assert res.report.mse == pytest.approx(float(((maps - t) ** 2).mean()), rel=1e-4)
     hits = (maps.argmax(-1) == t.argmax(-1)) & valid
     assert res.report.argmax_hit == pytest.approx(int(hits.sum()) / int(valid.sum()))
@@ -51,17 +53,23 @@ def test_fit_is_deterministic(method):
 
 
 def test_layers_batched_equal_independent_fits():
-    # The batched loss is a sum of per-layer means, so each layer's iterates are those of its own fit.
+    # The batched loss is a sum of per-layer means, so each layer's iterates are those of its own fit. Checked in
+    # float64, where the two computations agree to rounding (1e-12), whatever matmul path the BLAS takes.
     offs = torch.tensor([[[1, 0], [0, -1]], [[-1, 1], [0, 0]]])
-    both = fit_impulse(2, (5, 6), 3, 32, 8, steps=40, lr=1e-3, layers=2, offsets=offs, seed=1, warn=False)
-    x = sincos_2d((5, 6), 32)
-    q0, k0 = init_qk(2, 2, 32, 8, torch.Generator().manual_seed(1))
+    x = sincos_2d((5, 6), 32, dtype=torch.float64)
+    q0, k0 = init_qk(2, 2, 32, 8, _init_generator(1), dtype=torch.float64)
+    t = impulse_targets(offs.reshape(-1, 2), (5, 6), dtype=torch.float64).reshape(2, 2, 30, 30)
+    both_q, both_k = fit_iterative_reference(x, t, 8, steps=40, lr=1e-3, q0=q0, k0=k0)
     for layer in range(2):
-        t = impulse_targets(offs[layer], (5, 6))[None]
-        q, k = fit_iterative_reference(x, t, 8, steps=40, lr=1e-3, q0=q0[layer:layer + 1],
+        q, k = fit_iterative_reference(x, t[layer:layer + 1], 8, steps=40, lr=1e-3, q0=q0[layer:layer + 1],
                                        k0=k0[layer:layer + 1])
-        torch.testing.assert_close(both.q[layer], q[0], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(both.k[layer], k[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(both_q[layer], q[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(both_k[layer], k[0], rtol=0, atol=1e-12)
+    # and fit_impulse runs exactly that computation (float32, same init stream, same offsets)
+    res = fit_impulse(2, (5, 6), 3, 32, 8, steps=40, lr=1e-3, layers=2, offsets=offs, seed=1, warn=False,
+                      backend="reference")
+    q32, k32 = fit_iterative_reference(x.float(), t.float(), 8, steps=40, lr=1e-3, q0=q0.float(), k0=k0.float())
+    assert torch.equal(res.q, q32) and torch.equal(res.k, k32)
 
 
 def test_renormalize_modes():
@@ -101,7 +109,7 @@ def test_closed_form_non_square_and_mode3_identity():
 def test_explicit_offsets_used():
     offs = [[1, 1], [-1, 0]]
     res = fit_impulse(2, 6, 3, 32, 16, method="closed_form", offsets=offs)
-    assert res.offsets.tolist() == offs
+    assert res.offsets[0].tolist() == offs
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -109,7 +117,24 @@ def test_explicit_offsets_used():
     (dict(dim=30), "dim"),
     (dict(method="adam"), "method"),
     (dict(backend="tpu"), "backend"),
-    (dict(rank=0), "rank"),
+    (dict(head_dim=0), "head_dim"),
+    (dict(head_dim=2.5), "head_dim"),
+    (dict(logit_scale=-1.0), "logit_scale"),
+    (dict(logit_scale=float("nan")), "logit_scale"),
+    (dict(logit_scale=float("inf")), "logit_scale"),
+    (dict(pinv_rtol=2.0), "pinv_rtol"),
+    (dict(pinv_rtol=float("nan")), "pinv_rtol"),
+    (dict(pinv_rtol=-1.0), "pinv_rtol"),
+    (dict(noise_std=float("nan")), "noise_std"),
+    (dict(noise_std=-1.0), "noise_std"),
+    (dict(noise_std=float("inf")), "noise_std"),
+    (dict(renorm_every=2 ** 31), "renorm_every"),
+    (dict(steps=-1), "steps"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=True), "seed"),
+    (dict(scale="fast"), "scale"),
+    (dict(target="gaussian"), "target"),
+    (dict(kernel_size=17), "kernel_size"),
     (dict(num_heads=0), "num_heads"),
     (dict(grid_size=(0, 4)), "grid_size"),
     (dict(offsets=[[3, 0], [0, 0], [0, 0], [0, 0]]), "offsets"),
@@ -125,3 +150,44 @@ def test_fit_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
         fit_impulse(**args)
+
+
+def test_numpy_integers_are_accepted():
+    np = pytest.importorskip("numpy")
+    a = fit_impulse(np.int64(4), np.int32(8), np.int64(3), np.int64(64), np.int64(16), method="closed_form",
+                    seed=np.int64(0), layers=np.int64(1))
+    b = fit_impulse(**SMALL, method="closed_form", seed=0)
+    assert torch.equal(a.q, b.q)
+
+
+def test_huge_grid_is_refused_before_allocating(monkeypatch):
+    monkeypatch.setenv("IMPULSE_ATTN_MEMORY_BUDGET", str(2 ** 30))
+    with pytest.raises(ValueError, match="needs about .* GiB"):
+        fit_impulse(8, (512, 512), 5, 64, 16, method="closed_form")
+
+
+def test_alpha_reaches_the_fit_and_the_content_figure():
+    # the fit is made on (1 - alpha) * P, and the report measures what the content term alpha * z adds
+    a = fit_impulse(**SMALL, method="closed_form", alpha=0.2, seed=0)
+    b = fit_impulse(**SMALL, method="closed_form", seed=0, pseudo_input=sincos_2d(8, 64) * 0.8)
+    torch.testing.assert_close(a.q, b.q)
+    assert math.isfinite(a.report.content_logit_std) and math.isnan(b.report.content_logit_std)
+
+
+def test_laplace_target_is_local():
+    imp = fit_impulse(**SMALL, method="closed_form", target="impulse", target_mass=0.1, seed=0)
+    lap = fit_impulse(**SMALL, method="closed_form", target="laplace", target_mass=0.1, seed=0)
+    x = sincos_2d(8, 64, dtype=torch.float64)
+    rows, cols = torch.arange(8).repeat_interleave(8), torch.arange(8).repeat(8)
+
+    def far_mass(res):
+        maps = attention_maps(x, res.q[0].double(), res.k[0].double(), res.scale)
+        off = res.offsets[0]
+        far = []
+        for h in range(off.shape[0]):
+            d = torch.maximum((rows[None] - rows[:, None] - off[h, 0]).abs(), (cols[None] - cols[:, None] - off[h, 1]).abs())
+            far.append(float((maps[h] * (d >= 3)).sum(-1).mean()))
+        return sum(far) / len(far)
+    assert lap.report.argmax_hit == 1.0 and lap.report.target_mass == pytest.approx(0.1, abs=0.01)
+    # the separable target leaves a cross of mass along the target's row and column; the laplace target decays
+    assert far_mass(lap) < 0.5 * far_mass(imp)

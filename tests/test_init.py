@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 
+from impulse_attn.targets import sincos_2d
+
 from impulse_attn import ImpulseAttention, SimpleViT, ViTAttention
 from impulse_attn.init import mimetic_qk, random_qk
 
@@ -43,27 +45,27 @@ def test_random_bounds():
 
 
 def test_init_writes_projection_weights():
-    layer = ImpulseAttention(32, num_heads=2, dim_head=8, grid_size=4, kernel_size=3, init="impulse")
+    layer = ImpulseAttention(32, num_heads=2, head_dim=8, grid_size=4, kernel_size=3, init="impulse")
     res = layer.fit_results[0]
     w = layer.to_qk.weight
     # head h's query for token x is x @ Q_h: rows h·r..(h+1)·r of the projection are Q_hᵀ
-    torch.testing.assert_close(w[8:16].T, res.q[1])
-    torch.testing.assert_close(w[16 + 8:32].T, res.k[1])
+    torch.testing.assert_close(w[8:16].T, res.q[0, 1])
+    torch.testing.assert_close(w[16 + 8:32].T, res.k[0, 1])
 
 
 def test_default_init_untouched_and_strategies_differ():
     torch.manual_seed(0)
-    a = ViTAttention(32, num_heads=2, dim_head=8, grid_size=4, init="default").to_qk.weight.clone()
+    a = ViTAttention(32, num_heads=2, head_dim=8, grid_size=4, init="default").to_qk.weight.clone()
     torch.manual_seed(0)
-    b = ViTAttention(32, num_heads=2, dim_head=8, grid_size=4, init="default").to_qk.weight.clone()
+    b = ViTAttention(32, num_heads=2, head_dim=8, grid_size=4, init="default").to_qk.weight.clone()
     assert torch.equal(a, b)
     torch.manual_seed(0)
-    c = ViTAttention(32, num_heads=2, dim_head=8, grid_size=4, init="mimetic").to_qk.weight
+    c = ViTAttention(32, num_heads=2, head_dim=8, grid_size=4, init="mimetic").to_qk.weight
     assert not torch.equal(a, c)
 
 
 def test_model_fits_layers_once_with_fresh_offsets():
-    m = SimpleViT(image_size=16, patch_size=2, num_classes=3, dim=64, depth=3, heads=4, dim_head=16, mlp_dim=32,
+    m = SimpleViT(image_size=16, patch_size=2, num_classes=3, dim=64, depth=3, num_heads=4, head_dim=16, mlp_dim=32,
                   kernel_size=5, seed=0)
     assert len(m.fit_results) == 1 and m.fit_results[0].q.shape == (3, 4, 64, 16)
     offs = [layer.impulse_offsets for layer in m.attention_layers()]
@@ -72,8 +74,46 @@ def test_model_fits_layers_once_with_fresh_offsets():
 
 
 def test_iterative_init_uses_auto_scale_at_small_width():
-    layer = ImpulseAttention(64, num_heads=4, dim_head=16, grid_size=8, kernel_size=3, mode="II",
+    layer = ImpulseAttention(64, num_heads=4, head_dim=16, grid_size=8, kernel_size=3, mode="II",
                              fit_method="iterative", fit_kwargs=dict(steps=300, lr=1e-3))
     assert layer.scale == pytest.approx(0.1 * 512 * 16 * 4 / 64 ** 2)
     assert layer.fit_results[0].report.argmax_hit == 1.0
     assert layer.fit_results[0].scale == layer.scale
+
+
+def test_scale_in_fit_kwargs_is_refused():
+    with pytest.raises(ValueError, match="must not set 'scale'"):
+        ImpulseAttention(32, num_heads=2, head_dim=8, grid_size=4, kernel_size=3, fit_kwargs={"scale": 0.5})
+    layer = ImpulseAttention(32, num_heads=2, head_dim=8, grid_size=4, kernel_size=3, scale=0.5, mode="II")
+    assert layer.fit_results[0].scale == 0.5                      # the layer's scale is the fit's scale
+    assert layer.fit_results[0].report.target_mass == pytest.approx(0.3, abs=0.01)
+    maps = layer.attention_map(None)[0]
+    offsets = layer.impulse_offsets
+    from impulse_attn.analysis import head_stats
+    stats = head_stats([maps[None]], (4, 4), 3, [offsets])
+    measured = sum(s.target_mass for s in stats) / len(stats)
+    assert measured == pytest.approx(0.3, abs=0.1)                # the layer's real map carries the fitted mass
+
+
+def test_strategies_talk_to_layers_only_through_the_protocol():
+    from impulse_attn.init import QKRequest, initialize_qk_
+
+    class Fake:
+        def __init__(self):
+            self.loaded = []
+
+        def qk_request(self):
+            return QKRequest(num_heads=2, dim_in=32, head_dim=8, grid_size=(4, 4),
+                             pseudo_input=sincos_2d(4, 32), alpha=0.1, scale=0.1)
+
+        def load_qk(self, q, k, offsets=None):
+            self.loaded.append((q.shape, k.shape, None if offsets is None else offsets.shape))
+    layers = [Fake(), Fake()]
+    res = initialize_qk_(layers, "impulse", kernel_size=3)
+    assert [f.loaded for f in layers] == [[((2, 32, 8), (2, 32, 8), (2, 2))]] * 2
+    assert len(res) == 1 and res[0].q.shape == (2, 2, 32, 8)        # one batched fit for both layers
+    assert math.isfinite(res[0].report.content_logit_std)            # alpha reached the fit
+    initialize_qk_(layers, "mimetic")
+    assert layers[0].loaded[-1] == ((2, 32, 8), (2, 32, 8), None)
+    with pytest.raises(TypeError, match="QKLayer"):
+        initialize_qk_([object()], "random")

@@ -53,7 +53,7 @@ def test_bad_maps_are_refused():
 
 
 TINY = dict(dataset="synthetic", synthetic_train=320, synthetic_test=40, synthetic_classes=2, image_size=16,
-            patch_size=2, dim=32, depth=2, heads=4, dim_head=8, mlp_dim=64, kernel_size=3, epochs=2, batch_size=16,
+            patch_size=2, dim=32, depth=2, num_heads=4, head_dim=8, mlp_dim=64, kernel_size=3, epochs=2, batch_size=16,
             lr=3e-3, progress=False, alpha=0.0)
 
 

@@ -9,7 +9,7 @@ from impulse_attn.models import FILTER_INITS
                                             ("plain", "I")])
 @pytest.mark.parametrize("init", ["impulse", "mimetic", "random", "default"])
 def test_simple_vit_forward_backward(attention, mode, init):
-    m = SimpleViT(image_size=(8, 12), patch_size=2, num_classes=5, dim=32, depth=2, heads=2, dim_head=16,
+    m = SimpleViT(image_size=(8, 12), patch_size=2, num_classes=5, dim=32, depth=2, num_heads=2, head_dim=16,
                   mlp_dim=48, attention=attention, mode=mode, init=init, kernel_size=3)
     out = m(torch.randn(3, 3, 8, 12))
     assert out.shape == (3, 5)
@@ -18,7 +18,7 @@ def test_simple_vit_forward_backward(attention, mode, init):
 
 
 def test_simple_vit_attention_maps_shape():
-    m = SimpleViT(image_size=8, patch_size=2, num_classes=2, dim=32, depth=2, heads=2, dim_head=16, mlp_dim=32)
+    m = SimpleViT(image_size=8, patch_size=2, num_classes=2, dim=32, depth=2, num_heads=2, head_dim=16, mlp_dim=32)
     maps = m.attention_maps(torch.randn(1, 3, 8, 8))
     assert len(maps) == 2 and maps[0].shape[-2:] == (16, 16)
     torch.testing.assert_close(maps[0].sum(-1), torch.ones(maps[0].shape[:-1]))
@@ -29,7 +29,7 @@ def test_simple_vit_bad_args():
         SimpleViT(image_size=30, patch_size=4)
     with pytest.raises(ValueError, match="attention"):
         SimpleViT(image_size=8, patch_size=2, dim=32, attention="linear")
-    m = SimpleViT(image_size=8, patch_size=2, num_classes=2, dim=32, depth=1, heads=2, dim_head=16, mlp_dim=32)
+    m = SimpleViT(image_size=8, patch_size=2, num_classes=2, dim=32, depth=1, num_heads=2, head_dim=16, mlp_dim=32)
     with pytest.raises(ValueError, match="img"):
         m(torch.randn(1, 3, 16, 16))
 

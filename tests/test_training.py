@@ -23,7 +23,7 @@ from impulse_attn.training.metrics import MetricsWriter, read_metrics
 REPO = Path(__file__).resolve().parents[1]
 # Tiny: an 8x8 token grid, two shapes (bars across and down), 40 steps an epoch; two epochs take about a second.
 TINY = dict(dataset="synthetic", synthetic_train=640, synthetic_test=60, synthetic_classes=2, image_size=16,
-            patch_size=2, dim=32, depth=1, heads=4, dim_head=8, mlp_dim=64, kernel_size=3, epochs=2, batch_size=16,
+            patch_size=2, dim=32, depth=1, num_heads=4, head_dim=8, mlp_dim=64, kernel_size=3, epochs=2, batch_size=16,
             lr=3e-3, progress=False)
 TINY_CM = dict(TINY, model="convmixer", depth=2, kernel_size=3)
 SCORES = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
@@ -132,7 +132,7 @@ def _wait_for(predicate, proc, timeout=240.0):
 def test_resume_after_sigkill_mid_epoch_matches_uninterrupted(tmp_path):
     # Long enough epochs (many small steps) that the kill lands inside epoch 2, after the first checkpoint.
     flags = ["--dataset", "synthetic", "--synthetic-train", "480", "--synthetic-test", "60", "--image-size", "16",
-             "--patch-size", "2", "--dim", "32", "--depth", "1", "--heads", "4", "--dim-head", "8",
+             "--patch-size", "2", "--dim", "32", "--depth", "1", "--num-heads", "4", "--head-dim", "8",
              "--mlp-dim", "64", "--kernel-size", "3", "--epochs", "3", "--batch-size", "8", "--lr", "3e-3",
              "--warmup-epochs", "0.5", "--no-progress"]
     killed = tmp_path / "killed"

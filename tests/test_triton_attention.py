@@ -22,7 +22,7 @@ if not torch.cuda.is_available():  # before triton defines any kernel (tests/con
 import pytest  # noqa: E402
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-ta = pytest.importorskip("impulse_attn.kernels.triton_attention")
+ta = pytest.importorskip("impulse_attn.attention.triton_flash")
 
 if not ta._INTERPRETER and not torch.cuda.is_available():
     pytest.fail("the Triton kernels were defined without TRITON_INTERPRET=1 on a machine without a GPU: some module "

@@ -21,7 +21,7 @@ if not torch.cuda.is_available():  # before triton defines any kernel (tests/con
 import pytest  # noqa: E402
 
 impulse_attn = pytest.importorskip("impulse_attn")
-ta = pytest.importorskip("impulse_attn.kernels.triton_attention")
+ta = pytest.importorskip("impulse_attn.attention.triton_flash")
 SimpleViT = getattr(impulse_attn, "SimpleViT", None)
 if SimpleViT is None or "attention_backend" not in inspect.signature(SimpleViT).parameters:
     pytest.skip("impulse_attn.SimpleViT(attention_backend=...) is not there yet", allow_module_level=True)
@@ -45,7 +45,7 @@ def _losses(model, images, labels, steps):
 def test_triton_and_reference_train_alike(depth):
     torch.manual_seed(0)
     # 10×10 images, patch 2: N = 25 tokens, so the kernels' last block is a masked tail.
-    model = SimpleViT(image_size=10, patch_size=2, num_classes=3, dim=32, depth=depth, heads=2, dim_head=16,
+    model = SimpleViT(image_size=10, patch_size=2, num_classes=3, dim=32, depth=depth, num_heads=2, head_dim=16,
                       mlp_dim=32, attention="impulse", mode="I", init="random",
                       attention_backend="reference").to(DEVICE)
     twin = copy.deepcopy(model)

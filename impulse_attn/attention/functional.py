@@ -1,24 +1,20 @@
 """Scaled dot-product attention through one switch: every attention layer calls ``attention`` here.
 
-Backends: "reference" (explicit softmax in plain PyTorch, the ground truth), "sdpa"
-(torch.nn.functional.scaled_dot_product_attention), "triton" (the fused kernel in ``kernels.triton_attention``)
-and "auto" (resolved by ``backends.select_attention_backend``: triton on CUDA when it can run, sdpa otherwise).
+The backend is decided next to the op (``attention.backends``): "reference", "sdpa", "triton", or "auto".
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
 
-from ..backends import select_attention_backend, warn_once
+from . import backends
+from .backends import ATTENTION_BACKENDS
+from .reference import attention_probs, reference_attention
 
-ATTENTION_BACKENDS = ("auto", "reference", "sdpa", "triton")
-
-
-def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(scale · q kᵀ) v with the softmax in float32 (or float64 for float64 inputs)."""
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    logits = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * scale
-    return (logits.softmax(dim=-1) @ v.to(acc)).to(v.dtype)
+__all__ = ["attention", "shared_map_attention", "reference_attention", "attention_probs", "ATTENTION_BACKENDS",
+           "run_backend"]
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -29,37 +25,46 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
             raise ValueError(f"{name} must have shape (batch, heads, N, head_dim), got {tuple(t.shape)}")
     if q.shape != k.shape:
         raise ValueError(f"q and k must have the same shape, got q {tuple(q.shape)} and k {tuple(k.shape)}")
-    if v.shape[:3] != k.shape[:3]:
-        raise ValueError(f"v must match k in (batch, heads, N), got v {tuple(v.shape)} and k {tuple(k.shape)}")
+    if v.shape[1:3] != k.shape[1:3]:
+        raise ValueError(f"v must match k in (heads, N), got v {tuple(v.shape)} and k {tuple(k.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ValueError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-              backend: str = "reference") -> torch.Tensor:
-    """Non-causal attention. q, k (B, H, N, d), v (B, H, N, dv) -> (B, H, N, dv).
-
-    A batch dimension of 1 in q and k with B > 1 in v is an input-independent map (modes II and III): the map is
-    computed once per head and applied to every sample (``shared_map_attention``).
-    """
-    if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
-    if q.dim() == 4 and v.dim() == 4 and q.shape[0] == 1 and v.shape[0] > 1:
-        return shared_map_attention(q, k, v, scale, backend)
-    _check(q, k, v)
-    chosen = select_attention_backend(backend, q, k, v)
-    if chosen == "reference":
+def run_backend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """Run one named backend (no checks, no choice)."""
+    if name == "reference":
         return reference_attention(q, k, v, scale)
-    if chosen == "sdpa":
+    if name == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    from ..kernels.triton_attention import flash_attention
+    from .triton_flash import flash_attention
     return flash_attention(q, k, v, scale)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str = "auto") -> torch.Tensor:
+    """Non-causal attention softmax(scale · q kᵀ) v. q, k (B, H, N, d), v (B, H, N, dv) -> (B, H, N, dv).
+
+    A batch dimension of 1 in q and k with B ≠ 1 in v is an input-independent map (modes II and III): the map is
+    computed once per head and applied to every sample (``shared_map_attention``). B may be 0.
+    """
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"backend must be one of {ATTENTION_BACKENDS}, got {backend!r}")
+    if q.dim() == 4 and v.dim() == 4 and q.shape[0] == 1 and v.shape[0] != 1:
+        return shared_map_attention(q, k, v, scale, backend)
+    _check(q, k, v)
+    if v.shape[0] != q.shape[0]:
+        raise ValueError(f"v must match q in batch size, got v {tuple(v.shape)} and q {tuple(q.shape)}")
+    if q.shape[0] == 0:
+        return v.new_empty(v.shape)
+    if backend != "auto":
+        backends.require(backend, q, k, v)
+    return run_backend(backends.resolve(backend, q), q, k, v, scale)
+
+
 def shared_map_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                         backend: str = "reference") -> torch.Tensor:
+                         backend: str = "auto") -> torch.Tensor:
     """One map per head for the whole batch: q, k (1, H, N, d), v (B, H, N, dv) -> (B, H, N, dv).
 
     The batch is folded into the value features, (1, H, N, B·dv), so the N×N map is formed once instead of B
@@ -67,19 +72,17 @@ def shared_map_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scal
     value width different from the query width (the Triton kernel requires equal widths, and nothing is left to
     fuse across the batch once the map is shared).
     """
-    _check(q, k, v[:1])
+    _check(q, k, v)
     b, h, n, dv = v.shape
+    if b == 0:
+        return v.new_empty(v.shape)
     folded = v.permute(1, 2, 0, 3).reshape(1, h, n, b * dv)
     if backend == "reference":
         out = reference_attention(q, k, folded, scale)
     else:
         if backend == "triton":
-            warn_once("input-independent attention maps (modes II/III) are applied with sdpa on the batch-folded "
-                      "values; the Triton kernel is used only for per-sample maps")
+            warnings.warn("input-independent attention maps (modes II/III) are applied with sdpa on the "
+                          "batch-folded values; the Triton kernel is used only for per-sample maps",
+                          RuntimeWarning, stacklevel=3)
         out = F.scaled_dot_product_attention(q, k, folded, scale=scale)
     return out.reshape(h, n, b, dv).permute(2, 0, 1, 3)
-
-
-def attention_probs(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """The attention map softmax(scale · q kᵀ) in float32 (for inspection and pictures)."""
-    return ((q.float() @ k.float().transpose(-1, -2)) * scale).softmax(dim=-1)

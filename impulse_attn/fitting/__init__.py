@@ -1,5 +1,12 @@
-"""Fitting query/key weights so that each head's attention map reproduces an impulse filter."""
-from .api import FIT_BACKENDS, METHODS, fit_impulse
-from .report import FitReport, FitResult, attention_maps
+"""Fitting query/key weights so that each head's attention map reproduces an impulse filter.
 
-__all__ = ["fit_impulse", "FitResult", "FitReport", "attention_maps", "METHODS", "FIT_BACKENDS"]
+``fit_impulse`` (api.py) validates its arguments into a ``FitSpec`` (spec.py) and dispatches to the closed form
+(closed_form.py) or the published iterative recipe: the autograd reference (iterative.py), its reduced-basis
+PyTorch twin (reduced.py) and the compiled kernels; backends.py says which can run here.
+"""
+from .api import fit_impulse
+from .report import FitReport, FitResult, attention_maps
+from .spec import FIT_BACKENDS, METHODS, RENORM_MODES, FitSpec, resolve_scale
+
+__all__ = ["fit_impulse", "FitSpec", "FitResult", "FitReport", "attention_maps", "METHODS", "FIT_BACKENDS",
+           "RENORM_MODES", "resolve_scale"]

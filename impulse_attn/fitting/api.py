@@ -1,191 +1,201 @@
-"""``fit_impulse``: the one entry point for fitting query/key weights to impulse attention maps."""
+"""``fit_impulse``: the one entry point for fitting query/key weights to impulse attention maps.
+
+It is a spec and a dispatch: ``spec.make_spec`` validates every argument into a frozen ``FitSpec``; the disk
+cache keys on a digest of all of its fields; ``RUNNERS`` maps the method to the function that runs it, and for
+the iterative recipe ``ITERATIVE_BACKENDS`` maps the backend ("reference", "cpp", "cuda") to its function.
+``backend="auto"`` tries the fastest backend that passes its parity probe and falls back (with one warning that
+names the cause) to the next when one fails; an explicit backend raises instead.
+"""
 from __future__ import annotations
 
 import logging
-import math
 import time
-from typing import Optional
+import warnings
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .._validate import choice, finite_tensor, grid_pair, odd_kernel_size, positive_float, positive_int
-from ..targets import (TARGET_SHAPES, check_offsets, draw_offsets, impulse_targets, logit_target, sincos_2d,
-                       valid_rows)
+from ..targets import draw_offsets, impulse_targets, logit_target, sincos_2d, valid_rows
+from . import backends as fit_backends
 from .cache import FitCache, cache_key
 from .closed_form import fit_closed_form
 from .fast import fit_iterative_fast
-from .iterative import RENORM_MODES, fit_iterative_reference, init_qk
+from .iterative import fit_iterative_reference, init_qk
 from .report import FitResult, evaluate_fit, warn_if_uniform
+from .spec import FIT_BACKENDS, METHODS, FitSpec, make_spec, resolve_scale
 
 log = logging.getLogger(__name__)
 
-METHODS = ("iterative", "closed_form")
-FIT_BACKENDS = ("auto", "reference", "cpp", "cuda")
+__all__ = ["fit_impulse", "FitSpec", "METHODS", "FIT_BACKENDS", "resolve_scale", "RUNNERS", "ITERATIVE_BACKENDS"]
 
 
-def resolve_scale(scale, dim: int, rank: int, num_heads: int) -> float:
-    """The softmax scale for a fit: a positive number, or "auto" (the paper's logit budget at any size)."""
-    if scale == "auto":
-        return 0.1 * 512 * rank * num_heads / (dim * dim)
-    return positive_float(scale, "scale")
+def _init_generator(seed: int) -> torch.Generator:
+    # The init draws from its own stream, so passing offsets= equal to the ones the seed would draw gives the
+    # same Q, K as not passing them (the cache relies on it).
+    return torch.Generator().manual_seed((seed * 0x9E3779B97F4A7C15 + 1) % 2 ** 63)
 
 
-def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: int = 512, rank: int = 64,
+class _Problem:
+    """The tensors every runner needs, built once from the spec."""
+
+    def __init__(self, spec: FitSpec):
+        h, w = spec.grid_size
+        n = spec.tokens
+        base = spec.pseudo_input if spec.pseudo_input is not None else sincos_2d((h, w), spec.dim)
+        self.x = base.to(torch.float32) * (1 - spec.alpha)
+        if spec.offsets is None:
+            gen = torch.Generator().manual_seed(spec.seed)
+            self.offsets = torch.stack([draw_offsets(spec.num_heads, spec.kernel_size, generator=gen)
+                                        for _ in range(spec.layers)])
+        else:
+            self.offsets = torch.tensor(spec.offsets, dtype=torch.long)
+        self.flat = self.offsets.reshape(-1, 2)
+        self.targets = impulse_targets(self.flat, (h, w)).reshape(spec.layers, spec.num_heads, n, n)
+        self.valid = valid_rows(self.flat, (h, w)).reshape(spec.layers, spec.num_heads, n)
+        self.generator = _init_generator(spec.seed)
+
+
+def _run_closed_form(spec: FitSpec, p: _Problem, backend: str, progress: bool):
+    h, w = spec.grid_size
+    n = spec.tokens
+    logits = logit_target(p.flat, (h, w), spec.target).reshape(spec.layers, spec.num_heads, n, n)
+    q, k, beta = fit_closed_form(p.x, logits, p.targets, p.valid, spec.head_dim, scale=spec.scale,
+                                 target_mass=spec.target_mass, logit_scale=spec.logit_scale,
+                                 pinv_rtol=spec.pinv_rtol, noise_std=spec.noise_std, generator=p.generator)
+    return q, k, {"logit_scale": beta, "pinv_rtol": spec.pinv_rtol, "target": spec.target}, 0
+
+
+def _reference(spec, p, q0, k0, device, progress):
+    dev = torch.device(device)
+    q, k = fit_iterative_reference(p.x.to(dev), p.targets.to(dev), spec.head_dim, steps=spec.steps, lr=spec.lr,
+                                   scale=spec.scale, renorm_every=spec.renorm_every, renorm=spec.renorm,
+                                   q0=q0.to(dev), k0=k0.to(dev), progress=progress)
+    return q.cpu(), k.cpu()
+
+
+def _compiled(spec, p, q0, k0, device, progress):
+    from ..kernels import fit_ext
+    return fit_ext.fit_iterative(p.x, p.targets, spec.head_dim, device=device, steps=spec.steps, lr=spec.lr,
+                                 scale=spec.scale, renorm_every=spec.renorm_every, renorm=spec.renorm, q0=q0, k0=k0)
+
+
+# backend -> function(spec, problem, q0, k0, device, progress) -> (q, k): the published recipe, same iterates.
+ITERATIVE_BACKENDS: Dict[str, Callable] = {"reference": _reference, "cpp": _compiled, "cuda": _compiled}
+
+
+def _run_iterative(spec: FitSpec, p: _Problem, backend: str, progress: bool):
+    name, device = fit_backends.split(backend)
+    q0, k0 = init_qk(spec.layers, spec.num_heads, spec.dim, spec.head_dim, p.generator)
+    extra = {"renorm": spec.renorm, "lr": spec.lr}
+    if spec.dedup or spec.tol is not None:
+        q, k, info = fit_iterative_fast(p.x, p.targets, spec.head_dim, dedup=spec.dedup, tol=spec.tol,
+                                        check_every=spec.check_every, backend=name, q0=q0, k0=k0, steps=spec.steps,
+                                        lr=spec.lr, scale=spec.scale, renorm_every=spec.renorm_every,
+                                        renorm=spec.renorm)
+        extra.update(info.as_dict())
+        return q, k, extra, int(info.steps_run.max())
+    q, k = ITERATIVE_BACKENDS[name](spec, p, q0, k0, device, progress)
+    return q, k, extra, spec.steps
+
+
+# method -> function(spec, problem, backend, progress) -> (q, k, extra report fields, steps run)
+RUNNERS: Dict[str, Callable] = {"closed_form": _run_closed_form, "iterative": _run_iterative}
+
+
+def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: int = 512, head_dim: int = 64,
                 method: str = "iterative", steps: int = 10000, seed: int = 0, backend: str = "auto", *,
                 layers: int = 1, offsets=None, scale=0.1, lr: float = 1e-4, renorm_every: int = 100,
                 renorm: str = "code", alpha: float = 0.0, pseudo_input: Optional[torch.Tensor] = None,
-                target: str = "impulse", target_mass: float = 0.3, logit_scale: Optional[float] = None, pinv_rtol: float = 0.03,
-                noise_std: float = 0.0, warn: bool = True, progress: bool = False, cache_dir=None,
-                dedup: bool = False, tol: Optional[float] = None, check_every: int = 100) -> FitResult:
+                target: str = "impulse", target_mass: float = 0.3, logit_scale: Optional[float] = None,
+                pinv_rtol: float = 0.03, noise_std: float = 0.0, warn: bool = True, progress: bool = False,
+                cache_dir=None, dedup: bool = False, tol: Optional[float] = None,
+                check_every: int = 100) -> FitResult:
     """Fit Q, K so that softmax(scale · X Q Kᵀ Xᵀ) reproduces one random impulse (shift) map per head.
 
     Args:
         num_heads: heads per layer; each gets one offset from the k×k window.
         grid_size: token grid, an int or (H, W); N = H·W.
         kernel_size: odd window size k the offsets are drawn from (5 in the 2401.12511 code).
-        dim: model width D; rank: head dimension r.
+        dim: model width D; head_dim: the head dimension r (the rank of Q Kᵀ).
         method: ``"iterative"`` (the published Adam recipe) or ``"closed_form"`` (projection + SVD).
         steps, lr, renorm_every, renorm: the iterative recipe (published defaults 10000, 1e-4, 100, "code";
             ``renorm="columns"`` rescales K's columns as the paper text says, the public code rescales K's rows).
-        seed: seeds the offsets and the init; results are deterministic for a given seed.
-        backend: ``"reference"`` (plain PyTorch autograd), ``"cpp"``/``"cuda"`` (compiled fit, when built) or
-            ``"auto"`` (the fastest available). Closed form always runs in PyTorch.
+        seed: seeds the offsets and, from a separate stream, the init; results are deterministic for a seed.
+        backend: ``"auto"`` (the fastest available backend whose parity probe passes, falling back with a warning),
+            ``"reference"`` (plain PyTorch autograd), ``"cpp"``/``"cuda"`` (the compiled fit). Closed form always
+            runs in PyTorch.
         layers: independent fits (fresh offsets per layer) batched in one call.
         offsets: explicit (heads, 2) or (layers, heads, 2) integer offsets instead of random ones.
         scale: the softmax scale s (0.1 in the published code; the model uses the same scale), or ``"auto"``:
             0.1 at the paper's size (D=512, r=64, 8 heads) and scaled by 512·r·heads/D² elsewhere, which keeps the
             logit budget of the published init (it grows like s·D²/(r·heads)) at every model size.
-        alpha: fit on the pseudo-input X = (1 − α)·P, the positional part of Model I's query/key input; 0 fits on
-            P itself as the public code does.
-        pseudo_input: an explicit (N, D) X instead of the sin-cos encoding (e.g. LN(P) for a standard ViT).
+        alpha, pseudo_input: the query/key input is α·content + (1 − α)·X₀ with X₀ the pseudo-input (default: the
+            2D sin-cos encoding; e.g. LN(P) for a standard ViT, I_N for free maps). The fit is made on
+            X = (1 − α)·X₀, the part the layer really sees, and the report measures what the content term α·z
+            (z standard normal, a stand-in for LN(x)) adds to the logits.
         target: the closed form's target logits around each head's offset, ``"impulse"`` (row match + column
             match) or ``"laplace"`` (minus the city-block distance to the target: a local blob), see
             ``targets.logit_target``.
         target_mass, logit_scale, pinv_rtol, noise_std: closed-form sharpness and conditioning (see
             ``fitting.closed_form``).
         warn: emit a RuntimeWarning when the fit is no better than a uniform map.
-        cache_dir: a directory for a disk cache of fits keyed by every argument that changes the result (see
+        cache_dir: a directory for a disk cache of fits keyed by a digest of the whole spec (see
             ``fitting.cache``); ``report.extra["cache"]`` says "hit", "miss" or why an entry was refitted.
         dedup, tol, check_every: a faster iterative fit that is NOT the published recipe (``fitting.fast``,
             labelled in ``report.extra["algorithm"]``): ``dedup=True`` fits each distinct target once and gives
             every head with that target the same Q, K; ``tol`` stops a head once its loss improved by less than
             ``tol`` (relative) over the last ``check_every`` steps. Off by default.
     Returns:
-        FitResult with ``q``, ``k`` (heads, D, r) — (layers, heads, D, r) when layers > 1 — ``offsets`` and
-        ``report`` (mse, uniform_mse, argmax_hit, target_mass, seconds, ...).
+        FitResult with ``q``, ``k`` of shape (layers, heads, D, head_dim), ``offsets`` (layers, heads, 2) and
+        ``report`` (mse, uniform_mse, argmax_hit, target_mass, content_logit_std, seconds, ...).
     """
-    positive_int(num_heads, "num_heads")
-    h, w = grid_pair(grid_size)
-    odd_kernel_size(kernel_size)
-    positive_int(dim, "dim")
-    positive_int(rank, "rank")
-    choice(method, "method", METHODS)
-    choice(target, "target", TARGET_SHAPES)
-    choice(backend, "backend", FIT_BACKENDS)
-    positive_int(layers, "layers")
-    scale = resolve_scale(scale, dim, rank, num_heads)
-    choice(renorm, "renorm", RENORM_MODES)
-    if method == "iterative":
-        positive_int(steps, "steps", minimum=0)
-        positive_float(lr, "lr")
-        positive_int(renorm_every, "renorm_every", minimum=0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    alpha = positive_float(alpha, "alpha", allow_zero=True)
-    if alpha >= 1:
-        raise ValueError(f"alpha must be in [0, 1): at alpha = 1 the query/key input has no positional part, got "
-                         f"{alpha}")
-    positive_float(target_mass, "target_mass")
-    if target_mass >= 1:
-        raise ValueError(f"target_mass must be in (0, 1), got {target_mass}")
-    if not isinstance(dedup, bool):
-        raise TypeError(f"dedup must be a bool, got {type(dedup).__name__} {dedup!r}")
-    if tol is not None:
-        tol = positive_float(tol, "tol")
-    positive_int(check_every, "check_every")
-    if method != "iterative" and (dedup or tol is not None):
-        raise ValueError("dedup and tol apply to method='iterative' only")
+    spec = make_spec(num_heads, grid_size, kernel_size, dim, head_dim, method, steps, seed, backend, layers=layers,
+                     offsets=offsets, scale=scale, lr=lr, renorm_every=renorm_every, renorm=renorm, alpha=alpha,
+                     pseudo_input=pseudo_input, target=target, target_mass=target_mass, logit_scale=logit_scale,
+                     pinv_rtol=pinv_rtol, noise_std=noise_std, dedup=dedup, tol=tol, check_every=check_every)
     cache = FitCache(cache_dir) if cache_dir is not None else None
-    n = h * w
-    if pseudo_input is None:
-        x = sincos_2d((h, w), dim, dtype=torch.float32) * (1 - alpha)
-    else:
-        finite_tensor(pseudo_input, "pseudo_input")
-        if tuple(pseudo_input.shape) != (n, dim):
-            raise ValueError(f"pseudo_input must have shape (N, dim) = ({n}, {dim}) for grid {(h, w)}, got "
-                             f"{tuple(pseudo_input.shape)}")
-        x = pseudo_input.detach().to(torch.float32).cpu()
-
-    gen = torch.Generator().manual_seed(seed)
-    if offsets is None:
-        offs = torch.stack([draw_offsets(num_heads, kernel_size, generator=gen) for _ in range(layers)])
-    else:
-        offs = check_offsets(torch.as_tensor(offsets).reshape(-1, 2), kernel_size).reshape(
-            *torch.as_tensor(offsets).shape)
-        if offs.dim() == 2:
-            offs = offs[None].expand(layers, -1, -1)
-        if tuple(offs.shape) != (layers, num_heads, 2):
-            raise ValueError(f"offsets must have shape (num_heads, 2) = ({num_heads}, 2) or (layers, num_heads, 2)"
-                             f" = ({layers}, {num_heads}, 2), got {tuple(torch.as_tensor(offsets).shape)}")
-    flat = offs.reshape(-1, 2)
-    targets = impulse_targets(flat, (h, w)).reshape(layers, num_heads, n, n)
-    valid = valid_rows(flat, (h, w)).reshape(layers, num_heads, n)
-
+    problem = _Problem(spec)
     start = time.perf_counter()
-    used = "reference"
-    if method == "iterative":
-        from ..backends import select_fit_backend
-        used = select_fit_backend(backend)
-    key = cache_status = None
-    if cache is not None:
-        import impulse_attn
-        key = cache_key(dict(
-            package=impulse_attn.__version__, torch=torch.__version__, method=method, backend=used,
-            layers=layers, num_heads=num_heads, grid=[h, w], kernel_size=kernel_size, dim=dim, rank=rank,
-            seed=seed, offsets=offs, x=x, scale=scale, steps=steps, lr=lr, renorm_every=renorm_every,
-            renorm=renorm, target=target, target_mass=target_mass, logit_scale=logit_scale, pinv_rtol=pinv_rtol,
-            noise_std=noise_std, dedup=dedup, tol=tol, check_every=check_every))
-        shape = (layers, num_heads, dim, rank)
-        entry, cache_status = cache.load(key, {"q": (shape, torch.float32), "k": (shape, torch.float32)})
-        if cache_status.startswith("corrupt"):
-            log.warning("impulse fit cache: entry %s is %s; refitting", cache.path(key), cache_status)
-    if cache is not None and entry is not None:
-        q, k = entry["tensors"]["q"], entry["tensors"]["k"]
-        extra = dict(entry["meta"].get("extra", {}))
-        steps_done = int(entry["meta"].get("steps_done", 0))
-    elif method == "closed_form":
-        logits = logit_target(flat, (h, w), target).reshape(layers, num_heads, n, n)
-        q, k, beta = fit_closed_form(x, logits, targets, valid, rank, scale=scale, target_mass=target_mass,
-                                     logit_scale=logit_scale, pinv_rtol=pinv_rtol, noise_std=noise_std,
-                                     generator=gen)
-        extra = {"logit_scale": beta, "pinv_rtol": pinv_rtol, "target": target}
-        steps_done = 0
-    else:
-        q0, k0 = init_qk(layers, num_heads, dim, rank, gen)
-        kwargs = dict(steps=steps, lr=lr, scale=scale, renorm_every=renorm_every, renorm=renorm, q0=q0, k0=k0)
-        extra = {"renorm": renorm, "lr": lr}
-        steps_done = steps
-        if dedup or tol is not None:
-            q, k, info = fit_iterative_fast(x, targets, rank, dedup=dedup, tol=tol, check_every=check_every,
-                                            backend=used, **kwargs)
-            extra.update(info.as_dict())
-            steps_done = int(info.steps_run.max())
-        elif used == "reference":
-            q, k = fit_iterative_reference(x, targets, rank, progress=progress, **kwargs)
-        else:
-            from ..kernels import fit_ext
-            q, k = fit_ext.fit_iterative(x, targets, rank, device="cuda" if used == "cuda" else "cpu", **kwargs)
-    if cache is not None:
-        if entry is None:
-            cache.store(key, {"q": q.float(), "k": k.float()}, {"extra": extra, "steps_done": steps_done})
-        extra = {**extra, "cache": cache_status}
+    candidates = ["reference"] if method == "closed_form" else fit_backends.candidates(backend)
+    result = None
+    for i, used in enumerate(candidates):
+        try:
+            result = _fit_or_load(spec, problem, used, cache, progress)
+            break
+        except RuntimeError as e:
+            if backend != "auto" or i == len(candidates) - 1:
+                raise
+            fit_backends.disable(used, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            warnings.warn(f"impulse fit: backend {used!r} failed ({str(e).splitlines()[0][:200]}); falling back to "
+                          f"{candidates[i + 1]!r}", RuntimeWarning, stacklevel=2)
+    q, k, extra, steps_done, used = result
     seconds = time.perf_counter() - start
-    report = evaluate_fit(x, q, k, scale, targets, valid, seconds, method, used, steps_done,
-                          content_alpha=alpha if alpha > 0 else 0.0, seed=seed)
+    report = evaluate_fit(problem.x, q, k, spec.scale, problem.targets, problem.valid, seconds, method, used,
+                          steps_done, content_alpha=spec.alpha, seed=seed)
     report.extra.update(extra)
     log.info("impulse fit: %s", report)
     if warn:
         warn_if_uniform(report)
-    if layers == 1:
-        q, k, offs = q[0], k[0], offs[0]
-    return FitResult(q=q.float(), k=k.float(), offsets=offs.clone(), scale=scale, report=report)
+    return FitResult(q=q.float(), k=k.float(), offsets=problem.offsets.clone(), scale=spec.scale, report=report)
+
+
+def _fit_or_load(spec: FitSpec, problem: _Problem, used: str, cache: Optional[FitCache], progress: bool
+                 ) -> Tuple[torch.Tensor, torch.Tensor, dict, int, str]:
+    key = None
+    if cache is not None:
+        import impulse_attn
+        key = cache_key({"package": impulse_attn.__version__, "torch": torch.__version__, "backend_used": used,
+                         **spec.key_fields()})
+        shape = (spec.layers, spec.num_heads, spec.dim, spec.head_dim)
+        entry, status = cache.load(key, {"q": (shape, torch.float32), "k": (shape, torch.float32)})
+        if status.startswith("corrupt"):
+            log.warning("impulse fit cache: entry %s is %s; refitting", cache.path(key), status)
+        if entry is not None:
+            extra = {**entry["meta"].get("extra", {}), "cache": status}
+            return (entry["tensors"]["q"], entry["tensors"]["k"], extra, int(entry["meta"].get("steps_done", 0)),
+                    used)
+    q, k, extra, steps_done = RUNNERS[spec.method](spec, problem, used, progress)
+    if cache is not None:
+        cache.store(key, {"q": q.float(), "k": k.float()}, {"extra": extra, "steps_done": steps_done})
+        extra = {**extra, "cache": status}
+    return q, k, extra, steps_done, used

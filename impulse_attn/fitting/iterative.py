@@ -13,15 +13,15 @@ from typing import Optional
 
 import torch
 
-RENORM_MODES = ("code", "columns", "none")
+from .spec import RENORM_MODES
 
 
-def init_qk(layers: int, heads: int, dim: int, rank: int, generator: torch.Generator,
+def init_qk(layers: int, heads: int, dim: int, head_dim: int, generator: torch.Generator,
             dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """The published init: Q and K uniform in ±sqrt(1/(r·heads)), shape (layers, heads, D, r)."""
-    bound = math.sqrt(1.0 / (rank * heads))
-    q = (2 * torch.rand(layers, heads, dim, rank, generator=generator, dtype=torch.float64) - 1) * bound
-    k = (2 * torch.rand(layers, heads, dim, rank, generator=generator, dtype=torch.float64) - 1) * bound
+    bound = math.sqrt(1.0 / (head_dim * heads))
+    q = (2 * torch.rand(layers, heads, dim, head_dim, generator=generator, dtype=torch.float64) - 1) * bound
+    k = (2 * torch.rand(layers, heads, dim, head_dim, generator=generator, dtype=torch.float64) - 1) * bound
     return q.to(dtype), k.to(dtype)
 
 

@@ -1,79 +1,118 @@
-"""Query/key init strategies: default, random, mimetic, impulse (METHOD.md §2 and §4).
+"""Query/key init strategies: default, random, mimetic, impulse (METHOD.md §2 and §4, docs/METHOD.md here).
 
-Each strategy produces, per attention layer, Q and K of shape (heads, D_in, r) where D_in is the width of the
-query/key input (the model width, or N for mode III's free maps). Layers expose ``qk_pseudo_input()`` (the
-input their query/key projection sees at init, for fitting) and ``set_qk(q, k)``.
+Each strategy produces, per attention layer, Q and K of shape (heads, D_in, head_dim) from the layer's
+``QKRequest`` and hands them to ``layer.load_qk``. Adding a strategy means adding a function to ``STRATEGIES``.
 """
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
 from .._validate import choice
+from .protocol import QKLayer, QKRequest
 
-INIT_STRATEGIES = ("default", "random", "mimetic", "impulse")
 
-
-def random_qk(heads: int, dim_in: int, rank: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_qk(heads: int, dim_in: int, head_dim: int, generator: torch.Generator
+              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Q, K ~ U(±sqrt(1/D))."""
     bound = math.sqrt(1.0 / dim_in)
-    q = (2 * torch.rand(heads, dim_in, rank, generator=generator) - 1) * bound
-    k = (2 * torch.rand(heads, dim_in, rank, generator=generator) - 1) * bound
+    q = (2 * torch.rand(heads, dim_in, head_dim, generator=generator) - 1) * bound
+    k = (2 * torch.rand(heads, dim_in, head_dim, generator=generator) - 1) * bound
     return q, k
 
 
-def mimetic_qk(heads: int, dim_in: int, rank: int, generator: torch.Generator, alpha: float = 0.7,
+def mimetic_qk(heads: int, dim_in: int, head_dim: int, generator: torch.Generator, alpha: float = 0.7,
                beta: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
     """Trockman & Kolter's mimetic init: W = α·sqrt(1/D)·U(−1, 1) + β·I per head, Q Kᵀ = its best rank-r part."""
     noise = 2 * torch.rand(heads, dim_in, dim_in, generator=generator, dtype=torch.float64) - 1
     w = alpha * math.sqrt(1.0 / dim_in) * noise + beta * torch.eye(dim_in, dtype=torch.float64)
     u, s, vh = torch.linalg.svd(w)
-    root = s[:, :rank].sqrt()
-    q = u[:, :, :rank] * root[:, None, :]
-    k = vh[:, :rank, :].transpose(1, 2) * root[:, None, :]
-    if rank > dim_in:
-        pad = torch.zeros(heads, dim_in, rank - dim_in, dtype=torch.float64)
+    root = s[:, :head_dim].sqrt()
+    q = u[:, :, :head_dim] * root[:, None, :]
+    k = vh[:, :head_dim, :].transpose(1, 2) * root[:, None, :]
+    if head_dim > dim_in:
+        pad = torch.zeros(heads, dim_in, head_dim - dim_in, dtype=torch.float64)
         q, k = torch.cat((q, pad), -1), torch.cat((k, pad), -1)
     return q.float(), k.float()
 
 
-def initialize_qk_(layers: Sequence[torch.nn.Module], strategy: str, *, seed: int = 0,
-                   fit_method: str = "closed_form", kernel_size: int = 5, fit_kwargs: Optional[dict] = None,
-                   ) -> Optional[list]:
-    """Initialize the query/key weights of attention ``layers`` in place. Returns the FitResults for "impulse".
+def default_scale(init: str, fit_method: str, num_heads: int, dim_in: int, head_dim: int) -> float:
+    """A layer's softmax scale when none is given: the fit's scale for impulse init, head_dim^-0.5 otherwise.
 
-    All layers must share heads, rank and pseudo-input shape for "impulse" (one batched fit, fresh offsets per
-    layer); "default" leaves PyTorch's Kaiming-uniform init untouched.
+    Closed-form fits put the sharpness into Q, K, so the published 0.1 serves every width. The iterative recipe
+    keeps the init's logit budget, which shrinks like D²/(r·heads): "auto" scales 0.1 (exact at the paper's
+    size) so the recipe still learns at small widths (``fitting.resolve_scale``).
+    """
+    if init != "impulse":
+        return head_dim ** -0.5
+    if fit_method == "iterative":
+        from ..fitting import resolve_scale
+        return resolve_scale("auto", dim_in, head_dim, num_heads)
+    return 0.1
+
+
+def _independent(make: Callable) -> Callable:
+    def apply(layers: List[QKLayer], requests: List[QKRequest], generator: torch.Generator, **_):
+        for layer, r in zip(layers, requests):
+            layer.load_qk(*make(r.num_heads, r.dim_in, r.head_dim, generator))
+        return None
+    return apply
+
+
+def _impulse(layers: List[QKLayer], requests: List[QKRequest], generator: torch.Generator, *, seed: int,
+             fit_method: str, kernel_size: int, fit_kwargs: Optional[dict]):
+    from ..fitting import fit_impulse
+    kwargs = dict(fit_kwargs or {})
+    if "scale" in kwargs:
+        raise ValueError("fit_kwargs must not set 'scale': the fit uses the layer's softmax scale; pass scale= to "
+                         "the layer (or model) instead")
+    results = []
+    groups: Dict[tuple, list] = {}
+    for i, r in enumerate(requests):
+        groups.setdefault(r.batch_key(), []).append(i)
+    for gi, idx in enumerate(groups.values()):
+        r = requests[idx[0]]
+        x = r.pseudo_input
+        for j in idx[1:]:
+            if not torch.equal(requests[j].pseudo_input, x):
+                raise ValueError("impulse init fits layers with equal settings in one batch; their pseudo-inputs "
+                                 "differ")
+        res = fit_impulse(r.num_heads, r.grid_size, kernel_size, r.dim_in, r.head_dim, method=fit_method,
+                          seed=seed + gi, layers=len(idx), pseudo_input=x, alpha=r.alpha, scale=r.scale, **kwargs)
+        for n, j in enumerate(idx):
+            layers[j].load_qk(res.q[n], res.k[n], res.offsets[n])
+        results.append(res)
+    return results
+
+
+# name -> function(layers, requests, generator, *, seed, fit_method, kernel_size, fit_kwargs) -> fit results
+STRATEGIES: Dict[str, Optional[Callable]] = {
+    "default": None,  # PyTorch's Kaiming-uniform init, untouched
+    "random": _independent(random_qk),
+    "mimetic": _independent(mimetic_qk),
+    "impulse": _impulse,
+}
+INIT_STRATEGIES = tuple(STRATEGIES)
+
+
+def initialize_qk_(layers: Sequence[QKLayer], strategy: str, *, seed: int = 0, fit_method: str = "closed_form",
+                   kernel_size: int = 5, fit_kwargs: Optional[dict] = None) -> Optional[list]:
+    """Initialize the query/key weights of attention ``layers`` in place. Returns the FitResults for "impulse"
+    (one per batch of layers with equal settings: normally one for the whole model).
+
+    Layers with equal requests are fitted together (one batched fit, fresh offsets per layer).
     """
     choice(strategy, "init", INIT_STRATEGIES)
     layers = list(layers)
-    if strategy == "default" or not layers:
+    apply = STRATEGIES[strategy]
+    if apply is None or not layers:
         return None
-    gen = torch.Generator().manual_seed(seed)
-    if strategy in ("random", "mimetic"):
-        for layer in layers:
-            heads, dim_in, rank = layer.qk_shape()
-            make = random_qk if strategy == "random" else mimetic_qk
-            layer.set_qk(*make(heads, dim_in, rank, gen))
-        return None
-    from ..fitting import fit_impulse
-    heads, dim_in, rank = layers[0].qk_shape()
-    x = layers[0].qk_pseudo_input()
-    for layer in layers[1:]:
-        if layer.qk_shape() != (heads, dim_in, rank) or not torch.equal(layer.qk_pseudo_input(), x):
-            raise ValueError("impulse init fits all layers in one batch: every layer must share heads, head dim "
-                             "and query/key input")
-    kwargs = dict(fit_kwargs or {})
-    scale = kwargs.pop("scale", layers[0].scale)
-    grid = layers[0].grid_size
-    res = fit_impulse(heads, grid, kernel_size, dim_in, rank, method=fit_method, seed=seed,
-                      layers=len(layers), pseudo_input=x, scale=scale, **kwargs)
-    q = res.q.reshape(len(layers), heads, dim_in, rank)
-    k = res.k.reshape(len(layers), heads, dim_in, rank)
-    offsets = res.offsets.reshape(len(layers), heads, 2)
-    for i, layer in enumerate(layers):
-        layer.set_qk(q[i], k[i])
-        layer.register_buffer("impulse_offsets", offsets[i].clone(), persistent=False)
-    return [res]
+    for layer in layers:
+        if not isinstance(layer, QKLayer):
+            raise TypeError(f"layers must implement qk_request() and load_qk() (QKLayer), got "
+                            f"{type(layer).__name__}")
+    requests = [layer.qk_request() for layer in layers]
+    return apply(layers, requests, torch.Generator().manual_seed(seed), seed=seed, fit_method=fit_method,
+                 kernel_size=kernel_size, fit_kwargs=fit_kwargs)

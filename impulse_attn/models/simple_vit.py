@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .._validate import choice, image_grid, positive_int
+from .._validate import choice, image_grid, positive_int, require_memory
 from ..attention import ImpulseAttention, ViTAttention
 from ..init import initialize_qk_
 from ..targets import sincos_2d
@@ -48,7 +48,7 @@ class SimpleViT(nn.Module):
     """
 
     def __init__(self, image_size=32, patch_size=2, num_classes: int = 10, dim: int = 512, depth: int = 6,
-                 heads: int = 8, dim_head: int = 64, mlp_dim: int = 512, channels: int = 3,
+                 num_heads: int = 8, head_dim: int = 64, mlp_dim: int = 512, channels: int = 3,
                  attention: str = "impulse", mode: str = "I", alpha: float = 0.2, init: str = "impulse",
                  kernel_size: int = 5, scale: Optional[float] = None, fit_method: str = "closed_form",
                  fit_kwargs: Optional[dict] = None, seed: int = 0, attention_backend: str = "auto"):
@@ -59,9 +59,16 @@ class SimpleViT(nn.Module):
         positive_int(depth, "depth")
         positive_int(channels, "channels")
         positive_int(mlp_dim, "mlp_dim")
+        positive_int(num_heads, "num_heads")
+        positive_int(head_dim, "head_dim")
         choice(attention, "attention", ATTENTIONS)
-        if dim % 4 != 0:
-            raise ValueError(f"dim must be a multiple of 4 (2D sin-cos encoding), got {dim}")
+        if isinstance(dim, bool) or not isinstance(dim, int) and not hasattr(dim, "__index__"):
+            raise TypeError(f"dim must be an int, got {type(dim).__name__} {dim!r}")
+        if dim < 8 or dim % 4 != 0:
+            raise ValueError(f"dim must be a multiple of 4 and >= 8 (2D sin-cos encoding), got {dim}")
+        require_memory(self._estimate_bytes(dim, depth, num_heads, head_dim, mlp_dim, channels, (ph, pw), grid),
+                       f"a SimpleViT of dim {dim}, depth {depth}, {num_heads} heads of {head_dim}",
+                       "use a smaller model")
         self.image_size, self.grid_size = (ih, iw), grid
         self.channels = channels
         self.attention_kind = attention
@@ -69,9 +76,9 @@ class SimpleViT(nn.Module):
         self.embed = PatchEmbed(channels, (ph, pw), dim)
         self.add_pos = attention == "plain"
         self.register_buffer("pos", sincos_2d(self.grid_size, dim), persistent=False)
-        common = dict(num_heads=heads, dim_head=dim_head, grid_size=self.grid_size, init=init,
-                      kernel_size=kernel_size, scale=scale, fit_method=fit_method, backend=attention_backend,
-                      defer_init=True)
+        common = dict(num_heads=num_heads, head_dim=head_dim, grid_size=self.grid_size, init=init,
+                      kernel_size=kernel_size, scale=scale, fit_method=fit_method,
+                      attention_backend=attention_backend, defer_init=True)
         self.blocks = nn.ModuleList()
         for _ in range(depth):
             attn = (ImpulseAttention(dim, mode=mode, alpha=alpha, **common) if attention == "impulse"
@@ -79,17 +86,34 @@ class SimpleViT(nn.Module):
             self.blocks.append(nn.ModuleList([attn, FeedForward(dim, mlp_dim)]))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
+        self.fit_results = self.init_weights(init, seed=seed, fit_method=fit_method, kernel_size=kernel_size,
+                                             fit_kwargs=fit_kwargs)
+
+    @staticmethod
+    def _estimate_bytes(dim, depth, heads, head_dim, mlp_dim, channels, patch, grid) -> int:
+        """Parameters with their gradients and Adam moments (4 copies of float32)."""
+        patch_dim = channels * patch[0] * patch[1]
+        n = grid[0] * grid[1]
+        per_block = 4 * dim * heads * head_dim + 2 * dim * mlp_dim + heads * n * head_dim * 2
+        return 16 * (depth * per_block + patch_dim * dim + 2 * n * dim)
+
+    def init_weights(self, init: str, *, seed: int = 0, fit_method: str = "closed_form", kernel_size: int = 5,
+                     fit_kwargs: Optional[dict] = None) -> Optional[list]:
+        """(Re-)initialize the query/key weights of every attention layer with an init strategy, in one batch
+        (for "impulse": one fit for all layers, fresh offsets per layer). Returns the fit results."""
+        self.init = init
         self.fit_results = initialize_qk_(self.attention_layers(), init, seed=seed, fit_method=fit_method,
                                           kernel_size=kernel_size, fit_kwargs=fit_kwargs)
+        return self.fit_results
 
     def attention_layers(self) -> list:
         return [blk[0] for blk in self.blocks]
 
-    def set_attention_backend(self, backend: str) -> None:
+    def set_attention_backend(self, attention_backend: str) -> None:
         from ..attention import ATTENTION_BACKENDS
-        choice(backend, "backend", ATTENTION_BACKENDS)
+        choice(attention_backend, "attention_backend", ATTENTION_BACKENDS)
         for layer in self.attention_layers():
-            layer.backend = backend
+            layer.attention_backend = attention_backend
 
     def tokens(self, img: torch.Tensor) -> torch.Tensor:
         if img.dim() != 4 or img.shape[1] != self.channels or tuple(img.shape[-2:]) != self.image_size:

@@ -8,6 +8,14 @@ import torch
 from .._validate import grid_pair, odd_kernel_size, positive_int
 
 
+def kernel_fits_grid(kernel_size: int, grid_size) -> None:
+    """A k×k window's offsets reach ±(k//2) tokens: wider than the grid, most heads would shift every token out."""
+    h, w = grid_pair(grid_size)
+    if kernel_size // 2 >= max(h, w):
+        raise ValueError(f"kernel_size {kernel_size} is wider than the {h}x{w} token grid allows (offsets up to "
+                         f"±{kernel_size // 2}); use kernel_size <= {2 * max(h, w) - 1}")
+
+
 def draw_offsets(num_heads: int, kernel_size: int = 5, generator: Optional[torch.Generator] = None,
                  seed: Optional[int] = None) -> torch.Tensor:
     """Draw one (row, col) offset per head uniformly from the k×k window, with replacement (as published).

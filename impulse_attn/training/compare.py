@@ -155,7 +155,7 @@ def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[
     c = base.resolved()
     setting = (f"{c.dataset}" + (f" ({c.per_class}/class)" if c.per_class else "") +
                f", {c.model} dim {c.dim} depth {c.depth}" +
-               (f" heads {c.heads}x{c.dim_head} mlp {c.mlp_dim}" if c.model == "vit" else f" kernel {c.kernel_size}")
+               (f" heads {c.num_heads}x{c.head_dim} mlp {c.mlp_dim}" if c.model == "vit" else f" kernel {c.kernel_size}")
                + f", patch {c.patch_size}, {c.epochs} epochs, batch {c.batch_size}, {c.optimizer} lr {c.lr:g}, "
                f"seeds {list(seeds)}")
     curves_path = None

@@ -27,6 +27,9 @@ MODEL_DEFAULTS = {
     "convmixer": {"dim": 256, "depth": 8, "kernel_size": 3},
 }
 
+# Config keys of earlier versions -> their names now.
+RENAMED = {"heads": "num_heads", "dim_head": "head_dim"}
+
 # Anything larger is refused before allocating: a 4096×4096 image is already 50 M pixels per sample.
 MAX_IMAGE_SIZE = 4096
 MAX_SEED = 2 ** 63 - 1
@@ -187,8 +190,8 @@ class TrainConfig:
     dim: Optional[int] = option(None, "model width", "model", check=dim_rule,
                                 none_means="512 for vit, 256 for convmixer")
     depth: Optional[int] = option(None, "blocks", "model", check=positive, none_means="6 for vit, 8 for convmixer")
-    heads: int = option(8, "attention heads (vit)", "model", check=positive)
-    dim_head: int = option(64, "width per head (vit)", "model", check=positive)
+    num_heads: int = option(8, "attention heads (vit)", "model", check=positive)
+    head_dim: int = option(64, "width per head (vit)", "model", check=positive)
     mlp_dim: int = option(512, "MLP hidden width (vit)", "model", check=positive)
     attention: str = option("impulse", "impulse: ImpulseAttention (positional encoding mixed into queries/keys); "
                             "plain: standard ViT attention with the encoding added to the tokens", "model",
@@ -200,7 +203,7 @@ class TrainConfig:
     kernel_size: Optional[int] = option(None, "impulse window k (vit) or depthwise filter size (convmixer)",
                                         "model", check=odd_positive, none_means="5 for vit, 3 for convmixer")
     scale: Optional[float] = option(None, "softmax scale of the attention", "model", check=positive_float,
-                                    none_means="the fit's scale for impulse init, dim_head^-0.5 otherwise")
+                                    none_means="the fit's scale for impulse init, head_dim^-0.5 otherwise")
     fit_method: str = option("closed_form", "impulse fit: closed form (instant) or the published iterative Adam "
                              "recipe", "model", choices=_fit_methods)
     fit_target: str = option("impulse", "shape of the closed-form fit's target logits around each head's "
@@ -262,10 +265,13 @@ class TrainConfig:
         if not isinstance(d, dict):
             raise UserError(f"run settings must be a mapping, got {type(d).__name__}", "check the run folder")
         names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
+        unknown = set(d) - names - set(RENAMED)
         if unknown:
             raise UserError(f"unknown config keys {sorted(unknown)}", "check the spelling")
         d = dict(d)
+        for old, new in RENAMED.items():  # runs written before the names were unified
+            if old in d and new not in d:
+                d[new] = d.pop(old)
         if isinstance(d.get("augment"), bool):  # runs written before --augment took a recipe name
             d["augment"] = "paper" if d["augment"] else "none"
         return cls(**d)

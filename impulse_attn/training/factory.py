@@ -64,7 +64,7 @@ def build_model(config, num_classes: int, image_size: int, channels: int = 3,
                     kwargs.setdefault("steps", c.fit_steps)
                     kwargs.setdefault("backend", c.fit_backend)
             model = SimpleViT(image_size=image_size, patch_size=c.patch_size, num_classes=num_classes, dim=c.dim,
-                              depth=c.depth, heads=c.heads, dim_head=c.dim_head, mlp_dim=c.mlp_dim,
+                              depth=c.depth, num_heads=c.num_heads, head_dim=c.head_dim, mlp_dim=c.mlp_dim,
                               channels=channels, attention=c.attention, mode=c.mode, alpha=c.alpha, init=c.init,
                               kernel_size=c.kernel_size, scale=c.scale, fit_method=c.fit_method,
                               fit_kwargs=kwargs or None, seed=c.seed, attention_backend=c.attention_backend)

@@ -13,7 +13,7 @@ if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU: the compiled Triton kernels are tested in tests/test_triton_attention.py through the "
                 "interpreter only", allow_module_level=True)
 
-ta = pytest.importorskip("impulse_attn.kernels.triton_attention")
+ta = pytest.importorskip("impulse_attn.attention.triton_flash")
 if ta._INTERPRETER:
     pytest.skip("TRITON_INTERPRET=1 is set: this module tests the compiled kernels", allow_module_level=True)
 
