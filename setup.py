@@ -90,7 +90,7 @@ setup(
     packages=find_packages(include=["impulse_attn", "impulse_attn.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "torchvision", "numpy", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"]},
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "timm>=1.0"], "timm": ["timm>=1.0"]},
     entry_points={"console_scripts": ["impulse-attn=impulse_attn.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

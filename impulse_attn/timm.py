@@ -116,8 +116,8 @@ VPROJ_ALPHA, VPROJ_BETA, VPROJ_SIGN = 0.4, 0.4, -1
 MIMETIC_ALPHA, MIMETIC_BETA, MIMETIC_SIGN = 0.7, 0.7, 1
 
 # fit_impulse arguments that init_ sets from the model; a user value would contradict it.
-_FIT_KWARGS_SET_HERE = ("num_heads", "grid_size", "kernel_size", "dim", "rank", "method", "seed", "layers",
-                        "offsets", "pseudo_input")
+_FIT_KWARGS_SET_HERE = ("num_heads", "grid_size", "kernel_size", "dim", "head_dim", "rank", "method", "seed",
+                        "layers", "offsets", "pseudo_input")
 
 
 @dataclass
@@ -536,11 +536,14 @@ def _compute(model, info: dict, method: str, fit: str, kernel_size: int, seed: O
         raise ValueError("model.pos_embed (times pos_scale) has NaN/Inf values. Note: timm versions that build "
                          "parameters with torch.empty leave pos_embed uninitialized under weight_init='skip'; "
                          "use weight_init='reset' (PyTorch default init, the public code's setting) instead")
+    grid_var = pos[0, info["pos_offset"]:].to(torch.float64).var(dim=-1, unbiased=False)
+    if float(grid_var.mean()) < LN_EPS:
+        raise ValueError(f"model.pos_embed (times pos_scale) is (nearly) constant over channels (mean variance "
+                         f"{float(grid_var.mean()):.1e} < LayerNorm eps {LN_EPS}): its layer norm, the fit's "
+                         f"pseudo-input, carries no position. Was it left uninitialized? (timm versions that build "
+                         f"parameters with torch.empty do so under weight_init='skip'; use weight_init='reset'.)")
     x = pseudo_input(model, pos=pos, dtype=torch.float64)
     rank, ratio = pinv_rank(x, hd)
-    if rank == 0:
-        raise ValueError("the layer-normed position embedding is zero (pos_embed constant over channels, or "
-                         "uninitialized): there is no pseudo-input to fit on")
     offsets = official_offsets(heads, kernel_size)
     out["offsets"] = offsets[None].expand(depth, heads, 2).clone()
     if fit == "official":

@@ -91,7 +91,7 @@ def test_fit_writes_report_and_picture(tmp_path, capsys):
                             "--head-dim", "8", "--out", str(tmp_path)], capsys)
     assert code == 0 and "argmax hit" in stdout
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["report"]["argmax_hit"] > 0.9 and len(report["offsets"]) == 4
+    assert report["report"]["argmax_hit"] > 0.9 and len(report["offsets"][0]) == 4
     png = (tmp_path / "fit.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 

@@ -187,7 +187,7 @@ def test_op_under_torch_compile():
 
 def test_fit_impulse_cpp_backend_matches_reference():
     from impulse_attn import fit_impulse
-    kw = dict(num_heads=3, grid_size=(5, 7), kernel_size=3, dim=64, rank=16, steps=40, lr=1e-3, scale=0.5,
+    kw = dict(num_heads=3, grid_size=(5, 7), kernel_size=3, dim=64, head_dim=16, steps=40, lr=1e-3, scale=0.5,
               seed=2, layers=2, warn=False)
     ref = fit_impulse(**kw, backend="reference")
     ext = fit_impulse(**kw, backend="cpp")

@@ -35,7 +35,7 @@ def check_attention_backend(backend: str, device: torch.device) -> None:
     """An explicitly requested attention backend that cannot run on ``device`` is refused before any work."""
     if backend in ("auto", "reference", "sdpa"):
         return
-    from ..backends import triton_unavailable_reason
+    from ..attention.backends import triton_unavailable_reason
     probe = torch.zeros(1, 1, 1, 16, device=device)
     why = triton_unavailable_reason(probe, probe, probe)
     if why is not None:
