@@ -4,13 +4,13 @@ Layers, lowest first; a module imports only from its own layer or lower ones (te
 
     _validate            argument checks shared by the public API
     filters, targets     filter banks; positional encodings and impulse targets
-    kernels, fitting     the compiled fit's Python face; fitting Q, K to impulse maps (reference and fast paths)
+    fitting, kernels     fitting Q, K to impulse maps (reference and fast paths); the compiled fit's Python face
     init                 init strategies and the protocol layers expose to them
     attention            the attention op (reference, SDPA, Triton) and the attention layers
-    models               SimpleViT, ConvMixer
+    models, timm         SimpleViT, ConvMixer; the method on unmodified timm ViTs
     analysis, plots      reading attention maps; pictures
-    training             data, the loop, checkpoints, comparisons, inspection
-    backends, cli        what is available here; the `impulse-attn` command
+    training, data       data, the loop, checkpoints, comparisons, inspection
+    backends, cli, __main__  what is available here; the `impulse-attn` command
 """
 from .attention import ImpulseAttention, ViTAttention
 from .backends import backends

@@ -49,10 +49,16 @@ def plot_fit(maps: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor, g
     axes[0, 0].set_ylabel("target", fontsize=9)
     axes[1, 0].set_ylabel("fitted", fontsize=9)
     fig.suptitle(title or f"impulse fit: attention of the query + on a {h}x{w} grid", fontsize=10)
-    fig.tight_layout(h_pad=1.5)
+    return _save(fig, path, dpi=110)
+
+
+def _save(fig, path, dpi: int) -> Path:
+    """Lay out, write the PNG (folders created), close the figure; returns the path."""
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -99,12 +105,7 @@ def plot_curves(curves: Dict[str, List[List[dict]]], path, title: str = "", reac
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def plot_maps_before_after(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], grid: Sequence[int],
@@ -141,9 +142,4 @@ def plot_maps_before_after(before: Sequence[torch.Tensor], after: Sequence[torch
                 axes[2 * li + 1, 0].set_ylabel(f"L{li} trained", fontsize=8)
     fig.suptitle((title + "\n" if title else "") + "cell title: best single-offset mass @ offset, attention "
                  "distance (tokens)", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)

@@ -124,21 +124,31 @@ def _fwd_step(acc, l_i, m_i, q, K, V, start_n, N, s_kn, s_vn, qk_scale, offs_n, 
 
 
 @triton.jit
+def _rows_ptr(X, b, h, s_b, s_h, s_n, rows, offs_d):
+    """Pointers to rows ``rows`` (all head-dim columns) of head h of batch b in X (B, H, N, d)."""
+    return X + b * s_b + h * s_h + rows[:, None] * s_n + offs_d[None, :]
+
+
+@triton.jit
+def _program_block(N, H, BLOCK: tl.constexpr):
+    """This program's (batch·head index, batch, head, row offsets of its block): a 1-D grid with the blocks of
+    one head adjacent, so they share that head's operands in L2."""
+    num = tl.cdiv(N, BLOCK)
+    pid = tl.program_id(0)
+    bh = pid // num
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), (pid % num) * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, O, LSE, qk_scale,
               s_qb, s_qh, s_qn, s_kb, s_kh, s_kn, s_vb, s_vh, s_vn, s_ob, s_oh, s_on,
               H, N,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BASE2: tl.constexpr, PRECISION: tl.constexpr,
               ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    # 1-D grid, query blocks of one head adjacent so they share its K/V in L2.
-    num_m = tl.cdiv(N, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // num_m
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh, b, h, offs_m = _program_block(N, H, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :], offs_m, N, offs_d,
+    q = _load_rows(_rows_ptr(Q, b, h, s_qb, s_qh, s_qn, offs_m, offs_d), offs_m, N, offs_d,
                    HEAD_DIM, BLOCK_D, True)
     K += b * s_kb + h * s_kh
     V += b * s_vb + h * s_vh
@@ -155,7 +165,7 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
                                   HEAD_DIM, BLOCK_D, True, BASE2, PRECISION, ACC)
 
     out = acc / l_i[:, None]
-    _store_rows(O + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :], out.to(O.dtype.element_ty),
+    _store_rows(_rows_ptr(O, b, h, s_ob, s_oh, s_on, offs_m, offs_d), out.to(O.dtype.element_ty),
                 offs_m, N, offs_d, HEAD_DIM, BLOCK_D)
     lse = m_i + _log(l_i, BASE2)
     if BASE2:
@@ -166,16 +176,11 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
 @triton.jit
 def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_on, s_db, s_dh, s_dn, H, N,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr):
-    num_m = tl.cdiv(N, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // num_m
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh, b, h, offs_m = _program_block(N, H, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    o = _load_rows(O + b * s_ob + h * s_oh + offs_m[:, None] * s_on + offs_d[None, :], offs_m, N, offs_d,
+    o = _load_rows(_rows_ptr(O, b, h, s_ob, s_oh, s_on, offs_m, offs_d), offs_m, N, offs_d,
                    HEAD_DIM, BLOCK_D, True)
-    do = _load_rows(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dn + offs_d[None, :], offs_m, N, offs_d,
+    do = _load_rows(_rows_ptr(DO, b, h, s_db, s_dh, s_dn, offs_m, offs_d), offs_m, N, offs_d,
                     HEAD_DIM, BLOCK_D, True)
     delta = tl.sum(o.to(ACC) * do.to(ACC), 1)
     tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
@@ -211,17 +216,12 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BASE2: tl.constexpr, PRECISION: tl.constexpr,
                    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # One program per (batch·head, block of BLOCK_N keys); it loops over all queries in blocks of BLOCK_M.
-    num_n = tl.cdiv(N, BLOCK_N)
-    pid = tl.program_id(0)
-    bh = pid // num_n
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs_n = (pid % num_n) * BLOCK_N + tl.arange(0, BLOCK_N)
+    bh, b, h, offs_n = _program_block(N, H, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    k = _load_rows(K + b * s_kb + h * s_kh + offs_n[:, None] * s_kn + offs_d[None, :], offs_n, N, offs_d,
+    k = _load_rows(_rows_ptr(K, b, h, s_kb, s_kh, s_kn, offs_n, offs_d), offs_n, N, offs_d,
                    HEAD_DIM, BLOCK_D, True)
-    v = _load_rows(V + b * s_vb + h * s_vh + offs_n[:, None] * s_vn + offs_d[None, :], offs_n, N, offs_d,
+    v = _load_rows(_rows_ptr(V, b, h, s_vb, s_vh, s_vn, offs_n, offs_d), offs_n, N, offs_d,
                    HEAD_DIM, BLOCK_D, True)
     Q += b * s_qb + h * s_qh
     DO += b * s_db + h * s_dh
@@ -240,9 +240,9 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
         dk, dv = _dkdv_step(dk, dv, k, v, Q, DO, LSE, DELTA, m_full, N, s_qn, s_dn, qk_scale, offs_m, offs_d,
                             HEAD_DIM, BLOCK_D, True, BASE2, PRECISION, ACC)
     dk = dk * sm_scale
-    _store_rows(DK + b * s_dkb + h * s_dkh + offs_n[:, None] * s_dkn + offs_d[None, :], dk.to(DK.dtype.element_ty),
+    _store_rows(_rows_ptr(DK, b, h, s_dkb, s_dkh, s_dkn, offs_n, offs_d), dk.to(DK.dtype.element_ty),
                 offs_n, N, offs_d, HEAD_DIM, BLOCK_D)
-    _store_rows(DV + b * s_dvb + h * s_dvh + offs_n[:, None] * s_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty),
+    _store_rows(_rows_ptr(DV, b, h, s_dvb, s_dvh, s_dvn, offs_n, offs_d), dv.to(DV.dtype.element_ty),
                 offs_n, N, offs_d, HEAD_DIM, BLOCK_D)
 
 
@@ -269,17 +269,12 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BASE2: tl.constexpr, PRECISION: tl.constexpr,
                  ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # One program per (batch·head, block of BLOCK_M queries); it loops over all keys in blocks of BLOCK_N.
-    num_m = tl.cdiv(N, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // num_m
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs_m = (pid % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
+    bh, b, h, offs_m = _program_block(N, H, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(Q + b * s_qb + h * s_qh + offs_m[:, None] * s_qn + offs_d[None, :], offs_m, N, offs_d,
+    q = _load_rows(_rows_ptr(Q, b, h, s_qb, s_qh, s_qn, offs_m, offs_d), offs_m, N, offs_d,
                    HEAD_DIM, BLOCK_D, True)
-    do = _load_rows(DO + b * s_db + h * s_dh + offs_m[:, None] * s_dn + offs_d[None, :], offs_m, N, offs_d,
+    do = _load_rows(_rows_ptr(DO, b, h, s_db, s_dh, s_dn, offs_m, offs_d), offs_m, N, offs_d,
                     HEAD_DIM, BLOCK_D, True)
     lse = _load_vec(LSE + bh.to(tl.int64) * N, offs_m, N, True)
     if BASE2:
@@ -297,7 +292,7 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
         dq = _dq_step(dq, q, do, lse, delta, K, V, n_full, N, s_kn, s_vn, qk_scale, offs_n, offs_d,
                       HEAD_DIM, BLOCK_D, True, BASE2, PRECISION, ACC)
     dq = dq * sm_scale
-    _store_rows(DQ + b * s_dqb + h * s_dqh + offs_m[:, None] * s_dqn + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+    _store_rows(_rows_ptr(DQ, b, h, s_dqb, s_dqh, s_dqn, offs_m, offs_d), dq.to(DQ.dtype.element_ty),
                 offs_m, N, offs_d, HEAD_DIM, BLOCK_D)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._validate import choice, image_grid, odd_kernel_size, positive_int
+from .._validate import choice, odd_kernel_size, positive_int
+from .common import check_backbone
 from ..filters import BANKS, filter_bank
 
 FILTER_INITS = ("learned",) + BANKS
@@ -32,11 +33,8 @@ class ConvMixer(nn.Module):
                  kernel_size: int = 3, channels: int = 3, filters: str = "learned", freeze: bool = False,
                  box_n=None, seed: int = 0):
         super().__init__()
-        (ih, iw), grid = image_grid(image_size, patch_size)
-        ph, pw = ih // grid[0], iw // grid[1]
-        positive_int(num_classes, "num_classes")
-        positive_int(dim, "dim")
-        positive_int(depth, "depth")
+        (ih, iw), grid, (ph, pw) = check_backbone(image_size, patch_size, num_classes=num_classes, dim=dim,
+                                                  depth=depth, channels=channels)
         odd_kernel_size(kernel_size)
         choice(filters, "filters", FILTER_INITS)
         if freeze and filters == "learned":

@@ -6,7 +6,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .._validate import choice, image_grid, positive_int, require_memory
+from .._validate import choice, require_memory
+from .common import check_backbone
 from ..attention import ImpulseAttention, ViTAttention
 from ..init import initialize_qk_
 from ..targets import sincos_2d
@@ -53,14 +54,9 @@ class SimpleViT(nn.Module):
                  kernel_size: int = 5, scale: Optional[float] = None, fit_method: str = "closed_form",
                  fit_kwargs: Optional[dict] = None, seed: int = 0, attention_backend: str = "auto"):
         super().__init__()
-        (ih, iw), grid = image_grid(image_size, patch_size)
-        ph, pw = ih // grid[0], iw // grid[1]
-        positive_int(num_classes, "num_classes")
-        positive_int(depth, "depth")
-        positive_int(channels, "channels")
-        positive_int(mlp_dim, "mlp_dim")
-        positive_int(num_heads, "num_heads")
-        positive_int(head_dim, "head_dim")
+        (ih, iw), grid, (ph, pw) = check_backbone(image_size, patch_size, num_classes=num_classes, depth=depth,
+                                                  channels=channels, mlp_dim=mlp_dim, num_heads=num_heads,
+                                                  head_dim=head_dim)
         choice(attention, "attention", ATTENTIONS)
         if isinstance(dim, bool) or not isinstance(dim, int) and not hasattr(dim, "__index__"):
             raise TypeError(f"dim must be an int, got {type(dim).__name__} {dim!r}")

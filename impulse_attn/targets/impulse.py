@@ -97,15 +97,19 @@ def separable_logit_target(offsets, grid_size, dtype=torch.float64) -> torch.Ten
     ``a(x_i, x_j) + b(y_i, y_j)`` but not their product; exp of this sum is the product of a row impulse and a
     column impulse, i.e. a 2D impulse. This is what the closed-form fit projects.
     """
+    dr, dc = _target_deltas(offsets, grid_size)
+    return (dr == 0).to(dtype) + (dc == 0).to(dtype)
+
+
+def _target_deltas(offsets, grid_size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column distance of every key token from each query's target: (heads, N, N) each."""
     offsets = check_offsets(offsets)
     h, w = grid_pair(grid_size)
     rows = torch.arange(h).repeat_interleave(w)
     cols = torch.arange(w).repeat(h)
-    m = offsets[:, 0, None, None]
-    dn = offsets[:, 1, None, None]
-    row_hit = (rows[None, None, :] - rows[None, :, None]) == m
-    col_hit = (cols[None, None, :] - cols[None, :, None]) == dn
-    return row_hit.to(dtype) + col_hit.to(dtype)
+    dr = rows[None, None, :] - rows[None, :, None] - offsets[:, 0, None, None]
+    dc = cols[None, None, :] - cols[None, :, None] - offsets[:, 1, None, None]
+    return dr, dc
 
 
 TARGET_SHAPES = ("impulse", "laplace")
@@ -128,12 +132,5 @@ def logit_target(offsets, grid_size, shape: str = "impulse", dtype=torch.float64
         return separable_logit_target(offsets, grid_size, dtype)
     if shape != "laplace":
         raise ValueError(f"shape must be one of {TARGET_SHAPES}, got {shape!r}")
-    offsets = check_offsets(offsets)
-    h, w = grid_pair(grid_size)
-    rows = torch.arange(h).repeat_interleave(w)
-    cols = torch.arange(w).repeat(h)
-    m = offsets[:, 0, None, None]
-    dn = offsets[:, 1, None, None]
-    dr = rows[None, None, :] - rows[None, :, None] - m
-    dc = cols[None, None, :] - cols[None, :, None] - dn
+    dr, dc = _target_deltas(offsets, grid_size)
     return -(dr.abs() + dc.abs()).to(dtype)
