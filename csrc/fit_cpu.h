@@ -56,7 +56,7 @@ struct HeadProblem {
   long long steps = 0;
   int renorm_every = 0;
   int renorm_mode = kRenormNone;
-  AdamHyper adam{1e-4, 0.9, 0.999, 1e-8};
+  AdamHyper adam{};                // defaults: fit_constants.h
   T* loss = nullptr;               // out: mean over N² of (p − t)² at the last forward pass
 };
 
