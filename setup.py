@@ -59,7 +59,9 @@ def _extensions():
     use_cuda = want_cuda and (_flag("IMPULSE_ATTN_FORCE_CUDA") or (cuda_home is not None and
                                                                    torch.version.cuda is not None))
     here = os.path.dirname(os.path.abspath(__file__))
-    sources = [os.path.join("csrc", "ops.cpp"), os.path.join("csrc", "fit_cpu.cpp")]
+    # fit_plan.cpp (the CUDA launch planner) is plain C++: it is in every build, so the planner can be tested (and
+    # queried through impulse_attn._C.plan_launch) without a GPU.
+    sources = [os.path.join("csrc", name) for name in ("ops.cpp", "fit_cpu.cpp", "fit_plan.cpp")]
     # -fopenmp: at::parallel_for is inline OpenMP code; the other flags let the compiler vectorize the softmax
     # exp and the reductions (no errno, no FP traps, FMA contraction). Values are unchanged beyond rounding.
     cxx = ["-O3", "-fopenmp", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math"]

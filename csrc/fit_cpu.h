@@ -1,11 +1,13 @@
 // The CPU twin of the fused impulse fit: one attention head's whole Adam schedule, run through the factored
-// basis X = A·B, with the per-element math of fit_math.h. No torch headers (ops.cpp adds the dispatcher and
-// the threading over heads), so this file also builds on its own for quick experiments.
+// basis X = A·B. This file and the CUDA kernel (fit_cuda_kernel.cuh) are a deliberate CPU/CUDA twin: the same
+// algebra, step for step, with the per-element math (exp, softmax backward, Adam update, renorm factor) shared
+// through fit_math.h, so the CPU tests check the arithmetic the GPU runs. No torch headers (ops.cpp adds the
+// dispatcher and the threading over heads), so this file also builds on its own for quick experiments.
 //
-// One step of one head (N tokens, width D, rank r, basis size k, scale s), in the order of the reference
+// One step of one head (N tokens, width D, rank r, basis size `basis`, scale s), in the order of the reference
 // (impulse_attn/fitting/iterative.py), with every product routed through the factors:
 //   renormalize Q, K                         (every `renorm_every` steps, before the loss)
-//   BQ = B·Q, BK = B·K                        k×r each: 2·k·D·r multiply-adds
+//   BQ = B·Q, BK = B·K                        basis×r each: 2·basis·D·r multiply-adds
 //   core = s·BQ·BKᵀ, U = A·core               logits = U·Aᵀ = s·X Q Kᵀ Xᵀ
 //   per block of rows: logits = U·Aᵀ, softmax, dL/dp = 2(p − t)/(heads·N²), softmax backward (one fused pass
 //   over the row, nothing N×N is stored), W = G·A
@@ -37,10 +39,10 @@ namespace cpu {
 // One head's problem. All matrices are row-major and contiguous.
 template <class T>
 struct HeadProblem {
-  int n = 0, d = 0, r = 0, k = 0;  // tokens, width, rank (head dim), basis size
+  int n = 0, d = 0, r = 0, basis = 0;  // tokens, width, rank (head dim), basis size
   int heads = 1;                   // heads of the layer: the loss is a mean over them
-  const T* a = nullptr;            // (n, k)  X = A·B
-  const T* b = nullptr;            // (k, d)
+  const T* a = nullptr;            // (n, basis)  X = A·B
+  const T* b = nullptr;            // (basis, d)
   const T* target = nullptr;       // (n, n)
   T* q = nullptr;                  // (d, r)  in: start, out: result
   T* kk = nullptr;                 // (d, r)
@@ -54,7 +56,7 @@ struct HeadProblem {
   long long steps = 0;
   int renorm_every = 0;
   int renorm_mode = kRenormNone;
-  AdamHyper adam{1e-4, 0.9, 0.999, 1e-8};
+  AdamHyper adam{};                // defaults: fit_constants.h
   T* loss = nullptr;               // out: mean over N² of (p − t)² at the last forward pass
 };
 
@@ -81,22 +83,22 @@ FC_INLINE void vstore(T* p, const V& v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-// C[MR × NV·VW] = A[MR × K]·B[K × NV·VW]: MR·NV vector accumulators stay in registers.
+// C[MR × NV·VW] = A[MR × depth]·B[depth × NV·VW]: MR·NV vector accumulators stay in registers.
 template <class T, int VW, int MR, int NV>
-FC_INLINE void gemm_tile(int K, const T* a, int lda, const T* b, int ldb, T* c, int ldc) {
+FC_INLINE void gemm_tile(int depth, const T* a, int lda, const T* b, int ldb, T* c, int ldc) {
   using V = vec_t<T, VW>;
   V acc[MR][NV];
 #pragma GCC unroll 16
   for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 16
     for (int j = 0; j < NV; ++j) acc[i][j] = V{};
-  for (int kk = 0; kk < K; ++kk) {
+  for (int e = 0; e < depth; ++e) {
     V bv[NV];
 #pragma GCC unroll 16
-    for (int j = 0; j < NV; ++j) bv[j] = vload<V>(b + static_cast<std::ptrdiff_t>(kk) * ldb + j * VW);
+    for (int j = 0; j < NV; ++j) bv[j] = vload<V>(b + static_cast<std::ptrdiff_t>(e) * ldb + j * VW);
 #pragma GCC unroll 16
     for (int i = 0; i < MR; ++i) {
-      const T av = a[static_cast<std::ptrdiff_t>(i) * lda + kk];
+      const T av = a[static_cast<std::ptrdiff_t>(i) * lda + e];
 #pragma GCC unroll 16
       for (int j = 0; j < NV; ++j) acc[i][j] += bv[j] * av;
     }
@@ -108,26 +110,26 @@ FC_INLINE void gemm_tile(int K, const T* a, int lda, const T* b, int ldb, T* c, 
 }
 
 template <class T, int VW, int MR, int NV>
-FC_INLINE void gemm_rows(int nc, int K, const T* a, int lda, const T* b, int ldb, T* c, int ldc) {
+FC_INLINE void gemm_rows(int nc, int depth, const T* a, int lda, const T* b, int ldb, T* c, int ldc) {
   int j = 0;
-  for (; j + NV * VW <= nc; j += NV * VW) gemm_tile<T, VW, MR, NV>(K, a, lda, b + j, ldb, c + j, ldc);
+  for (; j + NV * VW <= nc; j += NV * VW) gemm_tile<T, VW, MR, NV>(depth, a, lda, b + j, ldb, c + j, ldc);
   if constexpr (NV >= 4) {
-    for (; j + 2 * VW <= nc; j += 2 * VW) gemm_tile<T, VW, MR, 2>(K, a, lda, b + j, ldb, c + j, ldc);
+    for (; j + 2 * VW <= nc; j += 2 * VW) gemm_tile<T, VW, MR, 2>(depth, a, lda, b + j, ldb, c + j, ldc);
   }
   if constexpr (NV >= 2) {
-    for (; j + VW <= nc; j += VW) gemm_tile<T, VW, MR, 1>(K, a, lda, b + j, ldb, c + j, ldc);
+    for (; j + VW <= nc; j += VW) gemm_tile<T, VW, MR, 1>(depth, a, lda, b + j, ldb, c + j, ldc);
   }
 }
 
-// C[M × nc] = A[M × K]·B[K × nc], nc a multiple of VW; overwrites C.
+// C[M × nc] = A[M × depth]·B[depth × nc], nc a multiple of VW; overwrites C.
 template <class T, int VW, int MR, int NV>
-FC_INLINE void gemm(int M, int nc, int K, const T* a, int lda, const T* b, int ldb, T* c, int ldc) {
+FC_INLINE void gemm(int M, int nc, int depth, const T* a, int lda, const T* b, int ldb, T* c, int ldc) {
   int i = 0;
   for (; i + MR <= M; i += MR)
-    gemm_rows<T, VW, MR, NV>(nc, K, a + static_cast<std::ptrdiff_t>(i) * lda, lda, b, ldb,
+    gemm_rows<T, VW, MR, NV>(nc, depth, a + static_cast<std::ptrdiff_t>(i) * lda, lda, b, ldb,
                              c + static_cast<std::ptrdiff_t>(i) * ldc, ldc);
   for (; i < M; ++i)
-    gemm_rows<T, VW, 1, NV>(nc, K, a + static_cast<std::ptrdiff_t>(i) * lda, lda, b, ldb,
+    gemm_rows<T, VW, 1, NV>(nc, depth, a + static_cast<std::ptrdiff_t>(i) * lda, lda, b, ldb,
                             c + static_cast<std::ptrdiff_t>(i) * ldc, ldc);
 }
 
@@ -141,30 +143,31 @@ FC_INLINE void transpose(int rows, int cols, const T* src, int lds, T* dst, int 
   }
 }
 
-// Per-thread scratch for one head, 64-byte aligned; padded dims: np (tokens), kp (basis), rp (rank).
+// Per-thread scratch for one head, 64-byte aligned; padded dims: np (tokens), basis_p (basis), rp (rank).
 template <class T>
 struct Workspace {
-  int n, d, r, k, np, kp, rp;
+  int n, d, r, basis, np, basis_p, rp;
   T* mem = nullptr;
   T *q, *kk, *mq, *vq, *mk, *vk;  // (d, rp)
-  T *at, *ap, *b, *bt;            // (k, np), (n, kp), (k, d), (d, kp)
-  T *bq, *bk, *bkt, *core, *u;    // (kp, rp) ×2, (rp, kp), (kp, kp), (n, kp)
-  T *rows, *w, *c, *ct;           // (kRowBlock, np), (n, kp), (kp, kp) ×2
-  T *dbq, *dbk, *grad, *colf;     // (kp, rp) ×2, (4, rp), (rp)
+  T *at, *ap, *b, *bt;            // (basis, np), (n, basis_p), (basis, d), (d, basis_p)
+  T *bq, *bk, *bkt, *core, *u;    // (basis_p, rp) ×2, (rp, basis_p), (basis_p, basis_p), (n, basis_p)
+  T *rows, *w, *c, *ct;           // (kRowBlock, np), (n, basis_p), (basis_p, basis_p) ×2
+  T *dbq, *dbk, *grad, *colf;     // (basis_p, rp) ×2, (4, rp), (rp)
 
-  static std::size_t elements(int n, int d, int r, int k) {
-    const std::size_t np = round_up(n, kPad), kp = round_up(k, kPad), rp = round_up(r, kPad);
+  static std::size_t elements(int n, int d, int r, int basis) {
+    const std::size_t np = round_up(n, kPad), basis_p = round_up(basis, kPad), rp = round_up(r, kPad);
     const std::size_t dd = round_up(d, kPad);
-    return 6 * dd * rp + kp * np + np * kp + kp * dd + dd * kp + 2 * kp * rp + rp * kp + kp * kp + np * kp +
-           kRowBlock * np + np * kp + 2 * kp * kp + 2 * kp * rp + 4 * rp + rp;
+    return 6 * dd * rp + basis_p * np + np * basis_p + basis_p * dd + dd * basis_p + 2 * basis_p * rp +
+           rp * basis_p + basis_p * basis_p + np * basis_p + kRowBlock * np + np * basis_p + 2 * basis_p * basis_p +
+           2 * basis_p * rp + 4 * rp + rp;
   }
 
-  Workspace(int n_, int d_, int r_, int k_) : n(n_), d(d_), r(r_), k(k_) {
+  Workspace(int n_, int d_, int r_, int basis_) : n(n_), d(d_), r(r_), basis(basis_) {
     np = round_up(n, kPad);
-    kp = round_up(k, kPad);
+    basis_p = round_up(basis, kPad);
     rp = round_up(r, kPad);
     const std::size_t dd = round_up(d, kPad);
-    const std::size_t bytes = (elements(n, d, r, k) * sizeof(T) + 63) / 64 * 64;
+    const std::size_t bytes = (elements(n, d, r, basis) * sizeof(T) + 63) / 64 * 64;
     mem = static_cast<T*>(std::aligned_alloc(64, bytes));
     if (mem == nullptr) throw std::bad_alloc();
     std::memset(mem, 0, bytes);
@@ -176,13 +179,13 @@ struct Workspace {
     };
     q = take(dd * rp); kk = take(dd * rp); mq = take(dd * rp); vq = take(dd * rp); mk = take(dd * rp);
     vk = take(dd * rp);
-    at = take(std::size_t(kp) * np); ap = take(std::size_t(np) * kp); b = take(std::size_t(kp) * dd);
-    bt = take(dd * kp);
-    bq = take(std::size_t(kp) * rp); bk = take(std::size_t(kp) * rp); bkt = take(std::size_t(rp) * kp);
-    core = take(std::size_t(kp) * kp); u = take(std::size_t(np) * kp);
-    rows = take(std::size_t(kRowBlock) * np); w = take(std::size_t(np) * kp);
-    c = take(std::size_t(kp) * kp); ct = take(std::size_t(kp) * kp);
-    dbq = take(std::size_t(kp) * rp); dbk = take(std::size_t(kp) * rp); grad = take(4 * std::size_t(rp));
+    at = take(std::size_t(basis_p) * np); ap = take(std::size_t(np) * basis_p); b = take(std::size_t(basis_p) * dd);
+    bt = take(dd * basis_p);
+    bq = take(std::size_t(basis_p) * rp); bk = take(std::size_t(basis_p) * rp); bkt = take(std::size_t(rp) * basis_p);
+    core = take(std::size_t(basis_p) * basis_p); u = take(std::size_t(np) * basis_p);
+    rows = take(std::size_t(kRowBlock) * np); w = take(std::size_t(np) * basis_p);
+    c = take(std::size_t(basis_p) * basis_p); ct = take(std::size_t(basis_p) * basis_p);
+    dbq = take(std::size_t(basis_p) * rp); dbk = take(std::size_t(basis_p) * rp); grad = take(4 * std::size_t(rp));
     colf = take(rp);
   }
   ~Workspace() { std::free(mem); }
@@ -192,14 +195,14 @@ struct Workspace {
   // Copy the factors in, padded and in the layouts the products want.
   void load_basis(const T* a_in, const T* b_in) {
     for (int i = 0; i < n; ++i)
-      for (int j = 0; j < k; ++j) {
-        ap[static_cast<std::ptrdiff_t>(i) * kp + j] = a_in[static_cast<std::ptrdiff_t>(i) * k + j];
-        at[static_cast<std::ptrdiff_t>(j) * np + i] = a_in[static_cast<std::ptrdiff_t>(i) * k + j];
+      for (int j = 0; j < basis; ++j) {
+        ap[static_cast<std::ptrdiff_t>(i) * basis_p + j] = a_in[static_cast<std::ptrdiff_t>(i) * basis + j];
+        at[static_cast<std::ptrdiff_t>(j) * np + i] = a_in[static_cast<std::ptrdiff_t>(i) * basis + j];
       }
-    for (int j = 0; j < k; ++j)
+    for (int j = 0; j < basis; ++j)
       for (int i = 0; i < d; ++i) {
         b[static_cast<std::ptrdiff_t>(j) * d + i] = b_in[static_cast<std::ptrdiff_t>(j) * d + i];
-        bt[static_cast<std::ptrdiff_t>(i) * kp + j] = b_in[static_cast<std::ptrdiff_t>(j) * d + i];
+        bt[static_cast<std::ptrdiff_t>(i) * basis_p + j] = b_in[static_cast<std::ptrdiff_t>(j) * d + i];
       }
   }
   // (d, r) <-> (d, rp)
@@ -288,32 +291,32 @@ using ArchBase = Arch<16, 4, 2, 4, 2>;
 template <class T, class A>
 FC_INLINE T forward_backward(Workspace<T>& ws, const T* target, T scale, T coef) {
   constexpr int VW = A::template vw<T>;
-  const int n = ws.n, d = ws.d, k = ws.k, np = ws.np, kp = ws.kp, rp = ws.rp;
-  // Products with k output rows run over km = k rounded up to the row tile: the factors' padding rows are zero,
-  // so the extra rows come out zero, and no row is left to a slow one-row tile.
-  const int km = std::min(kp, round_up(k, A::MR));
-  gemm<T, VW, A::MR, A::NV>(km, rp, d, ws.b, d, ws.q, rp, ws.bq, rp);
-  gemm<T, VW, A::MR, A::NV>(km, rp, d, ws.b, d, ws.kk, rp, ws.bk, rp);
-  transpose(k, rp, ws.bk, rp, ws.bkt, kp);
-  gemm<T, VW, A::MR, A::NV>(km, kp, rp, ws.bq, rp, ws.bkt, kp, ws.core, kp);
-  for (int i = 0; i < k * kp; ++i) ws.core[i] *= scale;
-  gemm<T, VW, A::MRW, A::NVW>(n, kp, k, ws.ap, kp, ws.core, kp, ws.u, kp);
+  const int n = ws.n, d = ws.d, basis = ws.basis, np = ws.np, basis_p = ws.basis_p, rp = ws.rp;
+  // Products with `basis` output rows run over basis_m = basis rounded up to the row tile: the factors' padding
+  // rows are zero, so the extra rows come out zero, and no row is left to a slow one-row tile.
+  const int basis_m = std::min(basis_p, round_up(basis, A::MR));
+  gemm<T, VW, A::MR, A::NV>(basis_m, rp, d, ws.b, d, ws.q, rp, ws.bq, rp);
+  gemm<T, VW, A::MR, A::NV>(basis_m, rp, d, ws.b, d, ws.kk, rp, ws.bk, rp);
+  transpose(basis, rp, ws.bk, rp, ws.bkt, basis_p);
+  gemm<T, VW, A::MR, A::NV>(basis_m, basis_p, rp, ws.bq, rp, ws.bkt, basis_p, ws.core, basis_p);
+  for (int i = 0; i < basis * basis_p; ++i) ws.core[i] *= scale;
+  gemm<T, VW, A::MRW, A::NVW>(n, basis_p, basis, ws.ap, basis_p, ws.core, basis_p, ws.u, basis_p);
 
   T loss = 0;
   for (int i0 = 0; i0 < n; i0 += kRowBlock) {
     const int rb = std::min(kRowBlock, n - i0);
-    gemm<T, VW, A::MR, A::NV>(rb, np, k, ws.u + static_cast<std::ptrdiff_t>(i0) * kp, kp, ws.at, np, ws.rows,
-                              np);
+    gemm<T, VW, A::MR, A::NV>(rb, np, basis, ws.u + static_cast<std::ptrdiff_t>(i0) * basis_p, basis_p, ws.at, np,
+                              ws.rows, np);
     for (int i = 0; i < rb; ++i)
       loss += row_softmax_mse(ws.rows + static_cast<std::ptrdiff_t>(i) * np,
                               target + static_cast<std::ptrdiff_t>(i0 + i) * n, n, coef, scale);
-    gemm<T, VW, A::MRW, A::NVW>(rb, kp, n, ws.rows, np, ws.ap, kp, ws.w + static_cast<std::ptrdiff_t>(i0) * kp,
-                                kp);
+    gemm<T, VW, A::MRW, A::NVW>(rb, basis_p, n, ws.rows, np, ws.ap, basis_p,
+                                ws.w + static_cast<std::ptrdiff_t>(i0) * basis_p, basis_p);
   }
-  gemm<T, VW, A::MR, A::NV>(km, kp, n, ws.at, np, ws.w, kp, ws.c, kp);
-  transpose(k, kp, ws.c, kp, ws.ct, kp);
-  gemm<T, VW, A::MR, A::NV>(km, rp, k, ws.c, kp, ws.bk, rp, ws.dbq, rp);
-  gemm<T, VW, A::MR, A::NV>(km, rp, k, ws.ct, kp, ws.bq, rp, ws.dbk, rp);
+  gemm<T, VW, A::MR, A::NV>(basis_m, basis_p, n, ws.at, np, ws.w, basis_p, ws.c, basis_p);
+  transpose(basis, basis_p, ws.c, basis_p, ws.ct, basis_p);
+  gemm<T, VW, A::MR, A::NV>(basis_m, rp, basis, ws.c, basis_p, ws.bk, rp, ws.dbq, rp);
+  gemm<T, VW, A::MR, A::NV>(basis_m, rp, basis, ws.ct, basis_p, ws.bq, rp, ws.dbk, rp);
   return loss;
 }
 
@@ -322,17 +325,18 @@ template <class T, class A, class F>
 FC_INLINE void expand_gradient(Workspace<T>& ws, const T* dbp, F&& epilogue) {
   constexpr int VW = A::template vw<T>;
   constexpr int MR = 4;
-  const int d = ws.d, k = ws.k, kp = ws.kp, rp = ws.rp;
+  const int d = ws.d, basis = ws.basis, basis_p = ws.basis_p, rp = ws.rp;
   for (int i0 = 0; i0 < d; i0 += MR) {
     const int rows = std::min(MR, d - i0);
-    gemm<T, VW, MR, A::NV>(rows, rp, k, ws.bt + static_cast<std::ptrdiff_t>(i0) * kp, kp, dbp, rp, ws.grad, rp);
+    gemm<T, VW, MR, A::NV>(rows, rp, basis, ws.bt + static_cast<std::ptrdiff_t>(i0) * basis_p, basis_p, dbp, rp,
+                           ws.grad, rp);
     epilogue(i0, rows, ws.grad);
   }
 }
 
 template <class T, class A>
 FC_INLINE void run_head(const HeadProblem<T>& pb) {
-  Workspace<T> ws(pb.n, pb.d, pb.r, pb.k);
+  Workspace<T> ws(pb.n, pb.d, pb.r, pb.basis);
   ws.load_basis(pb.a, pb.b);
   ws.load_matrix(ws.q, pb.q);
   ws.load_matrix(ws.kk, pb.kk);
@@ -383,7 +387,7 @@ FC_INLINE void run_head(const HeadProblem<T>& pb) {
 // no renormalization, no update. dq, dk: (d, r). Writes the head's mean squared error to *pb.loss.
 template <class T, class A>
 FC_INLINE void head_gradients(const HeadProblem<T>& pb, T* dq, T* dk) {
-  Workspace<T> ws(pb.n, pb.d, pb.r, pb.k);
+  Workspace<T> ws(pb.n, pb.d, pb.r, pb.basis);
   ws.load_basis(pb.a, pb.b);
   ws.load_matrix(ws.q, pb.q);
   ws.load_matrix(ws.kk, pb.kk);

@@ -2,22 +2,30 @@
 // the tests' thread-level emulation (tests/cuda_emu/, g++, one std::thread per CUDA thread), which runs this exact
 // code on the CPU and compares it with the CPU twin. Only the few primitives below differ between the two.
 //
-// A head is served by a cluster of `cl` blocks (8 on sm_90 when it fits, 1 elsewhere). Block `rank` owns
-// rows [rank·ds, (rank+1)·ds) of the head's Q, K and Adam moments, in its shared memory for the whole run
-// (global memory when they do not fit), and rows [rank·ns, (rank+1)·ns) of the N×N map. Per step:
+// This kernel and the CPU twin (fit_cpu.h) are a deliberate CPU/CUDA twin: the same algebra, step for step, with
+// the per-element math (exp, softmax backward, Adam update, renorm factor) shared through fit_math.h, so the CPU
+// tests check the arithmetic the GPU runs; only the loops and the summation order differ.
+//
+// A head is served by `cl` blocks (a thread-block cluster of 8 or 4 on sm_90, one block elsewhere); the launch
+// shape (fit_plan.h) also says where the state and B live and how the map rows are tiled. Block `rank` owns
+// rows [rank·ds, (rank+1)·ds) of the head's Q, K and Adam moments, in its shared memory for the whole run or in
+// global memory, and rows [rank·ns, (rank+1)·ns) of the N×N map. Per step:
 //   renorm (every renorm_every steps): column sums of squares, summed over the cluster, then rescale
 //   partial B·Q, B·K over the block's rows              -> cluster sum (distributed shared memory)
-//   core = s·BQ·BKᵀ (k×k) and U = A·core for the block's map rows
-//   per warp and map row: logits = U_i·Aᵀ, softmax, MSE and softmax backward (fit_math.h), W_i = G_i·A
-//   partial C = A_rowsᵀ·W_rows                          -> cluster sum
+//   core = s·BQ·BKᵀ (basis×basis)
+//   per tile of the block's map rows: U = A_tile·core, then per warp and map row: logits = U_i·Aᵀ, softmax, MSE
+//   and softmax backward (fit_math.h), W_i = G_i·A; partial C += A_tileᵀ·W_tile
+//   partial C                                           -> cluster sum
 //   dBQ = C·BK, dBK = Cᵀ·BQ; for the block's rows dQ = Bᵀ·dBQ, dK = Bᵀ·dBK, then Adam in place
 // Every block sums the cluster's partials in the same rank order, so all blocks hold bitwise equal full
-// values and compute the small k×k and k×r products redundantly instead of broadcasting them.
-// The arithmetic per entry is fit_math.h's, shared with the CPU twin; accumulation is fp32.
+// values and compute the small basis×basis and basis×r products redundantly instead of broadcasting them.
+// Accumulation is fp32. Launch shapes with the same cluster size compute the same bits: where the state and B
+// live changes no arithmetic, and tiles are whole multiples of the warp count (see the tile loop).
 #pragma once
 
 #include "fit_cuda.h"
 #include "fit_math.h"
+#include "fit_plan.h"
 
 #if !defined(IMPULSE_FIT_EMULATE)
 #include <cooperative_groups.h>
@@ -63,64 +71,31 @@ FK_DEVICE int cluster_rank(int cl) {
 }
 #endif
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
+using plan::kThreads;
+using plan::kWarps;
 static_assert(kThreads == 256, "FK_KERNEL declares __launch_bounds__(256)");
-
-// Offsets (in floats) of the block's arrays in dynamic shared memory.
-struct Layout {
-  int state;     // 6 × (ds, r): q, k, mq, vq, mk, vk (only when state_in_smem)
-  int bs;        // (k, ds): B's columns of the block's rows
-  int bqp, bkp;  // (k, r) partial B·Q, B·K (read by the cluster)
-  int bq, bk;    // (k, r) full
-  int core;      // (k, k) s·BQ·BKᵀ
-  int u, w;      // (ns, k) U and W rows of the block's map rows
-  int cp, c;     // (k, k) partial and full Aᵀ·G·A
-  int dbq, dbk;  // (k, r)
-  int colp;      // (2r) partial column sums of squares (read by the cluster)
-  int colf;      // (2r) renormalization factors
-  int rowbuf;    // (kWarps, n) one map row per warp
-  int lossp;     // (kWarps + 1) per-warp losses, then the block's (read by the cluster)
-  int total;
-};
-
-__host__ __device__ inline int take(int& offset, int count) {
-  const int at = offset;
-  offset += (count + 3) / 4 * 4;  // 16-byte aligned arrays
-  return at;
-}
-
-__host__ __device__ inline Layout make_layout(int n, int d, int r, int k, int cl, bool state_in_smem) {
-  const int ds = (d + cl - 1) / cl, ns = (n + cl - 1) / cl;
-  Layout l;
-  int o = 0;
-  l.state = take(o, state_in_smem ? 6 * ds * r : 0);
-  l.bs = take(o, k * ds);
-  l.bqp = take(o, k * r);
-  l.bkp = take(o, k * r);
-  l.bq = take(o, k * r);
-  l.bk = take(o, k * r);
-  l.core = take(o, k * k);
-  l.u = take(o, ns * k);
-  l.w = take(o, ns * k);
-  l.cp = take(o, k * k);
-  l.c = take(o, k * k);
-  l.dbq = take(o, k * r);
-  l.dbk = take(o, k * r);
-  l.colp = take(o, 2 * r);
-  l.colf = take(o, 2 * r);
-  l.rowbuf = take(o, kWarps * n);
-  l.lossp = take(o, kWarps + 1);
-  l.total = o;
-  return l;
-}
 
 struct Params {
   FitArgs args;
-  Layout lay;
-  int cl;
-  bool state_in_smem;
+  plan::Layout lay;  // the planner's layout of dynamic shared memory (fit_plan.h)
+  int cl;            // blocks per head (cluster size)
+  int tile_rows;     // map rows per tile (>= the block's rows: all at once)
+  bool state_shared, b_shared;
+  int head0;         // head of blockIdx.y == 0 (a problem with more heads than grid.y allows runs in launches)
 };
+
+// The kernel's parameters for one launch of a plan. Host code, used by fit_cuda.cu and by the emulation.
+inline Params make_params(const FitArgs& args, const plan::Plan& pl, long long head0) {
+  Params prm;
+  prm.args = args;
+  prm.lay = pl.layout;
+  prm.cl = pl.shape.cluster;
+  prm.tile_rows = pl.tile_rows;
+  prm.state_shared = pl.shape.state_shared;
+  prm.b_shared = pl.shape.b_shared;
+  prm.head0 = static_cast<int>(head0);
+  return prm;
+}
 
 FK_DEVICE float warp_sum(float v) {
 #pragma unroll
@@ -148,21 +123,30 @@ FK_KERNEL fit_kernel(const Params prm) {
   float* sm = reinterpret_cast<float*>(smem_f4);
   FK_STATIC_SHARED(AdamStep<float>, adam_step);
   const FitArgs& a = prm.args;
-  const Layout& lay = prm.lay;
+  const plan::Layout& lay = prm.lay;
   const int cl = prm.cl;
   const int rank = cluster_rank(cl);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int head = blockIdx.y;
+  const int head = prm.head0 + static_cast<int>(blockIdx.y);
   const int layer = head / a.heads;
-  const int n = a.n, d = a.d, r = a.r, k = a.k;
+  const int n = a.n, d = a.d, r = a.r, basis = a.basis;
   const int ds = (d + cl - 1) / cl, ns = (n + cl - 1) / cl;
   const int d0 = min(d, rank * ds), dl = min(d, d0 + ds) - d0;
   const int n0 = min(n, rank * ns), nl = min(n, n0 + ns) - n0;
+  const int tile = prm.tile_rows;
   const size_t slice = static_cast<size_t>(head) * d * r + static_cast<size_t>(d0) * r;
   const bool grad_mode = a.grad_q != nullptr && a.grad_k != nullptr;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  // Code compiled without clusters cannot serve a cluster launch (the planner never plans one for it): leave the
+  // state untouched and report a NaN loss rather than compute with every block taking itself for rank 0.
+  if (cl > 1) {
+    if (tid == 0 && blockIdx.x == 0) a.loss[head] = __int_as_float(0x7fc00000);
+    return;
+  }
+#endif
 
   float *q, *kk, *mq, *vq, *mk, *vk;
-  if (prm.state_in_smem) {
+  if (prm.state_shared) {
     float* st = sm + lay.state;
     const int sz = ds * r;
     q = st; kk = st + sz; mq = st + 2 * sz; vq = st + 3 * sz; mk = st + 4 * sz; vk = st + 5 * sz;
@@ -175,8 +159,21 @@ FK_KERNEL fit_kernel(const Params prm) {
     q = a.q + slice; kk = a.kk + slice; mq = a.mq + slice; vq = a.vq + slice; mk = a.mk + slice;
     vk = a.vk + slice;
   }
-  float* bs = sm + lay.bs;
-  for (int i = tid; i < k * dl; i += kThreads) bs[i] = a.b[static_cast<size_t>(i / dl) * d + d0 + i % dl];
+  // B's columns of the block's rows of D: bcol[c * bld + i] = B[c, d0 + i], copied to shared memory or read in
+  // place (global memory: B is the same for every head, so it stays in L2 and L1).
+  const float* bcol;
+  int bld;
+  if (prm.b_shared) {
+    float* bs = sm + lay.bs;
+    for (int i = tid; i < basis * dl; i += kThreads) bs[i] = a.b[static_cast<size_t>(i / dl) * d + d0 + i % dl];
+    bcol = bs;
+    bld = dl;
+  } else {
+    bcol = a.b + d0;
+    bld = d;
+  }
+  // With one block per head the partial arrays are the full ones (the planner aliases them) and nothing is
+  // reduced over a cluster.
   float* bqp = sm + lay.bqp; float* bkp = sm + lay.bkp;
   float* bq = sm + lay.bq; float* bk = sm + lay.bk;
   float* core = sm + lay.core; float* u = sm + lay.u; float* w = sm + lay.w;
@@ -211,7 +208,7 @@ FK_KERNEL fit_kernel(const Params prm) {
         colp[j] = ss;
       }
       cluster_sync(cl);
-      cluster_reduce(colp, colf, 2 * r, cl);
+      if (cl > 1) cluster_reduce(colp, colf, 2 * r, cl);
       __syncthreads();
       for (int j = tid; j < 2 * r; j += kThreads) colf[j] = renorm_factor(colf[j], norm0);
       __syncthreads();
@@ -230,12 +227,12 @@ FK_KERNEL fit_kernel(const Params prm) {
       __syncthreads();
     }
 
-    // Partial B·Q and B·K over the block's rows.
-    for (int idx = tid; idx < k * r; idx += kThreads) {
+    // Partial B·Q and B·K over the block's rows of D.
+    for (int idx = tid; idx < basis * r; idx += kThreads) {
       const int c = idx / r, j = idx % r;
       float sq = 0.f, sk = 0.f;
       for (int i = 0; i < dl; ++i) {
-        const float bv = bs[c * dl + i];
+        const float bv = bcol[c * bld + i];
         sq += bv * q[i * r + j];
         sk += bv * kk[i * r + j];
       }
@@ -243,81 +240,93 @@ FK_KERNEL fit_kernel(const Params prm) {
       bkp[idx] = sk;
     }
     cluster_sync(cl);
-    cluster_reduce(bqp, bq, k * r, cl);
-    cluster_reduce(bkp, bk, k * r, cl);
+    if (cl > 1) {
+      cluster_reduce(bqp, bq, basis * r, cl);
+      cluster_reduce(bkp, bk, basis * r, cl);
+    }
     __syncthreads();
 
-    for (int idx = tid; idx < k * k; idx += kThreads) {
-      const int x = idx / k, y = idx % k;
+    for (int idx = tid; idx < basis * basis; idx += kThreads) {
+      const int x = idx / basis, y = idx % basis;
       float acc = 0.f;
       for (int j = 0; j < r; ++j) acc += bq[x * r + j] * bk[y * r + j];
       core[idx] = scale * acc;
     }
-    __syncthreads();
-    for (int idx = tid; idx < nl * k; idx += kThreads) {
-      const int i = idx / k, c = idx % k;
-      const float* ai = A + static_cast<size_t>(n0 + i) * k;
-      float acc = 0.f;
-      for (int e = 0; e < k; ++e) acc += ai[e] * core[e * k + c];
-      u[idx] = acc;
-    }
+    // Each thread zeroes the partial C entries it accumulates below (same idx -> thread map: no barrier needed).
+    for (int idx = tid; idx < basis * basis; idx += kThreads) cp[idx] = 0.f;
     __syncthreads();
 
-    // One warp per map row: logits, softmax, loss, backward, W row. Nothing N×N leaves the warp.
+    // The block's map rows, in tiles of `tile` rows (all at once when tile >= nl): U and W hold one tile.
+    // A tile is a multiple of kWarps rows, so each warp serves the same rows, in the same order, as without
+    // tiles, and C accumulates over the rows in the same order: every tiling gives the same bits.
     float warp_loss = 0.f;
-    for (int il = warp; il < nl; il += kWarps) {
-      const float* ui = u + il * k;
-      const float* ti = T + static_cast<size_t>(n0 + il) * n;
-      float mx = -INFINITY;
-      for (int j = lane; j < n; j += 32) {
+    for (int t0 = 0; t0 < nl; t0 += tile) {
+      const int tl = min(tile, nl - t0);
+      for (int idx = tid; idx < tl * basis; idx += kThreads) {
+        const int i = idx / basis, c = idx % basis;
+        const float* ai = A + static_cast<size_t>(n0 + t0 + i) * basis;
         float acc = 0.f;
-        for (int c = 0; c < k; ++c) acc += ui[c] * AT[static_cast<size_t>(c) * n + j];
-        row[j] = acc;
-        mx = fmaxf(mx, acc);
+        for (int e = 0; e < basis; ++e) acc += ai[e] * core[e * basis + c];
+        u[idx] = acc;
       }
-      mx = warp_max(mx);
-      float s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f;
-      for (int j = lane; j < n; j += 32) {
-        const float e = fm_exp(row[j] - mx);
-        row[j] = e;
-        s1 += e;
-        s2 += e * e;
-        s3 += ti[j] * e;
-        s4 += ti[j] * ti[j];
+      __syncthreads();
+
+      // One warp per map row: logits, softmax, loss, backward, W row. Nothing N×N leaves the warp.
+      for (int il = warp; il < tl; il += kWarps) {
+        const float* ui = u + il * basis;
+        const float* ti = T + static_cast<size_t>(n0 + t0 + il) * n;
+        float mx = -INFINITY;
+        for (int j = lane; j < n; j += 32) {
+          float acc = 0.f;
+          for (int c = 0; c < basis; ++c) acc += ui[c] * AT[static_cast<size_t>(c) * n + j];
+          row[j] = acc;
+          mx = fmaxf(mx, acc);
+        }
+        mx = warp_max(mx);
+        float s1 = 0.f, s2 = 0.f, s3 = 0.f, s4 = 0.f;
+        for (int j = lane; j < n; j += 32) {
+          const float e = fm_exp(row[j] - mx);
+          row[j] = e;
+          s1 += e;
+          s2 += e * e;
+          s3 += ti[j] * e;
+          s4 += ti[j] * ti[j];
+        }
+        const RowStats<float> st = row_stats(warp_sum(s1), warp_sum(s2), warp_sum(s3), warp_sum(s4), coef);
+        warp_loss += st.loss;
+        for (int j = lane; j < n; j += 32) {
+          const float p = row[j] * st.inv_sum;
+          row[j] = softmax_backward(p, mse_grad(p, ti[j], coef), st.dot, scale);
+        }
+        __syncwarp();
+        for (int c = lane; c < basis; c += 32) {
+          float acc = 0.f;
+          for (int j = 0; j < n; ++j) acc += row[j] * A[static_cast<size_t>(j) * basis + c];
+          w[il * basis + c] = acc;
+        }
+        __syncwarp();
       }
-      const RowStats<float> st = row_stats(warp_sum(s1), warp_sum(s2), warp_sum(s3), warp_sum(s4), coef);
-      warp_loss += st.loss;
-      for (int j = lane; j < n; j += 32) {
-        const float p = row[j] * st.inv_sum;
-        row[j] = softmax_backward(p, mse_grad(p, ti[j], coef), st.dot, scale);
+      __syncthreads();
+
+      for (int idx = tid; idx < basis * basis; idx += kThreads) {
+        const int x = idx / basis, y = idx % basis;
+        float acc = cp[idx];
+        for (int i = 0; i < tl; ++i) acc += A[static_cast<size_t>(n0 + t0 + i) * basis + x] * w[i * basis + y];
+        cp[idx] = acc;
       }
-      __syncwarp();
-      for (int c = lane; c < k; c += 32) {
-        float acc = 0.f;
-        for (int j = 0; j < n; ++j) acc += row[j] * A[static_cast<size_t>(j) * k + c];
-        w[il * k + c] = acc;
-      }
-      __syncwarp();
+      __syncthreads();  // the next tile overwrites u and w
     }
     if (lane == 0) lossp[warp] = warp_loss;
-    __syncthreads();
-
-    for (int idx = tid; idx < k * k; idx += kThreads) {
-      const int x = idx / k, y = idx % k;
-      float acc = 0.f;
-      for (int i = 0; i < nl; ++i) acc += A[static_cast<size_t>(n0 + i) * k + x] * w[i * k + y];
-      cp[idx] = acc;
-    }
     cluster_sync(cl);
-    cluster_reduce(cp, cfull, k * k, cl);
+    if (cl > 1) cluster_reduce(cp, cfull, basis * basis, cl);
     __syncthreads();
 
-    for (int idx = tid; idx < k * r; idx += kThreads) {
+    for (int idx = tid; idx < basis * r; idx += kThreads) {
       const int c = idx / r, j = idx % r;
       float gq = 0.f, gk = 0.f;
-      for (int e = 0; e < k; ++e) {
-        gq += cfull[c * k + e] * bk[e * r + j];
-        gk += cfull[e * k + c] * bq[e * r + j];
+      for (int e = 0; e < basis; ++e) {
+        gq += cfull[c * basis + e] * bk[e * r + j];
+        gk += cfull[e * basis + c] * bq[e * r + j];
       }
       dbq[idx] = gq;
       dbk[idx] = gk;
@@ -327,8 +336,8 @@ FK_KERNEL fit_kernel(const Params prm) {
     for (int idx = tid; idx < dl * r; idx += kThreads) {
       const int i = idx / r, j = idx % r;
       float gq = 0.f, gk = 0.f;
-      for (int c = 0; c < k; ++c) {
-        const float bv = bs[c * dl + i];
+      for (int c = 0; c < basis; ++c) {
+        const float bv = bcol[c * bld + i];
         gq += bv * dbq[c * r + j];
         gk += bv * dbk[c * r + j];
       }
@@ -354,7 +363,7 @@ FK_KERNEL fit_kernel(const Params prm) {
     for (int rk = 0; rk < cl; ++rk) total += peer(lossp, rk, cl)[kWarps];
     a.loss[head] = a.steps > 0 ? total / (static_cast<float>(n) * n) : 0.f;
   }
-  if (prm.state_in_smem && !grad_mode) {
+  if (prm.state_shared && !grad_mode) {
     for (int i = tid; i < dl * r; i += kThreads) {
       a.q[slice + i] = q[i]; a.kk[slice + i] = kk[i];
       a.mq[slice + i] = mq[i]; a.vq[slice + i] = vq[i];

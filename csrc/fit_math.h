@@ -1,7 +1,8 @@
 // Per-element math of the fused impulse fit, shared by the CPU twin (fit_cpu.h) and the CUDA kernel
-// (fit_cuda.cu): the exp of the row softmax, the MSE + softmax backward of one logit, the Adam update of one
-// weight and the renormalization factor of one column. Everything here is an inline function of scalars, so the
-// CPU tests exercise exactly the arithmetic the GPU runs; only the loops around it differ.
+// (fit_cuda_kernel.cuh): the exp of the row softmax, the MSE + softmax backward of one logit, the Adam update of
+// one weight and the renormalization factor of one column. This is a deliberate CPU/CUDA twin: everything here is
+// an inline function of scalars, so the CPU tests exercise exactly the arithmetic the GPU runs; only the loops
+// around it (blocking, summation order) differ.
 //
 // No torch headers: this file is compiled by the host compiler and by nvcc alike.
 #pragma once
@@ -9,6 +10,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#include "fit_constants.h"
 
 #if defined(__CUDACC__)
 #define FM_HD __host__ __device__ __forceinline__
@@ -18,12 +21,9 @@
 
 namespace impulse_fit {
 
-// Renormalization modes, the same order as impulse_attn.fitting.iterative.RENORM_MODES.
-enum RenormMode : int { kRenormCode = 0, kRenormColumns = 1, kRenormNone = 2 };
-
-// torch.optim.Adam defaults; the recipe uses them and the op takes them as arguments.
+// Adam's hyperparameters (defaults in fit_constants.h; the op takes them as arguments).
 struct AdamHyper {
-  double lr, beta1, beta2, eps;
+  double lr = kAdamLr, beta1 = kAdamBeta1, beta2 = kAdamBeta2, eps = kAdamEps;
 };
 
 // The coefficients of Adam step t (1-based), computed in double as torch.optim.Adam's single-tensor path does

@@ -4,10 +4,17 @@
 //                                state (Q, K, moments), returns the new state and each head's loss
 //   impulse_attn::fit_gradients  one forward/backward: d loss / d Q, K and the loss (parity tests)
 //
-// Both take the pseudo-input in factored form X = A·B (A: N×k, B: k×D; impulse_attn/kernels/fit_ext.py builds
-// it from an SVD). CPU kernels (float32, float64) run heads in parallel with at::parallel_for; the CUDA kernel
-// (float32) is compiled in when the extension is built with nvcc (WITH_CUDA). Fake (meta) implementations are
-// registered from Python (fit_ext.py) with torch.library.register_fake.
+// Both take the pseudo-input in factored form X = A·B (A: N×basis, B: basis×D; impulse_attn/kernels/fit_ext.py
+// builds it from an SVD). CPU kernels (float32, float64) run heads in parallel with at::parallel_for; the CUDA
+// kernel (float32) is compiled in when the extension is built with nvcc (WITH_CUDA). Fake (meta) implementations
+// are registered from Python (fit_ext.py) with torch.library.register_fake. Every argument is validated here, once,
+// with TORCH_CHECK, before any kernel runs.
+//
+// Both ops take an optional trailing `plan` (default -1): the CUDA launch shape to force (fit_plan.h's kShapes;
+// -1 lets the planner choose). The CPU ops check it and ignore it.
+//
+// The module also exposes the launch planner (fit_plan.h) to Python: impulse_attn._C.launch_shapes(),
+// plan_launch(...), and on CUDA builds cuda_launch_limits() and cuda_last_launch_shape().
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -18,8 +25,10 @@
 #include <string>
 #include <tuple>
 
+#include "fit_constants.h"
 #include "fit_cpu.h"
 #include "fit_math.h"
+#include "fit_plan.h"
 
 #if defined(WITH_CUDA)
 #include <c10/cuda/CUDAGuard.h>
@@ -44,7 +53,7 @@ void check_tensor(const Tensor& t, const char* name, int64_t dim, const Tensor& 
 }
 
 struct Shape {
-  int64_t layers, heads, n, d, r, k;
+  int64_t layers, heads, n, d, r, basis;
 };
 
 Shape check_problem(const Tensor& a, const Tensor& b, const Tensor& targets, const Tensor& q, const Tensor& k) {
@@ -57,16 +66,17 @@ Shape check_problem(const Tensor& a, const Tensor& b, const Tensor& targets, con
   check_tensor(targets, "targets", 4, q);
   Shape s{q.size(0), q.size(1), a.size(0), q.size(2), q.size(3), a.size(1)};
   TORCH_CHECK(k.sizes() == q.sizes(), "k must have the shape of q ", q.sizes(), ", got ", k.sizes());
-  TORCH_CHECK(b.size(0) == s.k && b.size(1) == s.d, "b must have shape (k, D) = (", s.k, ", ", s.d, "), got ",
+  TORCH_CHECK(b.size(0) == s.basis && b.size(1) == s.d, "b must have shape (basis, D) = (", s.basis, ", ", s.d,
+              "), got ",
               b.sizes());
   TORCH_CHECK(targets.size(0) == s.layers && targets.size(1) == s.heads && targets.size(2) == s.n &&
                   targets.size(3) == s.n,
               "targets must have shape (layers, heads, N, N) = (", s.layers, ", ", s.heads, ", ", s.n, ", ", s.n,
               "), got ", targets.sizes());
-  TORCH_CHECK(s.n >= 1 && s.d >= 1 && s.r >= 1 && s.k >= 1, "every size must be >= 1: N=", s.n, " D=", s.d,
-              " r=", s.r, " k=", s.k);
-  TORCH_CHECK(s.n <= kMaxDim && s.d <= kMaxDim && s.r <= kMaxDim && s.k <= kMaxDim,
-              "sizes above ", kMaxDim, " are not supported: N=", s.n, " D=", s.d, " r=", s.r, " k=", s.k);
+  TORCH_CHECK(s.n >= 1 && s.d >= 1 && s.r >= 1 && s.basis >= 1, "every size must be >= 1: N=", s.n, " D=", s.d,
+              " r=", s.r, " basis=", s.basis);
+  TORCH_CHECK(s.n <= kMaxDim && s.d <= kMaxDim && s.r <= kMaxDim && s.basis <= kMaxDim, "sizes above ", kMaxDim,
+              " are not supported: N=", s.n, " D=", s.d, " r=", s.r, " basis=", s.basis);
   return s;
 }
 
@@ -89,6 +99,11 @@ void check_hyper(int64_t step0, int64_t steps, double lr, double scale, int64_t 
   TORCH_CHECK(std::isfinite(eps) && eps > 0, "eps must be a finite number > 0, got ", eps);
 }
 
+void check_plan(int64_t plan) {
+  TORCH_CHECK(plan >= kPlanBest && plan < plan::kNumShapes, "plan must be ", kPlanBest,
+              " (the planner's choice) or a launch shape from 0 to ", plan::kNumShapes - 1, ", got ", plan);
+}
+
 int64_t resolve_loss_heads(int64_t loss_heads, int64_t heads) {
   TORCH_CHECK(loss_heads >= 0, "loss_heads must be >= 0 (0: the number of heads), got ", loss_heads);
   return loss_heads == 0 ? heads : loss_heads;
@@ -99,7 +114,8 @@ using FitOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor
 FitOut fit_iterative_cpu(const Tensor& a, const Tensor& b, const Tensor& targets, const Tensor& q, const Tensor& k,
                          const Tensor& mq, const Tensor& vq, const Tensor& mk, const Tensor& vk, const Tensor& norm0,
                          int64_t step0, int64_t steps, double lr, double scale, int64_t renorm_every,
-                         int64_t renorm_mode, double beta1, double beta2, double eps, int64_t loss_heads) {
+                         int64_t renorm_mode, double beta1, double beta2, double eps, int64_t loss_heads,
+                         int64_t plan) {
   const Shape s = check_problem(a, b, targets, q, k);
   check_moment(mq, "exp_avg_q", q);
   check_moment(vq, "exp_avg_sq_q", q);
@@ -108,6 +124,7 @@ FitOut fit_iterative_cpu(const Tensor& a, const Tensor& b, const Tensor& targets
   check_tensor(norm0, "norm0", 1, q);
   TORCH_CHECK(norm0.size(0) == s.layers, "norm0 must have shape (layers,) = (", s.layers, ",), got ", norm0.sizes());
   check_hyper(step0, steps, lr, scale, renorm_every, renorm_mode, beta1, beta2, eps);
+  check_plan(plan);  // a CUDA launch shape: nothing to choose on the CPU
   const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
 
   Tensor q_out = q.clone(), k_out = k.clone(), mq_out = mq.clone(), vq_out = vq.clone(), mk_out = mk.clone(),
@@ -134,7 +151,7 @@ FitOut fit_iterative_cpu(const Tensor& a, const Tensor& b, const Tensor& targets
         pr.n = static_cast<int>(s.n);
         pr.d = static_cast<int>(s.d);
         pr.r = static_cast<int>(s.r);
-        pr.k = static_cast<int>(s.k);
+        pr.basis = static_cast<int>(s.basis);
         pr.heads = static_cast<int>(lh);
         pr.a = pa;
         pr.b = pb;
@@ -162,9 +179,10 @@ FitOut fit_iterative_cpu(const Tensor& a, const Tensor& b, const Tensor& targets
 
 std::tuple<Tensor, Tensor, Tensor> fit_gradients_cpu(const Tensor& a, const Tensor& b, const Tensor& targets,
                                                      const Tensor& q, const Tensor& k, double scale,
-                                                     int64_t loss_heads) {
+                                                     int64_t loss_heads, int64_t plan) {
   const Shape s = check_problem(a, b, targets, q, k);
   TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale must be a finite number > 0, got ", scale);
+  check_plan(plan);
   const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
   Tensor dq = at::empty_like(q), dk = at::empty_like(k);
   Tensor loss = at::zeros({s.layers, s.heads}, q.options());
@@ -185,7 +203,7 @@ std::tuple<Tensor, Tensor, Tensor> fit_gradients_cpu(const Tensor& a, const Tens
         pr.n = static_cast<int>(s.n);
         pr.d = static_cast<int>(s.d);
         pr.r = static_cast<int>(s.r);
-        pr.k = static_cast<int>(s.k);
+        pr.basis = static_cast<int>(s.basis);
         pr.heads = static_cast<int>(lh);
         pr.a = pa;
         pr.b = pb;
@@ -212,7 +230,7 @@ cuda::FitArgs cuda_args(const Tensor& a, const Tensor& at_, const Tensor& b, con
   args.n = static_cast<int>(s.n);
   args.d = static_cast<int>(s.d);
   args.r = static_cast<int>(s.r);
-  args.k = static_cast<int>(s.k);
+  args.basis = static_cast<int>(s.basis);
   args.a = a.const_data_ptr<float>();
   args.at = at_.const_data_ptr<float>();
   args.b = b.const_data_ptr<float>();
@@ -230,7 +248,7 @@ FitOut fit_iterative_cuda(const Tensor& a, const Tensor& b, const Tensor& target
                           const Tensor& k, const Tensor& mq, const Tensor& vq, const Tensor& mk, const Tensor& vk,
                           const Tensor& norm0, int64_t step0, int64_t steps, double lr, double scale,
                           int64_t renorm_every, int64_t renorm_mode, double beta1, double beta2, double eps,
-                          int64_t loss_heads) {
+                          int64_t loss_heads, int64_t plan) {
   check_cuda_problem(q);
   const Shape s = check_problem(a, b, targets, q, k);
   check_moment(mq, "exp_avg_q", q);
@@ -240,6 +258,7 @@ FitOut fit_iterative_cuda(const Tensor& a, const Tensor& b, const Tensor& target
   check_tensor(norm0, "norm0", 1, q);
   TORCH_CHECK(norm0.size(0) == s.layers, "norm0 must have shape (layers,) = (", s.layers, ",), got ", norm0.sizes());
   check_hyper(step0, steps, lr, scale, renorm_every, renorm_mode, beta1, beta2, eps);
+  check_plan(plan);
   const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
   const c10::cuda::CUDAGuard guard(q.device());
   Tensor q_out = q.clone(), k_out = k.clone(), mq_out = mq.clone(), vq_out = vq.clone(), mk_out = mk.clone(),
@@ -260,17 +279,19 @@ FitOut fit_iterative_cuda(const Tensor& a, const Tensor& b, const Tensor& target
   args.renorm_every = static_cast<int>(renorm_every);
   args.renorm_mode = static_cast<int>(renorm_mode);
   args.adam = AdamHyper{lr, beta1, beta2, eps};
-  const std::string err = cuda::launch_fit(args, c10::cuda::getCurrentCUDAStream().stream());
+  const std::string err =
+      cuda::launch_fit(args, c10::cuda::getCurrentCUDAStream().stream(), static_cast<int>(plan));
   TORCH_CHECK(err.empty(), err);
   return {q_out, k_out, mq_out, vq_out, mk_out, vk_out, loss};
 }
 
 std::tuple<Tensor, Tensor, Tensor> fit_gradients_cuda(const Tensor& a, const Tensor& b, const Tensor& targets,
                                                       const Tensor& q, const Tensor& k, double scale,
-                                                      int64_t loss_heads) {
+                                                      int64_t loss_heads, int64_t plan) {
   check_cuda_problem(q);
   const Shape s = check_problem(a, b, targets, q, k);
   TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale must be a finite number > 0, got ", scale);
+  check_plan(plan);
   const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
   const c10::cuda::CUDAGuard guard(q.device());
   // Gradient mode reads the state and writes only the gradients and the loss; the scratch copies keep the
@@ -289,7 +310,8 @@ std::tuple<Tensor, Tensor, Tensor> fit_gradients_cuda(const Tensor& a, const Ten
   args.grad_q = dq.mutable_data_ptr<float>();
   args.grad_k = dk.mutable_data_ptr<float>();
   args.steps = 1;
-  const std::string err = cuda::launch_fit(args, c10::cuda::getCurrentCUDAStream().stream());
+  const std::string err =
+      cuda::launch_fit(args, c10::cuda::getCurrentCUDAStream().stream(), static_cast<int>(plan));
   TORCH_CHECK(err.empty(), err);
   return {dq, dk, loss};
 }
@@ -298,15 +320,27 @@ std::tuple<Tensor, Tensor, Tensor> fit_gradients_cuda(const Tensor& a, const Ten
 }  // namespace
 }  // namespace impulse_fit
 
+// The schema's defaults are spelled by fit_constants.h's macros, the same tokens as the constants the C++ code
+// uses; the asserts pin the values the Python side (fitting.reduced.ADAM_BETAS, ADAM_EPS) relies on.
+static_assert(impulse_fit::kAdamBeta1 == 0.9 && impulse_fit::kAdamBeta2 == 0.999 && impulse_fit::kAdamEps == 1e-8,
+              "Adam defaults changed: update the schema consumers (fit_ext.py's fakes, reduced.ADAM_BETAS)");
+static_assert(impulse_fit::kPlanBest == -1 && impulse_fit::kLossHeadsDefault == 0, "schema defaults changed");
+
 TORCH_LIBRARY(impulse_attn, m) {
   m.def(
       "fit_iterative(Tensor a, Tensor b, Tensor targets, Tensor q, Tensor k, Tensor exp_avg_q, "
       "Tensor exp_avg_sq_q, Tensor exp_avg_k, Tensor exp_avg_sq_k, Tensor norm0, int step0, int steps, float lr, "
-      "float scale, int renorm_every, int renorm_mode, float beta1=0.9, float beta2=0.999, float eps=1e-08, "
-      "int loss_heads=0) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "float scale, int renorm_every, int renorm_mode, "
+      "float beta1=" IMPULSE_FIT_STR(IMPULSE_FIT_ADAM_BETA1) ", "
+      "float beta2=" IMPULSE_FIT_STR(IMPULSE_FIT_ADAM_BETA2) ", "
+      "float eps=" IMPULSE_FIT_STR(IMPULSE_FIT_ADAM_EPS) ", "
+      "int loss_heads=" IMPULSE_FIT_STR(IMPULSE_FIT_LOSS_HEADS_DEFAULT) ", "
+      "int plan=" IMPULSE_FIT_STR(IMPULSE_FIT_PLAN_BEST) ") "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
-      "fit_gradients(Tensor a, Tensor b, Tensor targets, Tensor q, Tensor k, float scale, int loss_heads=0) "
-      "-> (Tensor, Tensor, Tensor)");
+      "fit_gradients(Tensor a, Tensor b, Tensor targets, Tensor q, Tensor k, float scale, "
+      "int loss_heads=" IMPULSE_FIT_STR(IMPULSE_FIT_LOSS_HEADS_DEFAULT) ", "
+      "int plan=" IMPULSE_FIT_STR(IMPULSE_FIT_PLAN_BEST) ") -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(impulse_attn, CPU, m) {
@@ -334,11 +368,128 @@ PyObject* has_cuda(PyObject*, PyObject*) {
 
 PyObject* cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(impulse_fit::cpu::instruction_set()); }
 
+namespace plan = impulse_fit::plan;
+
+const char* place(bool shared) { return shared ? "shared" : "global"; }
+
+PyObject* shape_dict(int id) {
+  const plan::Shape& s = plan::kShapes[id];
+  return Py_BuildValue("{s:i,s:i,s:s,s:s,s:O,s:s}", "shape", id, "cluster", s.cluster, "state",
+                       place(s.state_shared), "b", place(s.b_shared), "tiled", s.tiled ? Py_True : Py_False,
+                       "description", plan::describe(s).c_str());
+}
+
+PyObject* launch_shapes(PyObject*, PyObject*) {
+  PyObject* out = PyList_New(plan::kNumShapes);
+  if (out == nullptr) return nullptr;
+  for (int id = 0; id < plan::kNumShapes; ++id) {
+    PyObject* d = shape_dict(id);
+    if (d == nullptr) {
+      Py_DECREF(out);
+      return nullptr;
+    }
+    PyList_SET_ITEM(out, id, d);
+  }
+  return out;
+}
+
+PyObject* plan_dict(const plan::Plan& p) {
+  const plan::Layout& l = p.layout;
+  PyObject* layout = Py_BuildValue(
+      "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "state", l.state, "bs", l.bs,
+      "bqp", l.bqp, "bkp", l.bkp, "bq", l.bq, "bk", l.bk, "core", l.core, "u", l.u, "w", l.w, "cp", l.cp, "c", l.c,
+      "dbq", l.dbq, "dbk", l.dbk, "colp", l.colp, "colf", l.colf, "rowbuf", l.rowbuf, "lossp", l.lossp, "total",
+      l.total);
+  if (layout == nullptr) return nullptr;
+  return Py_BuildValue("{s:i,s:i,s:s,s:s,s:O,s:i,s:i,s:i,s:L,s:L,s:L,s:s,s:N}", "shape", p.shape_id, "cluster",
+                       p.shape.cluster, "state", place(p.shape.state_shared), "b", place(p.shape.b_shared), "tiled",
+                       p.shape.tiled ? Py_True : Py_False, "tile_rows", p.tile_rows, "rows_per_block",
+                       p.rows_per_block, "cols_per_block", p.cols_per_block, "dynamic_bytes", p.dynamic_bytes,
+                       "heads_per_launch", p.heads_per_launch, "launches", p.launches, "description",
+                       plan::describe(p.shape).c_str(), "layout", layout);
+}
+
+PyObject* plan_launch(PyObject*, PyObject* args, PyObject* kwargs) {
+  static const char* kwlist[] = {"layers",     "heads",       "n",          "d",          "r",
+                                 "basis",      "cc_major",    "cc_minor",   "smem_optin", "static_smem",
+                                 "code_version", "max_grid_y", "cluster_launch", "shape",  "max_tile_rows",
+                                 nullptr};
+  plan::Problem pb;
+  plan::DeviceLimits dev;
+  PyObject* cluster = Py_None;
+  int shape = impulse_fit::kPlanBest, max_tile_rows = plan::kDefaultMaxTileRows;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LLLLLLiiLLi|LOii", const_cast<char**>(kwlist), &pb.layers,
+                                   &pb.heads, &pb.n, &pb.d, &pb.r, &pb.basis, &dev.cc_major, &dev.cc_minor,
+                                   &dev.smem_optin, &dev.static_smem, &dev.code_version, &dev.max_grid_y, &cluster,
+                                   &shape, &max_tile_rows))
+    return nullptr;
+  // cluster_launch defaults to what every CUDA device of compute capability 9.0 or newer reports.
+  dev.cluster_launch = cluster == Py_None ? dev.cc_major >= 9 : PyObject_IsTrue(cluster) == 1;
+  plan::Planned res;
+  if (shape >= 0 || shape < impulse_fit::kPlanBest) {
+    plan::Plan pl;
+    res.reason = plan::plan_shape(pb, dev, shape, &pl, max_tile_rows);
+    if (res.reason.empty()) res.plans.push_back(pl);
+  } else {
+    res = plan::plan_launch(pb, dev, max_tile_rows);
+  }
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(res.plans.size()));
+  if (list == nullptr) return nullptr;
+  for (size_t i = 0; i < res.plans.size(); ++i) {
+    PyObject* d = plan_dict(res.plans[i]);
+    if (d == nullptr) {
+      Py_DECREF(list);
+      return nullptr;
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), d);
+  }
+  return Py_BuildValue("{s:N,s:s}", "plans", list, "reason", res.reason.c_str());
+}
+
+PyObject* cuda_launch_limits(PyObject*, PyObject*) {
+#if defined(WITH_CUDA)
+  plan::DeviceLimits dev;
+  const std::string err = impulse_fit::cuda::device_limits(&dev);
+  if (!err.empty()) {
+    PyErr_SetString(PyExc_RuntimeError, err.c_str());
+    return nullptr;
+  }
+  return Py_BuildValue("{s:i,s:i,s:L,s:L,s:i,s:L,s:O}", "cc_major", dev.cc_major, "cc_minor", dev.cc_minor,
+                       "smem_optin", dev.smem_optin, "static_smem", dev.static_smem, "code_version",
+                       dev.code_version, "max_grid_y", dev.max_grid_y, "cluster_launch",
+                       dev.cluster_launch ? Py_True : Py_False);
+#else
+  PyErr_SetString(PyExc_RuntimeError, "impulse_attn._C was built without CUDA sources");
+  return nullptr;
+#endif
+}
+
+PyObject* cuda_last_launch_shape(PyObject*, PyObject*) {
+#if defined(WITH_CUDA)
+  return PyLong_FromLong(impulse_fit::cuda::last_launch_shape());
+#else
+  return PyLong_FromLong(-1);
+#endif
+}
+
 PyMethodDef methods[] = {
     {"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were compiled into this build."},
     {"cpu_isa", cpu_isa, METH_NOARGS,
      "The instruction set the CPU kernels use on this machine (avx512, avx2 or base; IMPULSE_ATTN_CPU_ISA lowers "
      "it)."},
+    {"launch_shapes", launch_shapes, METH_NOARGS,
+     "Every launch shape of the CUDA fit, in the planner's order of preference (the op's `plan` argument forces "
+     "one by its number)."},
+    {"plan_launch", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(plan_launch)),
+     METH_VARARGS | METH_KEYWORDS,
+     "plan_launch(layers, heads, n, d, r, basis, cc_major, cc_minor, smem_optin, static_smem, code_version, "
+     "max_grid_y=65535, cluster_launch=None, shape=-1, max_tile_rows=64) -> {'plans': [...], 'reason': str}: "
+     "the CUDA fit's launch planner (csrc/fit_plan.h) for a problem and a device's limits, without a GPU. "
+     "shape=-1: every feasible launch shape in order of preference; shape>=0: that shape only."},
+    {"cuda_launch_limits", cuda_launch_limits, METH_NOARGS,
+     "The limits the CUDA launcher reads for the current device and the loaded kernel (the planner's input)."},
+    {"cuda_last_launch_shape", cuda_last_launch_shape, METH_NOARGS,
+     "The launch shape of the last successful CUDA fit launch in this process (-1 before any)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "Compiled impulse fit (ops under torch.ops.impulse_attn).",

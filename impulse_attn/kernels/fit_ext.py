@@ -55,14 +55,14 @@ if _C is not None:
     @torch.library.register_fake("impulse_attn::fit_iterative")
     def _fit_iterative_fake(a, b, targets, q, k, exp_avg_q, exp_avg_sq_q, exp_avg_k, exp_avg_sq_k, norm0, step0,
                             steps, lr, scale, renorm_every, renorm_mode, beta1=0.9, beta2=0.999, eps=1e-8,
-                            loss_heads=0):
+                            loss_heads=0, plan=-1):
         torch._check(k.shape == q.shape, lambda: "k must have the shape of q")
         torch._check(targets.shape[:2] == q.shape[:2], lambda: "targets must be (layers, heads, N, N) like q")
         outs = [torch.empty_like(t) for t in (q, k, exp_avg_q, exp_avg_sq_q, exp_avg_k, exp_avg_sq_k)]
         return (*outs, q.new_empty(q.shape[:2]))
 
     @torch.library.register_fake("impulse_attn::fit_gradients")
-    def _fit_gradients_fake(a, b, targets, q, k, scale, loss_heads=0):
+    def _fit_gradients_fake(a, b, targets, q, k, scale, loss_heads=0, plan=-1):
         torch._check(k.shape == q.shape, lambda: "k must have the shape of q")
         return torch.empty_like(q), torch.empty_like(k), q.new_empty(q.shape[:2])
 
