@@ -18,7 +18,7 @@ import torch
 
 from impulse_attn import fit_impulse
 from impulse_attn.fitting.iterative import fit_iterative_reference, init_qk
-from impulse_attn.kernels import fit_ext
+from impulse_attn.fitting import compiled as fit_ext
 from impulse_attn.targets import draw_offsets, impulse_targets, sincos_2d
 
 PAPER = dict(num_heads=8, grid_size=(16, 16), kernel_size=5, dim=512, rank=64, layers=6)

@@ -22,6 +22,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <tuple>
 
@@ -91,7 +92,8 @@ void check_hyper(int64_t step0, int64_t steps, double lr, double scale, int64_t 
   TORCH_CHECK(steps >= 0, "steps must be >= 0, got ", steps);
   TORCH_CHECK(std::isfinite(lr) && lr > 0, "lr must be a finite number > 0, got ", lr);
   TORCH_CHECK(std::isfinite(scale) && scale > 0, "scale must be a finite number > 0, got ", scale);
-  TORCH_CHECK(renorm_every >= 0, "renorm_every must be >= 0, got ", renorm_every);
+  TORCH_CHECK(renorm_every >= 0 && renorm_every <= std::numeric_limits<int>::max(),
+              "renorm_every must be in [0, 2**31 - 1] (0: no renormalization), got ", renorm_every);
   TORCH_CHECK(renorm_mode >= kRenormCode && renorm_mode <= kRenormNone,
               "renorm_mode must be 0 (code), 1 (columns) or 2 (none), got ", renorm_mode);
   TORCH_CHECK(beta1 >= 0 && beta1 < 1, "beta1 must be in [0, 1), got ", beta1);

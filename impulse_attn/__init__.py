@@ -4,7 +4,7 @@ Layers, lowest first; a module imports only from its own layer or lower ones (te
 
     _validate            argument checks shared by the public API
     filters, targets     filter banks; positional encodings and impulse targets
-    fitting, kernels     fitting Q, K to impulse maps (reference and fast paths); the compiled fit's Python face
+    fitting              fitting Q, K to impulse maps: reference, closed form, compiled fit, backend choice
     init                 init strategies and the protocol layers expose to them
     attention            the attention op (reference, SDPA, Triton) and the attention layers
     models, timm         SimpleViT, ConvMixer; the method on unmodified timm ViTs

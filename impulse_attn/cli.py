@@ -1,8 +1,8 @@
-"""The ``impulse-attn`` command: ``train``, ``compare``, ``fit`` and ``demo``.
+"""The ``impulse-attn`` command: ``train``, ``compare``, ``fit``, ``inspect`` and ``demo``.
 
-Every flag shows its default in ``--help``; the training defaults are the published protocol (METHOD.md §5),
-with model-size flags so the same command runs on a CPU. Mistakes a user can fix end with one line on stderr
-and exit status 2, never a traceback, and never replace files of an earlier run.
+Every flag shows its default in ``--help``; the training defaults are the published protocol (docs/METHOD.md,
+"Training protocol"), with model-size flags so the same command runs on a CPU. Mistakes a user can fix end with one
+line on stderr and exit status 2, never a traceback, and never replace files of an earlier run.
 """
 from __future__ import annotations
 

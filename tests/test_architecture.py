@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "impulse_attn"
 LAYERS = [
     {"_validate"},
     {"filters", "targets"},
-    {"fitting", "kernels"},
+    {"fitting"},
     {"init"},
     {"attention"},
     {"models", "timm"},

@@ -12,7 +12,7 @@ from impulse_attn import fit_impulse
 from impulse_attn.attention import attention, backends as attention_backends
 from impulse_attn.attention import triton_flash
 from impulse_attn.fitting import backends as fit_backends
-from impulse_attn.kernels import fit_ext
+from impulse_attn.fitting import compiled as fit_ext
 
 SMALL = dict(num_heads=3, grid_size=(5, 6), kernel_size=3, dim=32, head_dim=8, steps=10, lr=1e-3, scale=0.5,
              seed=1, warn=False)

@@ -37,7 +37,7 @@ import pytest
 import torch
 
 from impulse_attn.fitting.iterative import init_qk
-from impulse_attn.kernels import fit_ext
+from impulse_attn.fitting import compiled as fit_ext
 from impulse_attn.targets import draw_offsets, impulse_targets, sincos_2d
 
 ROOT = Path(__file__).resolve().parents[1]

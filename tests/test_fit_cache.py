@@ -224,7 +224,7 @@ def test_early_stop_keeps_the_faithful_iterates_up_to_the_stop():
 
 
 def test_fast_fit_on_the_kernels_is_bitwise_the_faithful_kernel_fit():
-    from impulse_attn.kernels import fit_ext
+    from impulse_attn.fitting import compiled as fit_ext
     if not fit_ext.available("cpu")[0]:
         pytest.skip("compiled extension not available")
     _, t = _layer_targets()

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from impulse_attn.fitting.reduced import factor_basis
-from impulse_attn.kernels import fit_ext
+from impulse_attn.fitting import compiled as fit_ext
 from impulse_attn.targets import sincos_2d
 
 _OK, _WHY = fit_ext.available("cpu")

@@ -131,7 +131,7 @@ class ImpulseAttention(QKAttention):
 
     forward(x: (B, N, dim)) -> (B, N, dim), N = H·W of ``grid_size`` (row-major tokens), B >= 0.
 
-    Modes (docs/METHOD.md):
+    Modes (docs/METHOD.md, "Attention modes"):
         "I":   queries/keys from α·LN(x) + (1 − α)·P, values from LN(x) (the model used for all results);
         "II":  queries/keys from P only: an input-independent, learnable spatial mixing per head;
         "III": free N×head_dim query/key parameters per head: softmax(s · Q Kᵀ), no input at all for the map.

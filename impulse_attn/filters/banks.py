@@ -1,4 +1,5 @@
-"""Banks of k×k spatial filters, the filter families compared in the ConvMixer study (METHOD.md §1)."""
+"""Banks of k×k spatial filters, the filter families compared in the ConvMixer study (docs/METHOD.md,
+"Filter banks")."""
 from __future__ import annotations
 
 from typing import Optional

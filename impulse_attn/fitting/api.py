@@ -74,7 +74,7 @@ def _reference(spec, p, q0, k0, device, progress):
 
 
 def _compiled(spec, p, q0, k0, device, progress):
-    from ..kernels import fit_ext
+    from . import compiled as fit_ext
     return fit_ext.fit_iterative(p.x, p.targets, spec.head_dim, device=device, steps=spec.steps, lr=spec.lr,
                                  scale=spec.scale, renorm_every=spec.renorm_every, renorm=spec.renorm, q0=q0, k0=k0)
 

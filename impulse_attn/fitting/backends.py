@@ -29,7 +29,7 @@ def split(backend: str) -> Tuple[str, str]:
 
 
 def _compiled_reason(name: str) -> Optional[str]:
-    from ..kernels import fit_ext
+    from . import compiled as fit_ext
     ok, why = fit_ext.available(split(name)[1])
     return None if ok else why
 
@@ -40,7 +40,7 @@ def _probe(name: str) -> Optional[str]:
     Error model: float32 iterates after a few Adam steps differ from float64 ones by rounding amplified at most
     by the step count; 1e-3 of the largest weight is far above that (observed ~1e-6) and far below what any
     indexing or math error produces (O(1) of the weights)."""
-    from ..kernels import fit_ext
+    from . import compiled as fit_ext
     from . import reduced
     from ..targets import impulse_targets
     g = torch.Generator().manual_seed(0)

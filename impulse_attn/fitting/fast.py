@@ -13,7 +13,7 @@ dedup=True)`` and ``tol=...``) and each changes the result in one stated way:
   stops, a head's iterates are the faithful ones: a run resumes with the same Adam moments, the same step counter
   (bias correction) and the same renormalization phase, so chunked and uninterrupted runs agree bit for bit.
 
-The steps run through the compiled kernels (``kernels.fit_ext.run_steps``) or, without them, their plain-PyTorch
+The steps run through the compiled kernels (``fitting.compiled.run_steps``) or, without them, their plain-PyTorch
 twin (``fitting.reduced.run_steps``).
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def fit_iterative_fast(x: torch.Tensor, targets: torch.Tensor, rank: int, *, q0:
     else:
         reps, which = torch.arange(total), torch.arange(total)
     if backend in ("cpp", "cuda"):
-        from ..kernels import fit_ext
+        from . import compiled as fit_ext
         device = torch.device("cuda" if backend == "cuda" else "cpu")
         stepper = fit_ext.run_steps
     else:

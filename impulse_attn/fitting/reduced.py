@@ -12,7 +12,7 @@ Adam and the renormalization still act on the full D×r Q and K, so the iterates
 match the autograd reference to 1e-13; in float32 they differ only by rounding. The matmul work per step drops from
 about 4·N·D·r + 3·N²·r to 4·k·D·r + 2·N²·k multiply-adds (6× less at the paper's size).
 
-``run_steps`` has the signature of ``impulse_attn.kernels.fit_ext.run_steps`` (the fused kernel) and is its
+``run_steps`` has the signature of ``impulse_attn.fitting.compiled.run_steps`` (the fused kernel) and is its
 PyTorch twin: tests compare the two, and the non-faithful fast fit (``fitting.fast``) falls back to it when the
 extension is not built.
 """

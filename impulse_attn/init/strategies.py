@@ -1,4 +1,4 @@
-"""Query/key init strategies: default, random, mimetic, impulse (METHOD.md §2 and §4, docs/METHOD.md here).
+"""Query/key init strategies: default, random, mimetic, impulse (docs/METHOD.md, "Init strategies").
 
 Each strategy produces, per attention layer, Q and K of shape (heads, D_in, head_dim) from the layer's
 ``QKRequest`` and hands them to ``layer.load_qk``. Adding a strategy means adding a function to ``STRATEGIES``.

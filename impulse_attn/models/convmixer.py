@@ -1,4 +1,5 @@
-"""ConvMixer with its depthwise spatial filters learned, or frozen at a filter bank (METHOD.md §1)."""
+"""ConvMixer with its depthwise spatial filters learned, or frozen at a filter bank (docs/METHOD.md,
+"Filter banks")."""
 from __future__ import annotations
 
 import torch

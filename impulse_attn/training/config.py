@@ -1,4 +1,5 @@
-"""Everything one training run depends on, with the published protocol (METHOD.md §5) as the defaults.
+"""Everything one training run depends on, with the published protocol as the defaults (docs/METHOD.md,
+"Training protocol").
 
 A run is fully described by its ``TrainConfig``: it is written next to the metrics, stored in every checkpoint,
 and ``--resume`` refuses a checkpoint whose config differs in anything that changes the numbers.

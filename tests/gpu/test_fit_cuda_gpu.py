@@ -27,7 +27,7 @@ if not torch.cuda.is_available():
                 allow_module_level=True)
 
 from impulse_attn.fitting.iterative import init_qk  # noqa: E402
-from impulse_attn.kernels import fit_ext  # noqa: E402
+from impulse_attn.fitting import compiled as fit_ext  # noqa: E402
 from impulse_attn.targets import draw_offsets, impulse_targets, sincos_2d  # noqa: E402
 
 _OK, _WHY = fit_ext.available("cuda")
