@@ -86,13 +86,13 @@ def test_scale_in_fit_kwargs_is_refused():
         ImpulseAttention(32, num_heads=2, head_dim=8, grid_size=4, kernel_size=3, fit_kwargs={"scale": 0.5})
     layer = ImpulseAttention(32, num_heads=2, head_dim=8, grid_size=4, kernel_size=3, scale=0.5, mode="II")
     assert layer.fit_results[0].scale == 0.5                      # the layer's scale is the fit's scale
-    assert layer.fit_results[0].report.target_mass == pytest.approx(0.3, abs=0.01)
+    assert layer.fit_results[0].report.target_mass == pytest.approx(0.1, abs=0.01)  # the model default
     maps = layer.attention_map(None)[0]
     offsets = layer.impulse_offsets
     from impulse_attn.analysis import head_stats
     stats = head_stats([maps[None]], (4, 4), 3, [offsets])
     measured = sum(s.target_mass for s in stats) / len(stats)
-    assert measured == pytest.approx(0.3, abs=0.1)                # the layer's real map carries the fitted mass
+    assert measured == pytest.approx(0.1, abs=0.05)               # the layer's real map carries the fitted mass
 
 
 def test_strategies_talk_to_layers_only_through_the_protocol():
@@ -117,3 +117,17 @@ def test_strategies_talk_to_layers_only_through_the_protocol():
     assert layers[0].loaded[-1] == ((2, 32, 8), (2, 32, 8), None)
     with pytest.raises(TypeError, match="QKLayer"):
         initialize_qk_([object()], "random")
+
+
+def test_model_defaults_are_the_local_soft_closed_form_at_the_published_logit_budget():
+    from impulse_attn.init import CLOSED_FORM_DEFAULTS
+    m = SimpleViT(image_size=32, patch_size=4, dim=64, depth=2, num_heads=4, head_dim=16, mlp_dim=32)
+    rep = m.fit_results[0].report
+    assert rep.extra["target"] == CLOSED_FORM_DEFAULTS["target"] == "laplace"
+    assert rep.target_mass == pytest.approx(CLOSED_FORM_DEFAULTS["target_mass"], abs=1e-3)
+    assert m.attention_layers()[0].scale == pytest.approx(0.1 * 512 * 16 * 4 / 64 ** 2)   # "auto"
+    paper = ImpulseAttention(512, num_heads=8, head_dim=64, grid_size=16, mode="II")
+    assert paper.scale == pytest.approx(0.1)                                               # published size
+    explicit = SimpleViT(image_size=32, patch_size=4, dim=64, depth=1, num_heads=4, head_dim=16, mlp_dim=32,
+                         fit_kwargs={"target": "impulse", "target_mass": 0.3})
+    assert explicit.fit_results[0].report.extra["target"] == "impulse"

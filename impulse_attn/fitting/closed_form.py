@@ -28,9 +28,9 @@ def _projector(x: torch.Tensor, rtol: float):
     return u[:, keep], s[keep], vh[keep].T
 
 
-def _maps_mass(uk: torch.Tensor, core: torch.Tensor, beta: float, target_idx: torch.Tensor,
-               valid: torch.Tensor) -> float:
-    maps = torch.softmax(beta * (uk @ core @ uk.T), dim=-1)
+def _maps_mass(logits: torch.Tensor, beta: float, target_idx: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean softmax mass on the target over valid rows at logit scale β (float32 is plenty for calibration)."""
+    maps = torch.softmax(beta * logits, dim=-1)
     mass = maps.gather(-1, target_idx[..., None])[..., 0]
     return float((mass * valid).sum() / valid.sum().clamp_min(1))
 
@@ -62,12 +62,17 @@ def fit_closed_form(x: torch.Tensor, logit_targets: torch.Tensor, hard_targets: 
     achieved = (sk[:, None] * u * s[..., None, :]) @ (vh * sk[None, :])   # X-basis logits at β = 1
     target_idx = hard_targets.argmax(-1)
     if logit_scale is None:
+        logits = (uk @ achieved @ uk.T).float()           # β = 1; the mass grows monotonically with β
         lo, hi = 0.0, 1.0
-        while _maps_mass(uk, achieved, hi, target_idx, valid) < target_mass and hi < max_logit_scale:
+        while _maps_mass(logits, hi, target_idx, valid) < target_mass and hi < max_logit_scale:
             lo, hi = hi, min(hi * 2, max_logit_scale)
-        for _ in range(40):
+        for _ in range(40):                               # to 1e-4 of the target mass (or β to 1e-6 relative)
             mid = 0.5 * (lo + hi)
-            if _maps_mass(uk, achieved, mid, target_idx, valid) < target_mass:
+            mass = _maps_mass(logits, mid, target_idx, valid)
+            if abs(mass - target_mass) < 1e-4 * target_mass or hi - lo < 1e-6 * hi:
+                lo = hi = mid
+                break
+            if mass < target_mass:
                 lo = mid
             else:
                 hi = mid
