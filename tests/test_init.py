@@ -102,7 +102,7 @@ def test_strategies_talk_to_layers_only_through_the_protocol():
         def __init__(self):
             self.loaded = []
 
-        def qk_request(self):
+        def qk_request(self, with_pseudo_input=True):
             return QKRequest(num_heads=2, dim_in=32, head_dim=8, grid_size=(4, 4),
                              pseudo_input=sincos_2d(4, 32), alpha=0.1, scale=0.1)
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import choice, grid_pair, odd_kernel_size, positive_float, positive_int
+from .._validate import choice, grid_pair, odd_kernel_size, positive_float, positive_int, require_memory
 from ..init import INIT_STRATEGIES, QKRequest, default_scale, initialize_qk_
 from ..targets import sincos_2d
 from .functional import ATTENTION_BACKENDS, attention
@@ -40,6 +40,10 @@ class QKAttention(nn.Module):
         positive_float(dropout, "dropout", allow_zero=True)
         self._check_sizes()
         dim_in = self._qk_dim_in()
+        inner = self.num_heads * self.head_dim
+        require_memory(4 * (3 * self.dim * inner + 2 * self.dim + 2 * inner * dim_in),
+                       f"an attention layer of dim {self.dim} with {self.num_heads} heads of {self.head_dim}",
+                       "use smaller sizes")
         self.scale = positive_float(scale, "scale") if scale is not None else \
             default_scale(init, fit_method, self.num_heads, dim_in, self.head_dim)
         inner = self.num_heads * self.head_dim
@@ -69,8 +73,8 @@ class QKAttention(nn.Module):
         raise NotImplementedError
 
     # --- the init protocol ---------------------------------------------------------------------------------
-    def qk_request(self) -> QKRequest:
-        x, alpha = self._pseudo_input()
+    def qk_request(self, with_pseudo_input: bool = True) -> QKRequest:
+        x, alpha = self._pseudo_input() if with_pseudo_input else (None, getattr(self, "alpha", 0.0))
         return QKRequest(num_heads=self.num_heads, dim_in=self._qk_dim_in(), head_dim=self.head_dim,
                          grid_size=self.grid_size, pseudo_input=x, alpha=alpha, scale=self.scale)
 
@@ -169,7 +173,6 @@ class ImpulseAttention(QKAttention):
         if self.dim % 4 != 0 or self.dim < 8:
             raise ValueError(f"dim must be a multiple of 4 and >= 8 (2D sin-cos encoding), got {self.dim}")
         n = self.grid_size[0] * self.grid_size[1]
-        from .._validate import require_memory
         require_memory(4 * n * self.dim, f"the positional encoding of a {self.grid_size} grid", "use a smaller grid")
         self.register_buffer("pos", sincos_2d(self.grid_size, self.dim), persistent=False)
 
@@ -244,6 +247,9 @@ class ViTAttention(QKAttention):
     def _check_sizes(self) -> None:
         if self.init == "impulse" and (self.dim % 4 != 0 or self.dim < 8):
             raise ValueError(f"impulse init needs dim divisible by 4 and >= 8 (sin-cos encoding), got {self.dim}")
+        if self.init == "impulse":
+            n = self.grid_size[0] * self.grid_size[1]
+            require_memory(12 * n * self.dim, f"the pseudo-input of a {self.grid_size} grid", "use a smaller grid")
 
     def _pseudo_input(self) -> tuple[torch.Tensor, float]:
         return F.layer_norm(sincos_2d(self.grid_size, self.dim), (self.dim,)), 0.0

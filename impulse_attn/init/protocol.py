@@ -1,8 +1,8 @@
 """What an attention layer tells an init strategy, and nothing more: the query/key fit request.
 
 A layer whose query/key weights an init strategy may set implements ``QKLayer``: ``qk_request()`` returns a
-``QKRequest`` (the shapes, the pseudo-input its queries and keys see at init, its content weight α, grid and
-softmax scale) and ``load_qk(q, k, offsets)`` writes per-head Q, K (heads, D_in, head_dim). Strategies read
+``QKRequest`` (the shapes, the pseudo-input its queries and keys see at init — only built when the strategy asks
+for it —, its content weight α, grid and softmax scale) and ``load_qk(q, k, offsets)`` writes per-head Q, K (heads, D_in, head_dim). Strategies read
 requests and call ``load_qk``; they never touch a layer's parameters or buffers.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ class QKRequest:
     dim_in: int
     head_dim: int
     grid_size: Tuple[int, int]
-    pseudo_input: torch.Tensor
+    pseudo_input: Optional[torch.Tensor]
     alpha: float
     scale: float
 
@@ -34,6 +34,6 @@ class QKRequest:
 
 @runtime_checkable
 class QKLayer(Protocol):
-    def qk_request(self) -> QKRequest: ...
+    def qk_request(self, with_pseudo_input: bool = True) -> QKRequest: ...
 
     def load_qk(self, q: torch.Tensor, k: torch.Tensor, offsets: Optional[torch.Tensor] = None) -> None: ...

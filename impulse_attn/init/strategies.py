@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .._validate import choice
+from .._validate import choice, require_memory
 from .protocol import QKLayer, QKRequest
 
 
@@ -59,8 +59,11 @@ def default_scale(init: str, fit_method: str, num_heads: int, dim_in: int, head_
     return resolve_scale("auto", dim_in, head_dim, num_heads)
 
 
-def _independent(make: Callable) -> Callable:
+def _independent(make: Callable, bytes_per_head: Callable[[int, int], int]) -> Callable:
     def apply(layers: List[QKLayer], requests: List[QKRequest], generator: torch.Generator, **_):
+        for r in requests:
+            require_memory(r.num_heads * bytes_per_head(r.dim_in, r.head_dim),
+                           f"the {make.__name__} init of {r.num_heads} heads of width {r.dim_in}", "use smaller sizes")
         for layer, r in zip(layers, requests):
             layer.load_qk(*make(r.num_heads, r.dim_in, r.head_dim, generator))
         return None
@@ -98,8 +101,8 @@ def _impulse(layers: List[QKLayer], requests: List[QKRequest], generator: torch.
 # name -> function(layers, requests, generator, *, seed, fit_method, kernel_size, fit_kwargs) -> fit results
 STRATEGIES: Dict[str, Optional[Callable]] = {
     "default": None,  # PyTorch's Kaiming-uniform init, untouched
-    "random": _independent(random_qk),
-    "mimetic": _independent(mimetic_qk),
+    "random": _independent(random_qk, lambda d, r: 8 * d * r),
+    "mimetic": _independent(mimetic_qk, lambda d, r: 32 * d * d),   # a D×D float64 matrix and its SVD
     "impulse": _impulse,
 }
 INIT_STRATEGIES = tuple(STRATEGIES)
@@ -121,6 +124,6 @@ def initialize_qk_(layers: Sequence[QKLayer], strategy: str, *, seed: int = 0, f
         if not isinstance(layer, QKLayer):
             raise TypeError(f"layers must implement qk_request() and load_qk() (QKLayer), got "
                             f"{type(layer).__name__}")
-    requests = [layer.qk_request() for layer in layers]
+    requests = [layer.qk_request(with_pseudo_input=strategy == "impulse") for layer in layers]
     return apply(layers, requests, torch.Generator().manual_seed(seed), seed=seed, fit_method=fit_method,
                  kernel_size=kernel_size, fit_kwargs=fit_kwargs)

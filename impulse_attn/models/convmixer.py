@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._validate import choice, odd_kernel_size, positive_int
+from .._validate import choice, odd_kernel_size, positive_int, require_memory
 from .common import check_backbone
 from ..filters import BANKS, filter_bank
 
@@ -38,6 +38,8 @@ class ConvMixer(nn.Module):
                                                   depth=depth, channels=channels)
         odd_kernel_size(kernel_size)
         choice(filters, "filters", FILTER_INITS)
+        require_memory(16 * (depth * (dim * kernel_size ** 2 + dim * dim + 6 * dim) + channels * ph * pw * dim),
+                       f"a ConvMixer of dim {dim}, depth {depth}", "use a smaller model")
         if freeze and filters == "learned":
             raise ValueError("freeze=True needs a filter bank (filters in "
                              f"{BANKS}); 'learned' filters frozen at PyTorch's init are the 'random' bank")
