@@ -220,6 +220,7 @@ struct Workspace {
 
 // Softmax of one row of logits, its MSE against the target row and the backward pass back to the logits,
 // in place: row holds logits on entry and d loss / d raw logit (before the scale) on exit. Returns Σ (p − t)².
+// Deliberate CPU/CUDA twin: the warp-per-row pass of fit_cuda_kernel.cuh computes the same sums in the same roles.
 template <class T>
 FC_INLINE T row_softmax_mse(T* __restrict row, const T* __restrict t, int n, T coef, T scale) {
   T mx = row[0];
@@ -338,12 +339,10 @@ template <class T, class A>
 FC_INLINE void run_head(const HeadProblem<T>& pb) {
   Workspace<T> ws(pb.n, pb.d, pb.r, pb.basis);
   ws.load_basis(pb.a, pb.b);
-  ws.load_matrix(ws.q, pb.q);
-  ws.load_matrix(ws.kk, pb.kk);
-  ws.load_matrix(ws.mq, pb.mq);
-  ws.load_matrix(ws.vq, pb.vq);
-  ws.load_matrix(ws.mk, pb.mk);
-  ws.load_matrix(ws.vk, pb.vk);
+  // the state: (workspace copy, caller's array) for Q, K and their Adam moments
+  T* const state[6][2] = {{ws.q, pb.q}, {ws.kk, pb.kk}, {ws.mq, pb.mq}, {ws.vq, pb.vq}, {ws.mk, pb.mk},
+                          {ws.vk, pb.vk}};
+  for (auto& pair : state) ws.load_matrix(pair[0], pair[1]);
   const int rp = ws.rp;
   const T coef = static_cast<T>(2.0 / (static_cast<double>(pb.heads) * pb.n * pb.n));
   T loss = 0;
@@ -374,12 +373,7 @@ FC_INLINE void run_head(const HeadProblem<T>& pb) {
     expand_gradient<T, A>(ws, ws.dbq, adam_rows(ws.q, ws.mq, ws.vq));
     expand_gradient<T, A>(ws, ws.dbk, adam_rows(ws.kk, ws.mk, ws.vk));
   }
-  ws.store_matrix(pb.q, ws.q);
-  ws.store_matrix(pb.kk, ws.kk);
-  ws.store_matrix(pb.mq, ws.mq);
-  ws.store_matrix(pb.vq, ws.vq);
-  ws.store_matrix(pb.mk, ws.mk);
-  ws.store_matrix(pb.vk, ws.vk);
+  for (auto& pair : state) ws.store_matrix(pair[1], pair[0]);
   if (pb.loss != nullptr) *pb.loss = pb.steps > 0 ? loss / (static_cast<T>(pb.n) * pb.n) : T(0);
 }
 

@@ -97,6 +97,20 @@ inline Params make_params(const FitArgs& args, const plan::Plan& pl, long long h
   return prm;
 }
 
+// Two dot products sharing their first operand, summed in index order: aq = Σ_c x[c·xs]·yq[c·ys],
+// ak = Σ_c x[c·xs]·yk[c·ys], c in [0, len).
+FK_DEVICE void dot2(const float* x, int xs, const float* yq, const float* yk, int ys, int len, float& aq,
+                    float& ak) {
+  float sq = 0.f, sk = 0.f;
+  for (int c = 0; c < len; ++c) {
+    const float xv = x[c * xs];
+    sq += xv * yq[c * ys];
+    sk += xv * yk[c * ys];
+  }
+  aq = sq;
+  ak = sk;
+}
+
 FK_DEVICE float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -230,14 +244,7 @@ FK_KERNEL fit_kernel(const Params prm) {
     // Partial B·Q and B·K over the block's rows of D.
     for (int idx = tid; idx < basis * r; idx += kThreads) {
       const int c = idx / r, j = idx % r;
-      float sq = 0.f, sk = 0.f;
-      for (int i = 0; i < dl; ++i) {
-        const float bv = bcol[c * bld + i];
-        sq += bv * q[i * r + j];
-        sk += bv * kk[i * r + j];
-      }
-      bqp[idx] = sq;
-      bkp[idx] = sk;
+      dot2(bcol + c * bld, 1, q + j, kk + j, r, dl, bqp[idx], bkp[idx]);
     }
     cluster_sync(cl);
     if (cl > 1) {
@@ -272,6 +279,7 @@ FK_KERNEL fit_kernel(const Params prm) {
       __syncthreads();
 
       // One warp per map row: logits, softmax, loss, backward, W row. Nothing N×N leaves the warp.
+      // Deliberate CPU/CUDA twin of fit_cpu.h's row_softmax_mse: the same sums, one warp per row.
       for (int il = warp; il < tl; il += kWarps) {
         const float* ui = u + il * basis;
         const float* ti = T + static_cast<size_t>(n0 + t0 + il) * n;
@@ -335,12 +343,8 @@ FK_KERNEL fit_kernel(const Params prm) {
 
     for (int idx = tid; idx < dl * r; idx += kThreads) {
       const int i = idx / r, j = idx % r;
-      float gq = 0.f, gk = 0.f;
-      for (int c = 0; c < basis; ++c) {
-        const float bv = bcol[c * bld + i];
-        gq += bv * dbq[c * r + j];
-        gk += bv * dbk[c * r + j];
-      }
+      float gq, gk;
+      dot2(bcol + i, bld, dbq + j, dbk + j, r, basis, gq, gk);
       if (grad_mode) {
         a.grad_q[slice + idx] = gq;
         a.grad_k[slice + idx] = gk;

@@ -113,18 +113,49 @@ int64_t resolve_loss_heads(int64_t loss_heads, int64_t heads) {
 
 using FitOut = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-FitOut fit_iterative_cpu(const Tensor& a, const Tensor& b, const Tensor& targets, const Tensor& q, const Tensor& k,
-                         const Tensor& mq, const Tensor& vq, const Tensor& mk, const Tensor& vk, const Tensor& norm0,
-                         int64_t step0, int64_t steps, double lr, double scale, int64_t renorm_every,
-                         int64_t renorm_mode, double beta1, double beta2, double eps, int64_t loss_heads,
-                         int64_t plan) {
-  const Shape s = check_problem(a, b, targets, q, k);
+// The Adam moments and the renormalization targets of an iterative fit (both devices).
+void check_state(const Shape& s, const Tensor& q, const Tensor& mq, const Tensor& vq, const Tensor& mk,
+                 const Tensor& vk, const Tensor& norm0) {
   check_moment(mq, "exp_avg_q", q);
   check_moment(vq, "exp_avg_sq_q", q);
   check_moment(mk, "exp_avg_k", q);
   check_moment(vk, "exp_avg_sq_k", q);
   check_tensor(norm0, "norm0", 1, q);
   TORCH_CHECK(norm0.size(0) == s.layers, "norm0 must have shape (layers,) = (", s.layers, ",), got ", norm0.sizes());
+}
+
+// body(h) for every head h in [0, total), in parallel: heads never synchronize, and each keeps its working set in
+// its core's cache.
+template <class F>
+void for_each_head(int64_t total, F&& body) {
+  at::parallel_for(0, total, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t h = begin; h < end; ++h) body(h);
+  });
+}
+
+// The sizes and shared inputs of one head's CPU problem (both ops).
+template <class T>
+cpu::HeadProblem<T> head_problem(const Shape& s, int64_t loss_heads, const Tensor& a, const Tensor& b,
+                                 const Tensor& targets, int64_t h) {
+  cpu::HeadProblem<T> pr;
+  pr.n = static_cast<int>(s.n);
+  pr.d = static_cast<int>(s.d);
+  pr.r = static_cast<int>(s.r);
+  pr.basis = static_cast<int>(s.basis);
+  pr.heads = static_cast<int>(loss_heads);
+  pr.a = a.const_data_ptr<T>();
+  pr.b = b.const_data_ptr<T>();
+  pr.target = targets.const_data_ptr<T>() + h * s.n * s.n;
+  return pr;
+}
+
+FitOut fit_iterative_cpu(const Tensor& a, const Tensor& b, const Tensor& targets, const Tensor& q, const Tensor& k,
+                         const Tensor& mq, const Tensor& vq, const Tensor& mk, const Tensor& vk, const Tensor& norm0,
+                         int64_t step0, int64_t steps, double lr, double scale, int64_t renorm_every,
+                         int64_t renorm_mode, double beta1, double beta2, double eps, int64_t loss_heads,
+                         int64_t plan) {
+  const Shape s = check_problem(a, b, targets, q, k);
+  check_state(s, q, mq, vq, mk, vk, norm0);
   check_hyper(step0, steps, lr, scale, renorm_every, renorm_mode, beta1, beta2, eps);
   check_plan(plan);  // a CUDA launch shape: nothing to choose on the CPU
   const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
@@ -132,12 +163,8 @@ FitOut fit_iterative_cpu(const Tensor& a, const Tensor& b, const Tensor& targets
   Tensor q_out = q.clone(), k_out = k.clone(), mq_out = mq.clone(), vq_out = vq.clone(), mk_out = mk.clone(),
          vk_out = vk.clone();
   Tensor loss = at::zeros({s.layers, s.heads}, q.options());
-  const int64_t total = s.layers * s.heads;
-  const int64_t dr = s.d * s.r, nn = s.n * s.n;
+  const int64_t dr = s.d * s.r;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "impulse_attn::fit_iterative", [&] {
-    const scalar_t* pa = a.const_data_ptr<scalar_t>();
-    const scalar_t* pb = b.const_data_ptr<scalar_t>();
-    const scalar_t* pt = targets.const_data_ptr<scalar_t>();
     const scalar_t* pn = norm0.const_data_ptr<scalar_t>();
     scalar_t* pq = q_out.mutable_data_ptr<scalar_t>();
     scalar_t* pk = k_out.mutable_data_ptr<scalar_t>();
@@ -146,18 +173,8 @@ FitOut fit_iterative_cpu(const Tensor& a, const Tensor& b, const Tensor& targets
     scalar_t* pmk = mk_out.mutable_data_ptr<scalar_t>();
     scalar_t* pvk = vk_out.mutable_data_ptr<scalar_t>();
     scalar_t* pl = loss.mutable_data_ptr<scalar_t>();
-    // One head per task: heads never synchronize, and each keeps its working set in its core's cache.
-    at::parallel_for(0, total, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t h = begin; h < end; ++h) {
-        cpu::HeadProblem<scalar_t> pr;
-        pr.n = static_cast<int>(s.n);
-        pr.d = static_cast<int>(s.d);
-        pr.r = static_cast<int>(s.r);
-        pr.basis = static_cast<int>(s.basis);
-        pr.heads = static_cast<int>(lh);
-        pr.a = pa;
-        pr.b = pb;
-        pr.target = pt + h * nn;
+    for_each_head(s.layers * s.heads, [&](int64_t h) {
+        cpu::HeadProblem<scalar_t> pr = head_problem<scalar_t>(s, lh, a, b, targets, h);
         pr.q = pq + h * dr;
         pr.kk = pk + h * dr;
         pr.mq = pmq + h * dr;
@@ -173,7 +190,6 @@ FitOut fit_iterative_cpu(const Tensor& a, const Tensor& b, const Tensor& targets
         pr.adam = AdamHyper{lr, beta1, beta2, eps};
         pr.loss = pl + h;
         cpu::fit_head(pr);
-      }
     });
   });
   return {q_out, k_out, mq_out, vq_out, mk_out, vk_out, loss};
@@ -188,35 +204,21 @@ std::tuple<Tensor, Tensor, Tensor> fit_gradients_cpu(const Tensor& a, const Tens
   const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
   Tensor dq = at::empty_like(q), dk = at::empty_like(k);
   Tensor loss = at::zeros({s.layers, s.heads}, q.options());
-  const int64_t total = s.layers * s.heads;
-  const int64_t dr = s.d * s.r, nn = s.n * s.n;
+  const int64_t dr = s.d * s.r;
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "impulse_attn::fit_gradients", [&] {
-    const scalar_t* pa = a.const_data_ptr<scalar_t>();
-    const scalar_t* pb = b.const_data_ptr<scalar_t>();
-    const scalar_t* pt = targets.const_data_ptr<scalar_t>();
     const scalar_t* pq = q.const_data_ptr<scalar_t>();
     const scalar_t* pk = k.const_data_ptr<scalar_t>();
     scalar_t* pdq = dq.mutable_data_ptr<scalar_t>();
     scalar_t* pdk = dk.mutable_data_ptr<scalar_t>();
     scalar_t* pl = loss.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, total, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t h = begin; h < end; ++h) {
-        cpu::HeadProblem<scalar_t> pr;
-        pr.n = static_cast<int>(s.n);
-        pr.d = static_cast<int>(s.d);
-        pr.r = static_cast<int>(s.r);
-        pr.basis = static_cast<int>(s.basis);
-        pr.heads = static_cast<int>(lh);
-        pr.a = pa;
-        pr.b = pb;
-        pr.target = pt + h * nn;
+    for_each_head(s.layers * s.heads, [&](int64_t h) {
+        cpu::HeadProblem<scalar_t> pr = head_problem<scalar_t>(s, lh, a, b, targets, h);
         // head_gradients only reads q and kk.
         pr.q = const_cast<scalar_t*>(pq + h * dr);
         pr.kk = const_cast<scalar_t*>(pk + h * dr);
         pr.scale = static_cast<scalar_t>(scale);
         pr.loss = pl + h;
         cpu::fit_head_gradients(pr, pdq + h * dr, pdk + h * dr);
-      }
     });
   });
   return {dq, dk, loss};
@@ -253,12 +255,7 @@ FitOut fit_iterative_cuda(const Tensor& a, const Tensor& b, const Tensor& target
                           int64_t loss_heads, int64_t plan) {
   check_cuda_problem(q);
   const Shape s = check_problem(a, b, targets, q, k);
-  check_moment(mq, "exp_avg_q", q);
-  check_moment(vq, "exp_avg_sq_q", q);
-  check_moment(mk, "exp_avg_k", q);
-  check_moment(vk, "exp_avg_sq_k", q);
-  check_tensor(norm0, "norm0", 1, q);
-  TORCH_CHECK(norm0.size(0) == s.layers, "norm0 must have shape (layers,) = (", s.layers, ",), got ", norm0.sizes());
+  check_state(s, q, mq, vq, mk, vk, norm0);
   check_hyper(step0, steps, lr, scale, renorm_every, renorm_mode, beta1, beta2, eps);
   check_plan(plan);
   const int64_t lh = resolve_loss_heads(loss_heads, s.heads);
