@@ -38,6 +38,7 @@ import torch
 
 from impulse_attn.fitting.iterative import init_qk
 from impulse_attn.fitting import compiled as fit_ext
+from impulse_attn.fitting import reduced
 from impulse_attn.targets import draw_offsets, impulse_targets, sincos_2d
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -245,7 +246,7 @@ PAPER_FORCED = (1, 2, 3, 4)
 @pytest.fixture(scope="module")
 def paper_problem():
     x = sincos_2d(PAPER_GRID, PAPER_D)
-    a, b = fit_ext.factor_basis(x)  # the real basis: the encoding's numerical rank at float32 resolution
+    a, b = reduced.factor_basis(x)  # the real basis: the encoding's numerical rank at float32 resolution
     g = torch.Generator().manual_seed(0)
     t = impulse_targets(draw_offsets(PAPER_HEADS, 3, generator=g), PAPER_GRID)[None, :1].contiguous()
     q0, k0 = init_qk(1, PAPER_HEADS, PAPER_D, PAPER_R, g)

@@ -27,7 +27,8 @@ if not torch.cuda.is_available():
                 allow_module_level=True)
 
 from impulse_attn.fitting.iterative import init_qk  # noqa: E402
-from impulse_attn.fitting import compiled as fit_ext  # noqa: E402
+from impulse_attn.fitting import compiled as fit_ext
+from impulse_attn.fitting import reduced  # noqa: E402
 from impulse_attn.targets import draw_offsets, impulse_targets, sincos_2d  # noqa: E402
 
 _OK, _WHY = fit_ext.available("cuda")
@@ -204,7 +205,7 @@ def test_more_heads_than_one_launch_holds(limits):
 @pytest.fixture(scope="module")
 def paper():
     x = sincos_2d((16, 16), 512)
-    a, b = fit_ext.factor_basis(x)
+    a, b = reduced.factor_basis(x)
     g = torch.Generator().manual_seed(0)
     t = torch.stack([impulse_targets(draw_offsets(8, 3, generator=g), (16, 16)) for _ in range(6)]).contiguous()
     q0, k0 = init_qk(6, 8, 512, 64, g)
