@@ -131,3 +131,32 @@ def test_model_defaults_are_the_local_soft_closed_form_at_the_published_logit_bu
     explicit = SimpleViT(image_size=32, patch_size=4, dim=64, depth=1, num_heads=4, head_dim=16, mlp_dim=32,
                          fit_kwargs={"target": "impulse", "target_mass": 0.3})
     assert explicit.fit_results[0].report.extra["target"] == "impulse"
+
+
+def test_mimetic_value_projection():
+    from impulse_attn.init import mimetic_vproj
+    g = torch.Generator().manual_seed(0)
+    w_v, w_out = mimetic_vproj(24, 24, g)
+    a = (w_out.double() @ w_v.double()).T                     # x ↦ x·A
+    g = torch.Generator().manual_seed(0)
+    noise = 2 * torch.rand(24, 24, generator=g, dtype=torch.float64) - 1
+    expect = 0.4 * (1 / 24) ** 0.5 * noise - 0.4 * torch.eye(24, dtype=torch.float64)
+    torch.testing.assert_close(a, expect, rtol=0, atol=1e-6)
+    w_v, w_out = mimetic_vproj(24, 8, torch.Generator().manual_seed(0))   # inner < D: the best rank-8 part
+    low = (w_out.double() @ w_v.double()).T
+    s = torch.linalg.svdvals(expect)
+    assert float(torch.linalg.matrix_norm(low - expect, ord=2)) == pytest.approx(float(s[8]), rel=1e-5)
+    m = SimpleViT(image_size=8, patch_size=2, dim=24, depth=2, num_heads=2, head_dim=12, mlp_dim=8, kernel_size=3,
+                  value_init="mimetic")
+    layer = m.attention_layers()[1]
+    a = (layer.to_out.weight @ layer.to_v.weight).T
+    assert float(torch.diagonal(a).mean()) < -0.2                # value-then-projection ≈ −0.4·I + noise
+    with pytest.raises(ValueError, match="value_init"):
+        SimpleViT(image_size=8, patch_size=2, dim=24, depth=1, num_heads=2, head_dim=12, mlp_dim=8, value_init="x")
+
+
+def test_cycled_offsets_use_every_window_position():
+    m = SimpleViT(image_size=16, patch_size=2, dim=32, depth=2, num_heads=9, head_dim=8, mlp_dim=16, kernel_size=3,
+                  fit_kwargs={"offsets": "cycle"})
+    for layer in m.attention_layers():
+        assert sorted(map(tuple, layer.impulse_offsets.tolist())) == [(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)]

@@ -76,7 +76,14 @@ class QKAttention(nn.Module):
     def qk_request(self, with_pseudo_input: bool = True) -> QKRequest:
         x, alpha = self._pseudo_input() if with_pseudo_input else (None, getattr(self, "alpha", 0.0))
         return QKRequest(num_heads=self.num_heads, dim_in=self._qk_dim_in(), head_dim=self.head_dim,
-                         grid_size=self.grid_size, pseudo_input=x, alpha=alpha, scale=self.scale)
+                         grid_size=self.grid_size, pseudo_input=x, alpha=alpha, scale=self.scale,
+                         model_dim=self.dim)
+
+    @torch.no_grad()
+    def load_vproj(self, w_v: torch.Tensor, w_out: torch.Tensor) -> None:
+        """Write the value projection (inner, dim) and the output projection (dim, inner)."""
+        self.to_v.weight.copy_(w_v.to(self.to_v.weight))
+        self.to_out.weight.copy_(w_out.to(self.to_out.weight))
 
     @torch.no_grad()
     def load_qk(self, q: torch.Tensor, k: torch.Tensor, offsets: Optional[torch.Tensor] = None) -> None:

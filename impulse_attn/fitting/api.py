@@ -125,7 +125,9 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
             ``"reference"`` (plain PyTorch autograd), ``"cpp"``/``"cuda"`` (the compiled fit). Closed form always
             runs in PyTorch.
         layers: independent fits (fresh offsets per layer) batched in one call.
-        offsets: explicit (heads, 2) or (layers, heads, 2) integer offsets instead of random ones.
+        offsets: "random" (default: drawn from the seed, with replacement, fresh for every layer), "cycle" (head h
+            takes window position h mod k² in every layer: with heads >= k² every offset is used, the 2505.19985
+            code's choice), or explicit (heads, 2) / (layers, heads, 2) integer offsets.
         scale: the softmax scale s (0.1 in the published code; the model uses the same scale), or ``"auto"``:
             0.1 at the paper's size (D=512, r=64, 8 heads) and scaled by 512·r·heads/D² elsewhere, which keeps the
             logit budget of the published init (it grows like s·D²/(r·heads)) at every model size.

@@ -14,7 +14,7 @@ import torch
 
 from .._validate import (choice, finite_tensor, grid_pair, odd_kernel_size, positive_float, positive_int,
                          require_memory)
-from ..targets import TARGET_SHAPES, check_offsets, kernel_fits_grid
+from ..targets import TARGET_SHAPES, check_offsets, cycle_offsets, kernel_fits_grid
 
 METHODS = ("closed_form", "iterative")
 FIT_BACKENDS = ("auto", "reference", "cpp", "cuda")
@@ -83,9 +83,18 @@ class FitSpec:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
+OFFSET_ORDERS = ("random", "cycle")
+
+
 def _offsets(offsets, layers: int, num_heads: int, kernel_size: int):
-    if offsets is None:
+    """None (drawn from the seed), "cycle" (every layer cycles through the k×k window, head h taking position
+    h mod k², row-major: with heads >= k² every offset is used), or explicit (heads, 2) / (layers, heads, 2)."""
+    if offsets is None or (isinstance(offsets, str) and offsets == "random"):
         return None
+    if isinstance(offsets, str):
+        if offsets != "cycle":
+            raise ValueError(f"offsets must be 'random', 'cycle' or integer offsets, got {offsets!r}")
+        offsets = cycle_offsets(num_heads, kernel_size)
     t = torch.as_tensor(offsets)
     shape = tuple(t.shape)
     if t.dim() == 2:

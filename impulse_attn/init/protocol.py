@@ -2,8 +2,9 @@
 
 A layer whose query/key weights an init strategy may set implements ``QKLayer``: ``qk_request()`` returns a
 ``QKRequest`` (the shapes, the pseudo-input its queries and keys see at init — only built when the strategy asks
-for it —, its content weight α, grid and softmax scale) and ``load_qk(q, k, offsets)`` writes per-head Q, K (heads, D_in, head_dim). Strategies read
-requests and call ``load_qk``; they never touch a layer's parameters or buffers.
+for it —, its content weight α, grid and softmax scale) and ``load_qk(q, k, offsets)`` writes per-head Q, K (heads,
+D_in, head_dim); ``load_vproj(w_v, w_out)`` writes the value and output projections (value/projection inits).
+Strategies read requests and call the loaders; they never touch a layer's parameters or buffers.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ class QKRequest:
     pseudo_input: Optional[torch.Tensor]
     alpha: float
     scale: float
+    model_dim: int = 0          # the width of the token stream (values and the output projection)
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can be fitted in one batch."""
@@ -37,3 +39,12 @@ class QKLayer(Protocol):
     def qk_request(self, with_pseudo_input: bool = True) -> QKRequest: ...
 
     def load_qk(self, q: torch.Tensor, k: torch.Tensor, offsets: Optional[torch.Tensor] = None) -> None: ...
+
+
+@runtime_checkable
+class VProjLayer(Protocol):
+    """A layer whose value and output projections a value init may set."""
+
+    def qk_request(self, with_pseudo_input: bool = True) -> QKRequest: ...
+
+    def load_vproj(self, w_v: torch.Tensor, w_out: torch.Tensor) -> None: ...

@@ -9,7 +9,7 @@ import torch.nn as nn
 from .._validate import choice, require_memory
 from .common import check_backbone
 from ..attention import ImpulseAttention, ViTAttention
-from ..init import initialize_qk_
+from ..init import VALUE_INITS, initialize_qk_, initialize_vproj_
 from ..targets import sincos_2d
 
 ATTENTIONS = ("impulse", "plain")
@@ -43,7 +43,9 @@ class SimpleViT(nn.Module):
         stream; the layers mix it into their queries and keys).
     attention="plain": standard ViT attention with the 2D sin-cos encoding added to the patch embeddings.
     init: query/key init of every attention layer ("impulse", "mimetic", "random", "default"). For impulse the
-        fits of all layers run as one batch, each layer with fresh offsets.
+        fits of all layers run as one batch, each layer with fresh offsets (``fit_kwargs={"offsets": "cycle"}``:
+        every layer cycles through the k×k window instead).
+    value_init: value and output projections: "default" (PyTorch's) or "mimetic" (≈ 0.4·Z − 0.4·I).
     The paper's configuration is the default: 32×32 images, patch 2 (a 16×16 grid), dim 512, depth 6, 8 heads of
     64, MLP 512.
     """
@@ -52,7 +54,8 @@ class SimpleViT(nn.Module):
                  num_heads: int = 8, head_dim: int = 64, mlp_dim: int = 512, channels: int = 3,
                  attention: str = "impulse", mode: str = "I", alpha: float = 0.2, init: str = "impulse",
                  kernel_size: int = 5, scale: Optional[float] = None, fit_method: str = "closed_form",
-                 fit_kwargs: Optional[dict] = None, seed: int = 0, attention_backend: str = "auto"):
+                 fit_kwargs: Optional[dict] = None, seed: int = 0, attention_backend: str = "auto",
+                 value_init: str = "default"):
         super().__init__()
         (ih, iw), grid, (ph, pw) = check_backbone(image_size, patch_size, num_classes=num_classes, depth=depth,
                                                   channels=channels, mlp_dim=mlp_dim, num_heads=num_heads,
@@ -83,7 +86,7 @@ class SimpleViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         self.fit_results = self.init_weights(init, seed=seed, fit_method=fit_method, kernel_size=kernel_size,
-                                             fit_kwargs=fit_kwargs)
+                                             fit_kwargs=fit_kwargs, value_init=value_init)
 
     @staticmethod
     def _estimate_bytes(dim, depth, heads, head_dim, mlp_dim, channels, patch, grid) -> int:
@@ -94,12 +97,16 @@ class SimpleViT(nn.Module):
         return 16 * (depth * per_block + patch_dim * dim + 2 * n * dim)
 
     def init_weights(self, init: str, *, seed: int = 0, fit_method: str = "closed_form", kernel_size: int = 5,
-                     fit_kwargs: Optional[dict] = None) -> Optional[list]:
+                     fit_kwargs: Optional[dict] = None, value_init: str = "default") -> Optional[list]:
         """(Re-)initialize the query/key weights of every attention layer with an init strategy, in one batch
-        (for "impulse": one fit for all layers, fresh offsets per layer). Returns the fit results."""
+        (for "impulse": one fit for all layers, fresh offsets per layer), and the value/output projections with
+        ``value_init`` ("default": PyTorch's; "mimetic": value-then-projection ≈ 0.4·Z − 0.4·I, as the later
+        versions of the method do). Returns the fit results."""
+        choice(value_init, "value_init", VALUE_INITS)
         self.init = init
         self.fit_results = initialize_qk_(self.attention_layers(), init, seed=seed, fit_method=fit_method,
                                           kernel_size=kernel_size, fit_kwargs=fit_kwargs)
+        initialize_vproj_(self.attention_layers(), value_init, seed=seed)
         return self.fit_results
 
     def attention_layers(self) -> list:
