@@ -51,7 +51,7 @@ def _model(backend):
     if backend is None:
         model = ia.SimpleViT(**CFG, init="default", attention_backend="sdpa")
         for blk in model.blocks:
-            blk[0] = PlainSDPAAttention(CFG["dim"], CFG["heads"], CFG["dim_head"])
+            blk[0] = PlainSDPAAttention(CFG["dim"], CFG["num_heads"], CFG["head_dim"])
     else:
         model = ia.SimpleViT(**CFG, init="impulse", attention_backend=backend)
     return model.to(DEVICE)

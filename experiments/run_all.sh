@@ -15,8 +15,8 @@ IA="$PY -m impulse_attn.cli compare"
 DATA="--dataset folder --data-dir ../shared/data/cifar10-mini"
 BUDGET="--epochs 10 --batch-size 128 --lr 1e-3 --no-progress"
 # The paper's 16x16 token grid (patch 2 on 32x32), at a CPU width: dim 64, depth 2, 8 heads of 16, MLP 128.
-VIT16="--model vit --patch-size 2 --dim 64 --depth 2 --heads 8 --dim-head 16 --mlp-dim 128 --fit-method closed_form"
-VIT8="--model vit --patch-size 4 --dim 64 --depth 2 --heads 8 --dim-head 16 --mlp-dim 128 --fit-method closed_form"
+VIT16="--model vit --patch-size 2 --dim 64 --depth 2 --num-heads 8 --head-dim 16 --mlp-dim 128 --fit-method closed_form"
+VIT8="--model vit --patch-size 4 --dim 64 --depth 2 --num-heads 8 --head-dim 16 --mlp-dim 128 --fit-method closed_form"
 sections=("$@")
 [ ${#sections[@]} -eq 0 ] && sections=(headline grid8 alpha convmixer)
 
