@@ -115,10 +115,12 @@ def _config_from_args(args, **overrides):
 # --- subcommands ----------------------------------------------------------------------------------------------
 def cmd_train(args) -> int:
     from .training.loop import train
+    from .training.distributed import is_main_process
     cfg = _config_from_args(args)
     result = train(cfg)
-    print(f"final test accuracy {100 * result.final_acc:.2f}% (best {100 * result.best_acc:.2f}%); metrics in "
-          f"{Path(cfg.out) / 'metrics.jsonl'}")
+    if is_main_process():  # under torchrun every rank returns the same result; one prints it
+        print(f"final {result.split} accuracy {100 * result.final_acc:.2f}% (best {100 * result.best_acc:.2f}%); "
+              f"metrics in {Path(cfg.out) / 'metrics.jsonl'}")
     return 0
 
 
@@ -129,9 +131,11 @@ def cmd_compare(args) -> int:
     base = _config_from_args(args)
     t0 = time.perf_counter()
     res = run_compare(base, variants, args.seeds, args.out, reach=args.reach, title=args.title)
-    print()
-    print(res.table)
-    print(f"\ntable: {res.table_path}\ncurves: {res.curves_path}\n({time.perf_counter() - t0:.0f} s)")
+    from .training.distributed import is_main_process
+    if is_main_process():
+        print()
+        print(res.table)
+        print(f"\ntable: {res.table_path}\ncurves: {res.curves_path}\n({time.perf_counter() - t0:.0f} s)")
     return 0
 
 

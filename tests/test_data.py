@@ -169,6 +169,11 @@ def test_torchvision_datasets_without_network(tmp_path, monkeypatch, name, attr)
     import torchvision.datasets as tvd
     fake = type(attr, (_FakeSVHN if name == "svhn" else _FakeTorchvision,), {"calls": []})
     monkeypatch.setattr(tvd, attr, fake)
+    if name == "svhn":  # SVHN is refused up front without scipy, which torchvision's real loader reads it with
+        import sys
+        import types
+        monkeypatch.setitem(sys.modules, "scipy", sys.modules.get("scipy") or types.ModuleType("scipy"))
+        monkeypatch.setitem(sys.modules, "scipy.io", sys.modules.get("scipy.io") or types.ModuleType("scipy.io"))
     d = build_datasets(_cfg(dataset=name, data_dir=str(tmp_path / "dl"), per_class=1))
     assert len(d.train) == 10 and len(d.test) == 10 and d.num_classes == 10
     assert d.train[0][0].shape == (3, 32, 32)

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .config import TrainConfig, fields_by_name, parse_value
+from . import distributed
 from .errors import UserError
-from .loop import TrainResult, train
+from .loop import TrainResult, resolve_device, train
 from .metrics import write_json
 
 _NOT_VARIED = ("out", "resume", "seed", "progress")
@@ -31,10 +32,12 @@ class Variant:
 
 
 def parse_variant(spec: str) -> Variant:
-    """``"impulse"``, ``"init=impulse,alpha=0.1"`` or ``"label:init=impulse,alpha=0.1"``."""
+    """``"impulse"``, ``"init=impulse,alpha=0.1"`` or ``"label:init=impulse,alpha=0.1"`` (a value may hold a colon
+    itself, as in ``"model=timm:vit_tiny_patch16_224"``: a label is what precedes the first colon when it holds no
+    ``=``)."""
     spec = spec.strip()
     label = None
-    if ":" in spec:
+    if ":" in spec and "=" not in spec.split(":", 1)[0]:
         label, spec = (s.strip() for s in spec.split(":", 1))
     overrides: Dict[str, object] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
@@ -56,6 +59,10 @@ def parse_variant(spec: str) -> Variant:
     if label is None:
         label = spec if set(overrides) != {"init"} else str(overrides["init"])
     return Variant(label, overrides)
+
+
+def _quiet(_msg: str) -> None:
+    pass
 
 
 def slug(label: str) -> str:
@@ -142,22 +149,33 @@ def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[
             cfg = dataclasses.replace(base, **v.overrides, seed=seed, resume=True,
                                       out=str(out / slug(v.label) / f"seed{seed}"))
             cfg.check()
-            _check_existing(cfg)
             configs[(v.label, seed)] = cfg
+    dist = distributed.setup(resolve_device(base.device).type)  # under torchrun: join the process group now
+    dist.decide(lambda: [_check_existing(cfg) for cfg in configs.values()])  # rank 0 reads the run folders
     runs: Dict[str, List[TrainResult]] = {v.label: [] for v in variants}
     total = len(configs)
+    if not dist.is_main:
+        log = _quiet
     for i, ((label, seed), cfg) in enumerate(configs.items(), 1):
         log(f"[{i}/{total}] {label}, seed {seed} -> {cfg.out}")
         runs[label].append(train(cfg, log=lambda s: log("    " + s), start_if_missing=True))
     table, reach = summarize(runs, reach)
-    out.mkdir(parents=True, exist_ok=True)
     table_path = out / "results.md"
     c = base.resolved()
-    setting = (f"{c.dataset}" + (f" ({c.per_class}/class)" if c.per_class else "") +
-               f", {c.model} dim {c.dim} depth {c.depth}" +
-               (f" heads {c.num_heads}x{c.head_dim} mlp {c.mlp_dim}" if c.model == "vit" else f" kernel {c.kernel_size}")
+    if c.kind == "timm":
+        sizes = {k: getattr(c, k) for k in ("dim", "depth", "num_heads", "mlp_dim") if getattr(c, k) is not None}
+        shape = " " + " ".join(f"{k} {v}" for k, v in sizes.items()) if sizes else ""
+        model_text = f", {c.model}{shape}"
+    else:
+        model_text = (f", {c.model} dim {c.dim} depth {c.depth}" +
+                      (f" heads {c.num_heads}x{c.head_dim} mlp {c.mlp_dim}" if c.model == "vit"
+                       else f" kernel {c.kernel_size}"))
+    setting = (f"{c.dataset}" + (f" ({c.per_class}/class)" if c.per_class else "") + model_text
                + f", patch {c.patch_size}, {c.epochs} epochs, batch {c.batch_size}, {c.optimizer} lr {c.lr:g}, "
                f"seeds {list(seeds)}")
+    if not dist.is_main:  # under torchrun every rank trained; rank 0 writes the table and the pictures
+        return CompareResult(out, runs, reach, table, table_path, None)
+    out.mkdir(parents=True, exist_ok=True)
     curves_path = None
     if plot:
         from ..plots import plot_curves

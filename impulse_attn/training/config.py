@@ -18,15 +18,24 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from .errors import UserError
 
 MODELS = ("vit", "convmixer")
+# --model timm:<name>: a timm VisionTransformer made by timm.create_model (see factory.build_timm_model).
+TIMM_PREFIX = "timm:"
 OPTIMIZERS = ("adam", "adamw")
 AMP_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
 
 # Model-dependent defaults: the paper's Simple ViT and the ConvMixer study's settings.
+# timm models keep their own sizes unless a size flag is given; k = 3 is the structured-init paper's window.
+# (convmixer carries the ViT numbers it ignores, so its saved settings read as they always have.)
 MODEL_DEFAULTS = {
-    "vit": {"dim": 512, "depth": 6, "kernel_size": 5},
-    "convmixer": {"dim": 256, "depth": 8, "kernel_size": 3},
+    "vit": {"dim": 512, "depth": 6, "kernel_size": 5, "num_heads": 8, "head_dim": 64, "mlp_dim": 512},
+    "convmixer": {"dim": 256, "depth": 8, "kernel_size": 3, "num_heads": 8, "head_dim": 64, "mlp_dim": 512},
+    "timm": {"kernel_size": 3},
 }
+# Flags of the Simple ViT and the ConvMixer that a timm model has no use for: refused there unless at their
+# defaults (a timm model's head width is --dim / --num-heads).
+NOT_FOR_TIMM = ("attention", "mode", "alpha", "scale", "attention_backend", "head_dim", "filters", "freeze", "box_n")
+MIXUP_MODES = ("batch", "pair", "elem")
 
 # Config keys of earlier versions -> their names now.
 RENAMED = {"heads": "num_heads", "dim_head": "head_dim"}
@@ -97,6 +106,45 @@ def dim_rule(v) -> Optional[str]:
     return None if _is_int(v) and v >= 1 else "must be a positive integer"
 
 
+def model_kind(name) -> Optional[str]:
+    """"vit", "convmixer" or "timm" for a --model value, None when it is none of them."""
+    if name in MODELS:
+        return name
+    if isinstance(name, str) and name.startswith(TIMM_PREFIX) and name[len(TIMM_PREFIX):].strip():
+        return "timm"
+    return None
+
+
+def timm_name(name: str) -> str:
+    return name[len(TIMM_PREFIX):].strip()
+
+
+def model_rule(v) -> Optional[str]:
+    return None if model_kind(v) else ("must be vit, convmixer or timm:<name> with <name> a timm VisionTransformer "
+                                        "(e.g. timm:vit_tiny_patch16_224)")
+
+
+def probability(v) -> Optional[str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+    return None if ok else "must be a number in [0, 1]"
+
+
+def smoothing_range(v) -> Optional[str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+    return None if ok else "must be a number in [0, 1) (0 turns it off)"
+
+
+def ema_decay_range(v) -> Optional[str]:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1
+    return None if ok else "must be a number in (0, 1), e.g. 0.9998"
+
+
+def auto_augment_rule(v) -> Optional[str]:
+    if not isinstance(v, str) or not v.strip():
+        return "must be a timm auto-augment policy string such as rand-m9-mstd0.5-inc1"
+    return None
+
+
 def option(default: Any, help: str, group: str, *, choices: Optional[Callable[[], Sequence[str]]] = None,
            check: Optional[Callable[[Any], Optional[str]]] = None, none_means: Optional[str] = None,
            runtime: bool = False, flag: Optional[str] = None):
@@ -134,7 +182,7 @@ def _inits():
 
 def _fit_methods():
     from ..fitting import METHODS
-    return METHODS
+    return tuple(METHODS) + ("official",)
 
 
 def _fit_backends():
@@ -172,9 +220,15 @@ class TrainConfig:
                             check=seed_range)
     augment: str = option("none", "training augmentation: none; flip-crop (random crop of the image zero-padded "
                           "by 1/8 of its side, horizontal flip: the standard CIFAR recipe); paper "
-                          "(RandomResizedCrop, horizontal flip, RandAugment(2, 14))", "data", choices=_augmentations)
-    crop_scale: float = option(0.75, "smallest area kept by RandomResizedCrop with --augment paper", "data",
+                          "(RandomResizedCrop, horizontal flip, RandAugment(2, 14)); timm (timm's own train "
+                          "transform, timm.data.create_transform: RandomResizedCrop, flip, --auto-augment, random "
+                          "erasing --reprob)", "data", choices=_augmentations)
+    crop_scale: float = option(0.75, "smallest area kept by RandomResizedCrop with --augment paper or timm", "data",
                                check=unit_half_open)
+    auto_augment: str = option("rand-m9-mstd0.5-inc1", "timm auto-augment policy of --augment timm (timm's "
+                               "RandAugment/AutoAugment/AugMix config string)", "data", check=auto_augment_rule)
+    reprob: float = option(0.25, "random-erasing probability of --augment timm (timm's RandomErasing, per-pixel "
+                           "noise)", "data", check=probability)
     image_size: Optional[int] = option(None, "resize images to this side", "data", check=image_size_range,
                                        none_means="the dataset's own size")
     synthetic_train: int = option(5000, "training images of --dataset synthetic", "data", check=positive)
@@ -183,30 +237,44 @@ class TrainConfig:
                                     check=lambda v: None if _is_int(v) and 1 <= v <= 10 else
                                     "must be an integer in [1, 10]")
     # model
-    model: str = option("vit", "Simple ViT or ConvMixer", "model", choices=lambda: MODELS)
+    model: str = option("vit", "vit (the Simple ViT), convmixer, or timm:<name>: a timm VisionTransformer made by "
+                        "timm.create_model(name, pretrained=False) (e.g. timm:vit_tiny_patch16_224); for timm models "
+                        "--image-size, --patch-size, --dim, --depth, --num-heads and --mlp-dim replace the model's own "
+                        "sizes (the ones not given stay timm's), --init and the fit flags apply, and the Simple "
+                        "ViT/ConvMixer flags (--attention, --mode, --alpha, --scale, --attention-backend, --head-dim, "
+                        "--filters, --freeze, --box-n) are refused", "model", check=model_rule)
     patch_size: int = option(2, "patch side in pixels", "model", check=positive)
     grid: Optional[int] = option(None, "expected token grid side (image size / patch size), checked before "
                                  "training; the paper always uses 16", "model", check=positive,
                                  none_means="not checked")
-    dim: Optional[int] = option(None, "model width", "model", check=dim_rule,
-                                none_means="512 for vit, 256 for convmixer")
-    depth: Optional[int] = option(None, "blocks", "model", check=positive, none_means="6 for vit, 8 for convmixer")
-    num_heads: int = option(8, "attention heads (vit)", "model", check=positive)
-    head_dim: int = option(64, "width per head (vit)", "model", check=positive)
-    mlp_dim: int = option(512, "MLP hidden width (vit)", "model", check=positive)
+    dim: Optional[int] = option(None, "model width (timm: embed_dim)", "model", check=dim_rule,
+                                none_means="512 for vit, 256 for convmixer, the model's own for timm")
+    depth: Optional[int] = option(None, "blocks", "model", check=positive,
+                                  none_means="6 for vit, 8 for convmixer, the model's own for timm")
+    num_heads: Optional[int] = option(None, "attention heads (vit, timm)", "model", check=positive,
+                                      none_means="8 for vit, the model's own for timm")
+    head_dim: Optional[int] = option(None, "width per head (vit; a timm model's is --dim / --num-heads)", "model",
+                                     check=positive, none_means="64 for vit")
+    mlp_dim: Optional[int] = option(None, "MLP hidden width (vit; timm: mlp_ratio = mlp-dim / dim)", "model",
+                                    check=positive, none_means="512 for vit, the model's own for timm")
     attention: str = option("impulse", "impulse: ImpulseAttention (positional encoding mixed into queries/keys); "
                             "plain: standard ViT attention with the encoding added to the tokens", "model",
                             choices=_attentions)
     mode: str = option("I", "ImpulseAttention query/key input: I α·LN(x)+(1−α)·P, II P only, III free maps",
                        "model", choices=_modes)
     alpha: float = option(0.2, "content weight α of mode I", "model", check=alpha_range)
-    init: str = option("impulse", "query/key init (vit)", "model", choices=_inits)
-    kernel_size: Optional[int] = option(None, "impulse window k (vit) or depthwise filter size (convmixer)",
-                                        "model", check=odd_positive, none_means="5 for vit, 3 for convmixer")
+    init: str = option("impulse", "query/key init (vit, timm). timm models: impulse and mimetic re-initialize the "
+                       "model made by timm through impulse_attn.timm.init_ (method impulse or mimetic); random keeps "
+                       "timm's own init (truncated normal); default is PyTorch's default init of every layer "
+                       "(timm's weight_init='reset')", "model", choices=_inits)
+    kernel_size: Optional[int] = option(None, "impulse window k (vit, timm) or depthwise filter size (convmixer)",
+                                        "model", check=odd_positive,
+                                        none_means="5 for vit, 3 for convmixer and timm")
     scale: Optional[float] = option(None, "softmax scale of the attention", "model", check=positive_float,
                                     none_means="the fit's scale for impulse init, head_dim^-0.5 otherwise")
     fit_method: str = option("closed_form", "impulse fit: closed form (instant) or the published iterative Adam "
-                             "recipe", "model", choices=_fit_methods)
+                             "recipe; official (timm models only): the structured-init paper's own closed form, and "
+                             "for --init mimetic its own mimetic init", "model", choices=_fit_methods)
     fit_target: str = option("impulse", "shape of the closed-form fit's target logits around each head's "
                              "offset (see impulse_attn.targets.logit_target)", "model", choices=_fit_targets)
     fit_steps: int = option(10000, "steps of the iterative fit", "model", check=positive)
@@ -227,9 +295,10 @@ class TrainConfig:
                                   "many epochs as that takes, the last one cut short); the same budget at every "
                                   "--per-class size trains smaller sets for more epochs", "optimization",
                                   check=positive, none_means="--epochs")
-    batch_size: int = option(512, "training batch size", "optimization", check=positive)
-    eval_batch_size: Optional[int] = option(None, "evaluation batch size", "optimization", check=positive,
-                                            none_means="--batch-size")
+    batch_size: int = option(512, "training batch size: the global batch, over all processes of a torchrun "
+                             "launch (each of N processes takes batch-size / N)", "optimization", check=positive)
+    eval_batch_size: Optional[int] = option(None, "evaluation batch size (global, like --batch-size)",
+                                            "optimization", check=positive, none_means="--batch-size")
     optimizer: str = option("adam", "optimizer", "optimization", choices=lambda: OPTIMIZERS)
     lr: float = option(1e-4, "peak learning rate", "optimization", check=positive_float)
     weight_decay: float = option(0.0, "weight decay", "optimization", check=non_negative_float)
@@ -242,6 +311,27 @@ class TrainConfig:
     seed: int = option(0, "seed of the model init and the data order", "optimization", check=seed_range)
     eval_every: int = option(1, "evaluate every N epochs (and always at init and after the last epoch)",
                              "optimization", check=positive)
+    # regularization: timm's own implementations (timm.data.Mixup, timm.loss, timm.utils.ModelEmaV3)
+    mixup: float = option(0.0, "mixup alpha (timm.data.Mixup; 0: off); with mixup or cutmix the loss is timm's "
+                          "SoftTargetCrossEntropy and the last incomplete batch of an epoch is dropped",
+                          "regularization", check=non_negative_float)
+    cutmix: float = option(0.0, "cutmix alpha (timm.data.Mixup; 0: off)", "regularization",
+                           check=non_negative_float)
+    mixup_prob: float = option(1.0, "probability of mixing a batch (with --mixup or --cutmix)", "regularization",
+                               check=probability)
+    mixup_switch_prob: float = option(0.5, "probability of cutmix instead of mixup when both are on",
+                                      "regularization", check=probability)
+    mixup_mode: str = option("batch", "mixup/cutmix parameters per batch, pair or element", "regularization",
+                             choices=lambda: MIXUP_MODES)
+    smoothing: float = option(0.0, "label smoothing (timm.loss.LabelSmoothingCrossEntropy; with mixup/cutmix "
+                              "the Mixup's label_smoothing)", "regularization", check=smoothing_range)
+    model_ema: bool = option(False, "keep an exponential moving average of the weights (timm.utils.ModelEmaV3), "
+                             "evaluate it instead of the raw weights, and save it in the checkpoint",
+                             "regularization")
+    model_ema_decay: float = option(0.9998, "EMA decay per optimizer step", "regularization",
+                                    check=ema_decay_range)
+    model_ema_warmup: bool = option(False, "ramp the EMA decay up from 0 (ModelEmaV3's use_warmup)",
+                                    "regularization")
     # runtime
     out: str = option("runs/train", "run folder: metrics.jsonl, checkpoint.pt, run.json", "runtime", runtime=True)
     resume: bool = option(False, "continue the run in --out from its last checkpoint", "runtime", runtime=True)
@@ -252,11 +342,22 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with the model-dependent defaults filled in."""
-        if self.model not in MODELS:
-            raise UserError(f"--model must be one of {', '.join(MODELS)}, got {self.model!r}",
-                            f"use one of {', '.join(MODELS)}")
-        filled = {k: v for k, v in MODEL_DEFAULTS[self.model].items() if getattr(self, k) is None}
+        kind = model_kind(self.model)
+        if kind is None:
+            raise UserError(f"--model {model_rule(self.model)}, got {self.model!r}",
+                            "use vit, convmixer or timm:vit_tiny_patch16_224")
+        filled = {k: v for k, v in MODEL_DEFAULTS[kind].items() if getattr(self, k) is None}
         return dataclasses.replace(self, **filled)
+
+    @property
+    def kind(self) -> str:
+        """"vit", "convmixer" or "timm" (the family --model names)."""
+        return model_kind(self.model) or ""
+
+    @property
+    def mixes(self) -> bool:
+        """Whether batches are mixed (mixup or cutmix)."""
+        return self.mixup > 0 or self.cutmix > 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -308,12 +409,61 @@ class TrainConfig:
         if c.model == "vit" and c.dim % 4:
             raise UserError(f"--dim must be a multiple of 4 for the 2D sin-cos encoding, got {c.dim}",
                             f"use {c.dim - c.dim % 4 or 4}")
+        c._check_not_applicable()
+        uses_timm = [flag for flag, on in (("--model " + c.model, c.kind == "timm"), ("--augment timm",
+                     c.augment == "timm"), ("--mixup/--cutmix", c.mixes), ("--smoothing", c.smoothing > 0),
+                     ("--model-ema", c.model_ema)) if on]
+        if uses_timm:
+            try:
+                import timm  # noqa: F401
+            except ImportError:
+                raise UserError(f"{', '.join(uses_timm)} need{'s' if len(uses_timm) == 1 else ''} the timm package",
+                                "pip install 'timm>=1.0'") from None
+        if c.kind == "timm":
+            from .factory import check_timm_name
+            check_timm_name(timm_name(c.model))
+            if c.dim is not None and c.num_heads is not None and c.dim % c.num_heads:
+                raise UserError(f"--dim {c.dim} is not divisible by --num-heads {c.num_heads} (a timm ViT's head "
+                                f"width is dim / heads)", "change one of them")
+        if c.augment == "timm":
+            from .data import check_auto_augment
+            check_auto_augment(c.auto_augment)
         if c.model == "vit" and c.init == "impulse" and c.attention == "impulse" and c.mode == "I" and c.alpha >= 1:
             raise UserError("--alpha 1 leaves no positional part in mode I's queries and keys for the impulse init "
                             "to fit", "use --alpha below 1 (the paper sweeps 0 to 0.5)")
         if c.image_size is not None and c.patch_size > c.image_size:
             raise UserError(f"--patch-size {c.patch_size} is larger than --image-size {c.image_size}",
                             "use a smaller patch")
+
+    def _check_not_applicable(self) -> None:
+        """Settings that the chosen model or recipe would not use are refused unless left at their defaults."""
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+
+        def changed(names):
+            return [n for n in names if getattr(self, n) != defaults[n]]
+
+        def refuse(names, why, fix):
+            flags = " ".join(flag_name(fields_by_name()[n]) for n in names)
+            raise UserError(f"{flags} {'does' if len(names) == 1 else 'do'} not apply {why}", fix)
+
+        if self.kind == "timm":
+            bad = changed(NOT_FOR_TIMM)
+            if bad:
+                refuse(bad, f"to the timm model {self.model} (only to the Simple ViT or the ConvMixer)",
+                       "drop them (a timm ViT's head width is --dim / --num-heads)")
+        elif self.fit_method == "official":
+            raise UserError(f"--fit-method official (the structured-init paper's closed form) is for timm models, "
+                            f"not --model {self.model}", "use --fit-method closed_form or iterative, or --model "
+                            "timm:<name>")
+        bad = changed(("auto_augment", "reprob"))
+        if bad and self.augment != "timm":
+            refuse(bad, f"to --augment {self.augment}", "use --augment timm, or drop them")
+        bad = changed(("mixup_prob", "mixup_switch_prob", "mixup_mode"))
+        if bad and not self.mixes:
+            refuse(bad, "without --mixup or --cutmix", "set --mixup and/or --cutmix, or drop them")
+        bad = changed(("model_ema_decay", "model_ema_warmup"))
+        if bad and not self.model_ema:
+            refuse(bad, "without --model-ema", "add --model-ema, or drop them")
 
 
 RUNTIME_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("runtime"))

@@ -60,21 +60,59 @@ def _to_uint8_tensor(img) -> torch.Tensor:
     return pil_to_tensor(img.convert("RGB"))
 
 
-AUGMENTATIONS = ("none", "flip-crop", "paper")
+def _to_rgb_pil(img):
+    if isinstance(img, torch.Tensor):
+        from torchvision.transforms.functional import to_pil_image
+        return to_pil_image(img)
+    return img.convert("RGB")
 
 
-def build_transform(image_size: int, augment: str, resize: bool, crop_scale: float = 0.75) -> Callable:
+AUGMENTATIONS = ("none", "flip-crop", "paper", "timm")
+TIMM_AUTO_AUGMENT = "rand-m9-mstd0.5-inc1"
+
+
+def check_auto_augment(policy: str) -> None:
+    """Refuse a policy string timm's auto-augment parser does not take, before any work."""
+    try:
+        from timm.data import create_transform
+    except ImportError:
+        raise UserError("--augment timm needs the timm package", "pip install 'timm>=1.0'") from None
+    try:
+        create_transform(32, is_training=True, auto_augment=policy)
+    except Exception as e:  # noqa: BLE001 - timm raises assorted errors for a bad policy string
+        raise UserError(f"--auto-augment {policy!r} is not a timm auto-augment policy ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:120]})",
+                        f"use e.g. {TIMM_AUTO_AUGMENT}, rand-m7-mstd0.5, augmix-m5-w3 or original") from None
+
+
+def timm_train_transform(image_size: int, crop_scale: float = 0.75, auto_augment: str = TIMM_AUTO_AUGMENT,
+                         reprob: float = 0.25) -> Callable:
+    """timm's own training transform (``timm.data.create_transform(is_training=True)``): RandomResizedCrop to
+    ``image_size`` (area ``crop_scale``..1), horizontal flip, ``auto_augment``, ToTensor, normalization with
+    this package's mean/std, RandomErasing (``reprob``, per-pixel noise), on a PIL image (tensors are converted)."""
+    from timm.data import create_transform
+    from torchvision import transforms as T
+    tf = create_transform(image_size, is_training=True, scale=(crop_scale, 1.0), auto_augment=auto_augment,
+                          re_prob=reprob, re_mode="pixel", re_count=1, mean=MEAN, std=STD)
+    return T.Compose([T.Lambda(_to_rgb_pil), tf])
+
+
+def build_transform(image_size: int, augment: str, resize: bool, crop_scale: float = 0.75,
+                    auto_augment: str = TIMM_AUTO_AUGMENT, reprob: float = 0.25) -> Callable:
     """uint8 tensor or PIL image -> float (3, S, S) normalized, with one of ``AUGMENTATIONS`` on uint8 images:
 
     "none"; "flip-crop": the standard CIFAR recipe, a random crop from the image zero-padded by S/8 pixels (4 at
     32×32) and a horizontal flip; "paper": the paper's RandomResizedCrop (area ``crop_scale``..1), horizontal
-    flip and RandAugment(2, 14).
+    flip and RandAugment(2, 14); "timm": ``timm_train_transform`` (timm's create_transform with ``auto_augment``
+    and random erasing ``reprob``).
     """
     from torchvision import transforms as T
     if isinstance(augment, bool):
         augment = "paper" if augment else "none"
     if augment not in AUGMENTATIONS:
         raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    if augment == "timm":
+        return timm_train_transform(image_size, crop_scale, auto_augment, reprob)
     steps: list = [T.Lambda(_to_uint8_tensor)]
     if resize:
         steps.append(T.Resize((image_size, image_size), antialias=True))
@@ -165,7 +203,8 @@ def _first_image_size(ds) -> int:
     return w
 
 
-def _folder_datasets(data_dir: str, image_size: Optional[int], augment: str, crop_scale: float):
+def _folder_datasets(data_dir: str, image_size: Optional[int], augment: str, crop_scale: float,
+                     recipe: Optional[dict] = None):
     root = Path(data_dir)
     fix = "pass --data-dir pointing at a folder with train/ and test/ (or val/) class folders"
     if not root.is_dir():
@@ -194,20 +233,28 @@ def _folder_datasets(data_dir: str, image_size: Optional[int], augment: str, cro
     for name, ds in evals.items():
         check_images([p for p, _ in ds.samples], name)
     size = image_size or _first_image_size(train)
-    train.transform = build_transform(size, augment, resize=True, crop_scale=crop_scale)
+    train.transform = build_transform(size, augment, resize=True, crop_scale=crop_scale, **(recipe or {}))
     for ds in evals.values():
         ds.transform = build_transform(size, "none", resize=True)
     return train, evals, train.classes, size, f"image folder {root}"
 
 
-def _torchvision_datasets(name: str, data_dir: str, image_size: Optional[int], augment: str, crop_scale: float):
+def _torchvision_datasets(name: str, data_dir: str, image_size: Optional[int], augment: str, crop_scale: float,
+                          recipe: Optional[dict] = None):
     import torchvision.datasets as tvd
     root = Path(data_dir)
+    if name == "svhn":
+        try:
+            import scipy.io  # noqa: F401  (torchvision reads SVHN's .mat files with it)
+        except ImportError:
+            raise UserError("--dataset svhn needs scipy (torchvision reads SVHN's .mat files with scipy.io)",
+                            "pip install scipy") from None
     if (root / "train").is_dir() and not any(root.glob("cifar-*")) and not any(root.glob("*.mat")):
         raise UserError(f"--data-dir {root} holds an image-folder tree (train/), not {name} files",
                         "pass --dataset folder")
     size = image_size or NATIVE_SIZE[name]
-    train_tf = build_transform(size, augment, resize=size != NATIVE_SIZE[name], crop_scale=crop_scale)
+    train_tf = build_transform(size, augment, resize=size != NATIVE_SIZE[name], crop_scale=crop_scale,
+                               **(recipe or {}))
     test_tf = build_transform(size, "none", resize=size != NATIVE_SIZE[name])
     cls = getattr(tvd, TORCHVISION[name])
     try:
@@ -233,6 +280,8 @@ def build_datasets(config) -> DataBundle:
     """Train and test datasets for a ``TrainConfig`` (dataset, data_dir, image_size, augment, per_class, ...)."""
     name = config.dataset
     crop_scale = config.crop_scale
+    recipe = {"auto_augment": getattr(config, "auto_augment", TIMM_AUTO_AUGMENT),
+              "reprob": getattr(config, "reprob", 0.25)}
     if name == "synthetic":
         if config.augment != "none":
             raise UserError("--augment would flip the synthetic images, whose classes include mirror-image shapes "
@@ -249,10 +298,10 @@ def build_datasets(config) -> DataBundle:
         desc = f"synthetic shapes ({config.synthetic_train} train / {config.synthetic_test} test, {size}x{size})"
     elif name == "folder":
         train_set, evals, classes, size, desc = _folder_datasets(config.data_dir, config.image_size,
-                                                                   config.augment, crop_scale)
+                                                                   config.augment, crop_scale, recipe)
     elif name in TORCHVISION:
         train_set, evals, classes, size, desc = _torchvision_datasets(name, config.data_dir, config.image_size,
-                                                                        config.augment, crop_scale)
+                                                                        config.augment, crop_scale, recipe)
     else:
         raise UserError(f"unknown dataset {name!r}", f"use one of {', '.join(DATASETS)} (folder: any directory "
                         f"with train/ and test/ class folders, via --data-dir)")

@@ -1,7 +1,9 @@
 """``impulse-attn inspect RUN``: a trained checkpoint's attention maps next to the same model's maps at init.
 
 The model at init is rebuilt from the run's config exactly as the training loop built it (same seeds, same fit),
-the trained one is loaded from ``checkpoint.pt`` (weights only). Both see the same evaluation images. Per layer
+the trained one is loaded from ``checkpoint.pt`` (weights only). Maps are read through ``factory.attention_probe``:
+a Simple ViT's own ``attention_maps``, or ``impulse_attn.timm.attention_maps`` for a timm model (grid tokens
+only; impulse offsets from the run's init record). Both see the same evaluation images. Per layer
 and head (``analysis.head_stats``): mass still on the impulse target, the best single offset of the k×k window
 and its mass (convolution-likeness, for any init), mass inside the window, attention distance, entropy, and how
 far the map moved (total variation between init and trained maps).
@@ -21,7 +23,7 @@ from .checkpoint import REQUIRED, load_checkpoint
 from .config import TrainConfig
 from .data import build_datasets
 from .errors import UserError
-from .factory import build_model
+from .factory import attention_probe, build_model
 from .loop import CHECKPOINT
 from .metrics import write_json
 
@@ -44,8 +46,7 @@ def _model_at_init(cfg: TrainConfig, data):
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    model, _ = build_model(cfg, data.num_classes, data.image_size, data.channels)
-    return model
+    return build_model(cfg, data.num_classes, data.image_size, data.channels)
 
 
 def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, out=None,
@@ -61,13 +62,14 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
     except (UserError, TypeError, KeyError):
         raise UserError(f"checkpoint {run / CHECKPOINT} holds no readable run settings",
                         "inspect a run written by this version of impulse-attn") from None
-    if cfg.model != "vit":
-        raise UserError(f"{run} trained a {cfg.model}, which has no attention maps", "inspect a ViT run")
+    if cfg.kind not in ("vit", "timm"):
+        raise UserError(f"{run} trained a {cfg.model}, which has no attention maps",
+                        "inspect a ViT run (--model vit or timm:<name>)")
     if not isinstance(images, int) or images < 1:
         raise UserError(f"--images must be a positive integer, got {images!r}", "pass e.g. --images 64")
     data = build_datasets(cfg)
-    init_model = _model_at_init(cfg, data)
-    trained = _model_at_init(cfg, data)
+    init_model, init_record = _model_at_init(cfg, data)
+    trained, _ = _model_at_init(cfg, data)
     try:
         trained.load_state_dict(state["model"])
     except RuntimeError as e:
@@ -75,7 +77,9 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
                         f"({str(e).splitlines()[0][:160]})", "the run folder was changed after training") from None
     init_model.eval()
     trained.eval()
-    grid = init_model.grid_size
+    probe_init = attention_probe(init_model, init_record)
+    probe_trained = attention_probe(trained, init_record)
+    grid = probe_init.grid
     if query is None:
         query = (grid[0] // 2, grid[1] // 2)
     qr, qc = (int(v) for v in query)
@@ -84,8 +88,8 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
                         f"pass a row in [0, {grid[0] - 1}] and a column in [0, {grid[1] - 1}]")
     x = _eval_images(data, images)
     with torch.no_grad():
-        before, after = init_model.attention_maps(x), trained.attention_maps(x)
-    offsets = [getattr(layer, "impulse_offsets", None) for layer in init_model.attention_layers()]
+        before, after = probe_init.maps(x), probe_trained.maps(x)
+    offsets = probe_init.offsets
     s0 = head_stats(before, grid, cfg.kernel_size, offsets)
     s1 = head_stats(after, grid, cfg.kernel_size, offsets)
     moved = [map_change(b, a) for b, a in zip(before, after)]

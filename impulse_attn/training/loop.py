@@ -1,9 +1,16 @@
-"""The one training loop: every model, every init, every attention backend.
+"""The one training loop: every model (Simple ViT, ConvMixer, timm ViTs), every init, every attention backend,
+one process or many (torchrun).
 
 Read top to bottom: settle where the run starts (new or resumed), build data and model, then per epoch train,
 evaluate, append a metrics line and write an atomic checkpoint. A resumed run restores model, optimizer,
-scheduler, grad scaler, RNG states and epoch, and the data order of epoch e depends only on (seed, e), so a
-run killed at any moment and resumed ends with exactly the numbers of an uninterrupted one (CPU, same seed).
+scheduler, grad scaler, model EMA, RNG states (every process's) and epoch, and the data order of epoch e depends
+only on (seed, e), so a run killed at any moment and resumed ends with exactly the numbers of an uninterrupted
+one (CPU, same seed, same process count).
+
+Under torchrun (``training.distributed``): rank 0 decides where the run starts, builds the model (the impulse
+fit runs there only) and writes every file; the other ranks receive its weights (checked bit-identical) and
+train their share of each global batch under DistributedDataParallel; evaluation runs on a shard of the
+evaluation set per rank and adds the sums. ``--batch-size`` is the global batch.
 """
 from __future__ import annotations
 
@@ -22,11 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from . import distributed
 from .checkpoint import REQUIRED, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import build_datasets
+from .distributed import GlobalBatches
 from .errors import TrainingDiverged, UserError
-from .factory import build_model, check_attention_backend, check_geometry
+from .factory import build_model_synced, check_attention_backend, check_geometry
 from .metrics import MetricsWriter, read_metrics, write_json
 
 CHECKPOINT, METRICS, RUN_INFO, SUMMARY = "checkpoint.pt", "metrics.jsonl", "run.json", "summary.json"
@@ -90,33 +99,50 @@ def _autocast(device: torch.device, enabled: bool, dtype):
     return torch.autocast(device.type, dtype=dtype) if enabled else contextlib.nullcontext()
 
 
-def evaluate_splits(model: torch.nn.Module, loaders: dict, device: torch.device, amp: bool, amp_dtype) -> dict:
-    """{"<split>_loss": ..., "<split>_acc": ...} for every evaluation split."""
+def evaluate_splits(model: torch.nn.Module, loaders: dict, device: torch.device, amp: bool, amp_dtype,
+                    dist=None) -> dict:
+    """{"<split>_loss": ..., "<split>_acc": ...} for every evaluation split. Under torchrun each rank evaluates
+    its shard and the sums (loss, correct, count) are added over ranks: every image counts once."""
     record = {}
     for split, loader in loaders.items():
-        record[f"{split}_loss"], record[f"{split}_acc"] = evaluate(model, loader, device, amp, amp_dtype)
+        if dist is not None and dist.active:
+            loss_sum, correct, count = dist.all_reduce_sum(evaluate_sums(model, loader, device, amp, amp_dtype),
+                                                           device)
+            record[f"{split}_loss"], record[f"{split}_acc"] = loss_sum / count, correct / count
+        else:
+            record[f"{split}_loss"], record[f"{split}_acc"] = evaluate(model, loader, device, amp, amp_dtype)
     return record
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: bool, amp_dtype) -> tuple:
-    """Mean cross-entropy and accuracy over ``loader``."""
+def evaluate_sums(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: bool, amp_dtype) -> list:
+    """[summed cross-entropy, correct, count] over ``loader``."""
     model.eval()
+    in_dtype = next(model.parameters()).dtype
     loss_sum, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if x.is_floating_point() and x.dtype != in_dtype:
+            x = x.to(in_dtype)
         with _autocast(device, amp, amp_dtype):
             logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        loss_sum += F.cross_entropy(_loss_input(logits), y, reduction="sum")
         correct += (logits.argmax(-1) == y).sum()
         count += y.numel()
-    return loss_sum.item() / count, correct.item() / count
+    return [loss_sum.item(), correct.item(), count]
 
 
-def _write_run_info(out: Path, cfg: TrainConfig, init: dict, data_desc: str, device: torch.device) -> None:
+def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device, amp: bool, amp_dtype) -> tuple:
+    """Mean cross-entropy and accuracy over ``loader``."""
+    loss_sum, correct, count = evaluate_sums(model, loader, device, amp, amp_dtype)
+    return loss_sum / count, correct / count
+
+
+def _write_run_info(out: Path, cfg: TrainConfig, init: dict, data_desc: str, device: torch.device,
+                    processes: int = 1) -> None:
     write_json(out / RUN_INFO, {"config": cfg.as_dict(), "init": init, "data": data_desc, "device": str(device),
-                                "torch": torch.__version__, "python": platform.python_version(),
-                                "host": platform.node()})
+                                "processes": processes, "torch": torch.__version__,
+                                "python": platform.python_version(), "host": platform.node()})
 
 
 def check_out_dir(out: Path) -> None:
@@ -132,25 +158,33 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"--out {out} cannot be written ({parent} is not writable)", "pass a writable folder")
 
 
-def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_missing: bool = False
-          ) -> TrainResult:
-    """Run (or resume) one training run described by ``config``; returns its history.
+def _silent(_msg: str) -> None:
+    pass
 
-    Files in ``config.out``: run.json (config, init, environment), metrics.jsonl (one record per epoch, epoch 0
-    is the model at init), checkpoint.pt (at evaluated epochs), summary.json (at the end).
-    ``config.resume`` continues the run in ``out`` and refuses an ``out`` with no run in it, unless
-    ``start_if_missing`` (what ``compare`` uses to start or continue each of its runs).
-    Raises UserError for anything the user can fix; existing files are never replaced by a run that fails.
-    """
-    cfg = config.resolved()
-    cfg.check()
-    out = Path(cfg.out)
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The random streams (augmentation, dropout, mixup) of rank ``rank`` > 0; rank 0 keeps ``seed``'s, so that a
+    one-process run is unchanged."""
+    return (seed * 1_000_003 + 7_919 * rank) % 2 ** 63
+
+
+def _loss_input(logits: torch.Tensor) -> torch.Tensor:
+    """Logits the loss is computed on: half precision (autocast) promoted to float32, float64 kept."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _plan_start(cfg: TrainConfig, out: Path, start_if_missing: bool) -> Optional[dict]:
+    """The checkpoint a run continues from, or None for a new run; refuses (UserError) anything else. Touches no
+    file. Under torchrun rank 0 decides this for every rank."""
     check_out_dir(out)
     ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
     run_files = [p.name for p in (ckpt_path, metrics_path, out / RUN_INFO, out / SUMMARY) if p.exists()]
-
-    # 1. Where does this run start? Decide before touching any file.
-    state = None
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, REQUIRED)
         try:
@@ -163,46 +197,135 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_m
             listed = "; ".join(f"{k}: checkpoint {b!r}, now {a!r}" for k, (a, b) in sorted(diff.items()))
             raise UserError(f"checkpoint {ckpt_path} was made with other settings ({listed})",
                             f"resume with the flags in {out / RUN_INFO}, or start a new run with another --out")
-    elif cfg.resume and not run_files and not start_if_missing:
+        if cfg.model_ema and not isinstance(state.get("ema"), dict):
+            raise UserError(f"checkpoint {ckpt_path} is damaged (no model EMA state although the run keeps one)",
+                            "start a new run with another --out (the file is left as it is)")
+        return state
+    if cfg.resume and not run_files and not start_if_missing:
         raise UserError(f"--resume: {out} holds no run to continue",
                         "drop --resume to start a new run there, or pass the --out of the run to continue")
-    elif not cfg.resume and run_files:
+    if not cfg.resume and run_files:
         raise UserError(f"{out} already holds a run ({', '.join(run_files)})",
                         "pass --resume to continue it, or choose another --out")
+    return None
+
+
+def _criterion(cfg: TrainConfig) -> Callable:
+    """The training loss: timm's SoftTargetCrossEntropy with mixup/cutmix, its LabelSmoothingCrossEntropy with
+    --smoothing alone, plain cross-entropy otherwise (the loss of every run before those settings existed)."""
+    if cfg.mixes:
+        from timm.loss import SoftTargetCrossEntropy
+        return SoftTargetCrossEntropy()
+    if cfg.smoothing > 0:
+        from timm.loss import LabelSmoothingCrossEntropy
+        return LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
+    return F.cross_entropy
+
+
+def _mixup(cfg: TrainConfig, num_classes: int):
+    if not cfg.mixes:
+        return None
+    from timm.data import Mixup
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
+                 switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode, label_smoothing=cfg.smoothing,
+                 num_classes=num_classes)
+
+
+def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_missing: bool = False
+          ) -> TrainResult:
+    """Run (or resume) one training run described by ``config``; returns its history.
+
+    Files in ``config.out``: run.json (config, init, environment), metrics.jsonl (one record per epoch, epoch 0
+    is the model at init), checkpoint.pt (at evaluated epochs), summary.json (at the end).
+    ``config.resume`` continues the run in ``out`` and refuses an ``out`` with no run in it, unless
+    ``start_if_missing`` (what ``compare`` uses to start or continue each of its runs).
+    Raises UserError for anything the user can fix; existing files are never replaced by a run that fails.
+
+    Under torchrun (``WORLD_SIZE`` > 1, or a process group the caller made) every process runs this: rank 0
+    decides, fits and writes; ``--batch-size`` is the global batch (see ``training.distributed``).
+    """
+    cfg = config.resolved()
+    cfg.check()
+    out = Path(cfg.out)
+    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    device = resolve_device(cfg.device)
+    dist = distributed.setup(device.type)
+    if dist.active:
+        if device.type == "cuda":
+            device = torch.device("cuda", torch.cuda.current_device())
+        if cfg.batch_size % dist.world:
+            raise UserError(f"--batch-size {cfg.batch_size} (the global batch) does not split over {dist.world} "
+                            f"processes", f"use a multiple of {dist.world}")
+        if not dist.is_main:
+            log = _silent
+
+    # 1. Where does this run start? Rank 0 decides, before touching any file.
+    held: dict = {}
+
+    def plan() -> bool:
+        held["state"] = _plan_start(cfg, out, start_if_missing)
+        return held["state"] is not None
+    resuming = dist.decide(plan)
+    state = held.get("state")
+    if dist.active and resuming:  # rank 0 has read and checked it; the others read the same file
+        loaded = dist.agree(lambda: None if dist.is_main else load_checkpoint(ckpt_path, REQUIRED))
+        state = state if dist.is_main else loaded
 
     # 2. Data, device, model: all validated before anything is written.
-    data = build_datasets(cfg)
+    data = dist.main_first(lambda: build_datasets(cfg))  # rank 0 first: it downloads what is missing
     check_geometry(cfg, data.image_size)
-    device = resolve_device(cfg.device)
     check_attention_backend(cfg.attention_backend, device)
     if cfg.amp == "on" and device.type != "cuda":
         raise UserError("--amp on needs a CUDA device", "use --amp auto (mixed precision on CUDA, fp32 on CPU)")
+    local_batch = cfg.batch_size // dist.world
+    if cfg.mixes and local_batch % 2:
+        raise UserError(f"--mixup/--cutmix need an even batch per process, got {local_batch}"
+                        + (f" (--batch-size {cfg.batch_size} over {dist.world} processes)" if dist.active else ""),
+                        "use an even --batch-size" + (f" that is a multiple of {2 * dist.world}" if dist.active
+                                                      else ""))
+    if cfg.mixes and len(data.train) < cfg.batch_size:
+        raise UserError(f"with --mixup/--cutmix incomplete batches are dropped, and the {len(data.train)} training "
+                        f"images do not fill one batch of {cfg.batch_size}", "lower --batch-size")
     use_amp = device.type == "cuda" and cfg.amp != "off"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2**32)
-    random.seed(cfg.seed)
+    _seed_everything(cfg.seed)
     # A resumed run loads its weights: skip the (possibly long) iterative fit, keep the layers' scale.
     skip_fit = {"steps": 0, "warn": False} if state and cfg.init == "impulse" and cfg.fit_method == "iterative" \
         else None
-    model, init = build_model(cfg, data.num_classes, data.image_size, data.channels, fit_kwargs=skip_fit)
-    model.to(device)
+    model, init = build_model_synced(cfg, data.num_classes, data.image_size, data.channels, dist, fit_kwargs=skip_fit,
+                                     device=device)
     if state is not None:
         init = state["init"]
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:
-            raise UserError(f"checkpoint {ckpt_path} does not fit this model ({str(e).splitlines()[0][:160]})",
-                            "resume with the flags that made it, or start a new run with another --out") from None
 
-    sampler_gen = torch.Generator()
-    train_loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=sampler_gen,
-                              num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                              persistent_workers=cfg.num_workers > 0)
-    eval_loaders = {split: DataLoader(ds, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False,
-                                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+        def restore_weights():
+            try:
+                model.load_state_dict(state["model"])
+            except RuntimeError as e:
+                raise UserError(f"checkpoint {ckpt_path} does not fit this model ({str(e).splitlines()[0][:160]})",
+                                "resume with the flags that made it, or start a new run with another --out"
+                                ) from None
+        dist.agree(restore_weights)
+    if dist.rank > 0:  # its own augmentation / dropout / mixup draws (rank 0 keeps the one-process streams)
+        _seed_everything(rank_seed(cfg.seed, dist.rank))
+    ema = None
+    if cfg.model_ema:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
+        if state is not None:
+            dist.agree(lambda: _restore_ema(ema, state, ckpt_path))
+    eval_model = ema.module if ema is not None else model
+
+    sampler = GlobalBatches(len(data.train), cfg.batch_size, dist.rank, dist.world, drop_last=cfg.mixes)
+    # Seeded per epoch like the sampler: worker seeds (and so augmentation in workers) are a function of
+    # (seed, epoch, rank); workers are started per epoch for that reason.
+    loader_gen = torch.Generator()
+    train_loader = DataLoader(data.train, batch_sampler=sampler, generator=loader_gen, num_workers=cfg.num_workers,
+                              pin_memory=device.type == "cuda")
+    eval_batch = cfg.eval_batch_size or cfg.batch_size
+    eval_loaders = {split: DataLoader(_shard(ds, dist), batch_size=max(1, -(-eval_batch // dist.world)),
+                                      shuffle=False, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
                     for split, ds in data.evals.items()}
-    steps_per_epoch = len(train_loader)
+    steps_per_epoch = len(sampler)
     total_steps = cfg.steps or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
@@ -215,35 +338,51 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_m
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(
         total_steps, warmup_steps, cfg.min_lr / cfg.lr))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel
+        if device.type == "cuda" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                                         for m in model.modules()):
+            step_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same modules, synced statistics
+        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+    step_model = torch.compile(step_model) if cfg.compile else step_model
+    criterion = _criterion(cfg)
+    mixup_fn = _mixup(cfg, data.num_classes)
+    in_dtype = next(model.parameters()).dtype
 
-    # 3. Restore the resumed state, or record the model at init as epoch 0.
-    out.mkdir(parents=True, exist_ok=True)
+    # 3. Restore the resumed state, or record the model at init as epoch 0. (Only rank 0 writes; a failure to
+    # write is every rank's failure.)
+    dist.main_only(lambda: out.mkdir(parents=True, exist_ok=True))
     metrics = MetricsWriter(metrics_path)
     if state is not None:
         try:
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            set_rng_state(state["rng"])
+            _restore_rng(state, dist, cfg.seed, log)
             history, start_epoch = [dict(r) for r in state["history"]], int(state["epoch"]) + 1
         except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
             raise UserError(f"checkpoint {ckpt_path} is damaged ({type(e).__name__} while restoring the optimizer "
                             f"and random state)", "start a new run with another --out (the file is left as it is)"
                             ) from None
-        metrics.replace(history)
+        dist.main_only(lambda: metrics.replace(history))
         log(f"resuming {out} at epoch {start_epoch}/{epochs}" if start_epoch <= epochs else
             f"{out} finished all {epochs} epochs already: reusing it")
     else:
         if cfg.resume and metrics_path.exists():
             log(f"no checkpoint in {out} yet: starting again from epoch 1")
-        _write_run_info(out, cfg, init, data.description, device)
-        scores = evaluate_splits(step_model, eval_loaders, device, use_amp, amp_dtype)
+        scores = evaluate_splits(eval_model, eval_loaders, device, use_amp, amp_dtype, dist)
         history = [{"epoch": 0, "step": 0, **scores, "lr": scheduler.get_last_lr()[0], "elapsed": 0.0}]
-        metrics.replace(history)
+
+        def first_files():
+            _write_run_info(out, cfg, init, data.description, device, dist.world)
+            metrics.replace(history)
+        dist.main_only(first_files)
         start_epoch = 1
-        log(f"{data.description}; {type(model).__name__} {init['parameters']:,} parameters on {device}; "
-            f"init {cfg.init if cfg.model == 'vit' else cfg.filters} in {init['init_seconds']:.2f} s; "
+        family = cfg.filters if cfg.kind == "convmixer" else cfg.init
+        log(f"{data.description}; {type(model).__name__} {init['parameters']:,} parameters on {device}"
+            + (f" x {dist.world} processes ({dist.backend})" if dist.active else "") +
+            f"; init {family} in {init['init_seconds']:.2f} s; "
             f"{data.primary} acc at init {scores[f'{data.primary}_acc']:.3f}; {total_steps} steps "
             f"({epochs} epochs of {steps_per_epoch})")
         if "fit_summary" in init:
@@ -254,52 +393,89 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_m
     elapsed = history[-1].get("elapsed", 0.0)
     last_save = time.monotonic()
     for epoch in range(start_epoch, epochs + 1):
-        sampler_gen.manual_seed(epoch_seed(cfg.seed, epoch))
+        sampler.set_epoch_seed(epoch_seed(cfg.seed, epoch))
+        loader_gen.manual_seed((epoch_seed(cfg.seed, epoch) + 1_000_003 * dist.rank) % 2 ** 63)
         step_model.train()
         t0 = time.perf_counter()
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         epoch_steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", disable=not cfg.progress, leave=False,
+        bar = tqdm(desc=f"epoch {epoch}/{epochs}", disable=not (cfg.progress and dist.is_main), leave=False,
                    dynamic_ncols=True, total=epoch_steps)
-        for i, (x, y) in enumerate(bar):
+        for i, (x, y) in enumerate(train_loader):
             if i == epoch_steps:  # the step budget ends inside this epoch
                 break
+            bar.update(1)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if x.is_floating_point() and x.dtype != in_dtype:
+                x = x.to(in_dtype)
+            target = y
+            if mixup_fn is not None:
+                x, target = mixup_fn(x, y)
             with _autocast(device, use_amp, amp_dtype):
                 logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = criterion(_loss_input(logits), target)
+            mine, batch = sampler.steps[i]
+            # DDP averages the ranks' gradients: weighting each rank's mean loss by its share of the global batch
+            # makes that average the gradient of the global batch's mean loss (a stand-in sample weighs 0).
+            step_loss = loss * (mine * dist.world / batch) if dist.active else loss
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(step_loss).backward()
             if cfg.clip_grad > 0:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            loss_sum += loss.detach() * y.numel()
-            correct += (logits.detach().argmax(-1) == y).sum()
-            seen += y.numel()
-            if cfg.progress and (i % 10 == 0 or i == epoch_steps - 1):
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
+            if ema is not None:
+                ema.update(model, step=(epoch - 1) * steps_per_epoch + i + 1)
+            if dist.active:
+                loss_sum += loss.detach() * mine
+                correct += (logits.detach()[:mine].argmax(-1) == y[:mine]).sum()
+                seen += mine
+            else:
+                loss_sum += loss.detach() * y.numel()
+                correct += (logits.detach().argmax(-1) == y).sum()
+                seen += y.numel()
+            if cfg.progress and dist.is_main and (i % 10 == 0 or i == epoch_steps - 1):
+                bar.set_postfix(loss=f"{loss_sum.item() / max(seen, 1):.3f}",
+                                acc=f"{correct.item() / max(seen, 1):.3f}",
                                 img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        train_loss = loss_sum.item() / seen
+        bar.close()
+        if dist.active:
+            loss_total, correct_total, seen = dist.all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
+            train_loss, train_acc = loss_total / seen, correct_total / seen
+        else:
+            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"the loss became {train_loss} in epoch {epoch}: lower --lr or set --clip-grad "
                                    f"(the checkpoint of epoch {epoch - 1} in {out} is kept)")
         train_seconds = time.perf_counter() - t0
         evaluated = epoch % cfg.eval_every == 0 or epoch == epochs
-        scores = evaluate_splits(step_model, eval_loaders, device, use_amp, amp_dtype) if evaluated else {}
+        if dist.active:  # BatchNorm statistics (ConvMixer on the CPU: per process) are rank 0's from here on
+            dist.broadcast_buffers_(model)
+        scores = evaluate_splits(eval_model, eval_loaders, device, use_amp, amp_dtype, dist) if evaluated else {}
         elapsed += time.perf_counter() - t0
         record = {"epoch": epoch, "step": (epoch - 1) * steps_per_epoch + epoch_steps, "train_loss": train_loss,
-                  "train_acc": correct.item() / seen, **scores, "lr": scheduler.get_last_lr()[0],
+                  "train_acc": train_acc, **scores, "lr": scheduler.get_last_lr()[0],
                   "epoch_seconds": train_seconds, "images_per_s": seen / train_seconds, "elapsed": elapsed}
         history.append(record)
-        metrics.append(record)
-        if evaluated or time.monotonic() - last_save > CHECKPOINT_SECONDS:
-            save_checkpoint(ckpt_path, {"epoch": epoch, "config": cfg.as_dict(), "init": init,
-                                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                        "rng": rng_state(), "history": history})
+        # Every rank must take part in a save (it sends its random state), so rank 0's clock decides for all.
+        save = dist.broadcast_object(evaluated or time.monotonic() - last_save > CHECKPOINT_SECONDS)
+        rngs = dist.gather_objects(rng_state()) if save else None
+
+        def write_epoch():
+            metrics.append(record)
+            if save:
+                ckpt = {"epoch": epoch, "config": cfg.as_dict(), "init": init, "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "scaler": scaler.state_dict(), "rng": rngs[0], "history": history}
+                if dist.active:
+                    ckpt.update(world_size=dist.world, rng_ranks=rngs)
+                if ema is not None:
+                    ckpt["ema"] = ema.module.state_dict()
+                save_checkpoint(ckpt_path, ckpt)
+        dist.main_only(write_epoch)
+        if save:
             last_save = time.monotonic()
         if evaluated or cfg.progress:
             shown = " | ".join(f"{s} loss {scores[f'{s}_loss']:.4f} acc {scores[f'{s}_acc']:.3f}"
@@ -309,11 +485,44 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_m
 
     result = TrainResult(out, history, init, data.primary)
     best_epoch, best_acc = max(result.accuracies(), key=lambda ea: ea[1])
-    write_json(out / SUMMARY, {"split": data.primary, "final_acc": result.final_acc, "best_acc": best_acc,
-                               "best_epoch": best_epoch, "final": {s: result.final(s) for s in eval_loaders},
-                               "epochs": epochs, "steps": total_steps, "init": init,
-                               "train_seconds": history[-1].get("elapsed", 0.0)})
+    # every rank returns once the run's files are complete
+    dist.main_only(lambda: write_json(out / SUMMARY, {
+        "split": data.primary, "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch,
+        "final": {s: result.final(s) for s in eval_loaders}, "epochs": epochs, "steps": total_steps, "init": init,
+        "train_seconds": history[-1].get("elapsed", 0.0)}))
     return result
+
+
+def _shard(ds, dist):
+    """This rank's part of an evaluation set: items rank, rank + W, ... (every item once over all ranks)."""
+    if not dist.active:
+        return ds
+    from torch.utils.data import Subset
+    return Subset(ds, range(dist.rank, len(ds), dist.world))
+
+
+def _restore_ema(ema, state: dict, ckpt_path: Path) -> None:
+    try:
+        ema.module.load_state_dict(state["ema"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise UserError(f"checkpoint {ckpt_path} is damaged ({type(e).__name__} while restoring the model EMA)",
+                        "start a new run with another --out (the file is left as it is)") from None
+
+
+def _restore_rng(state: dict, dist, seed: int, log: Callable[[str], None]) -> None:
+    """Each rank's random state as saved. A checkpoint of another process count restores rank 0's state and
+    reseeds the others: the data order is still exact, augmentation and mixup draws are not."""
+    ranks = state.get("rng_ranks")
+    saved_world = int(state.get("world_size", 1))
+    if saved_world == dist.world and (dist.world == 1 or isinstance(ranks, list) and len(ranks) == dist.world):
+        set_rng_state(state["rng"] if dist.world == 1 else ranks[dist.rank])
+        return
+    if dist.rank == 0:
+        set_rng_state(state["rng"])
+    else:
+        _seed_everything(rank_seed(seed + int(state["epoch"]), dist.rank))
+    log(f"the checkpoint was written by {saved_world} process(es), this run has {dist.world}: the data order "
+        f"continues exactly, random augmentation and mixup draws do not")
 
 
 def load_history(out) -> List[dict]:
