@@ -10,7 +10,7 @@ Layers, lowest first; a module imports only from its own layer or lower ones (te
     models, timm         SimpleViT, ConvMixer; the method on unmodified timm ViTs
     analysis, plots      reading attention maps; pictures
     training, data       data, the loop, checkpoints, comparisons, inspection
-    backends, cli, __main__  what is available here; the `impulse-attn` command
+    backends, cli, demo, __main__  what is available here; the `impulse-attn` command and its demo
 """
 from .attention import ImpulseAttention, ViTAttention
 from .backends import backends

@@ -139,15 +139,6 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _fit_picture(fit, grid, dim, alpha, path, title=""):
-    from .fitting import attention_maps
-    from .plots import plot_fit
-    from .targets import impulse_targets, sincos_2d
-    x = sincos_2d(grid, dim) * (1 - alpha)
-    maps = attention_maps(x, fit.q[0], fit.k[0], fit.scale)
-    return plot_fit(maps, impulse_targets(fit.offsets[0], grid), fit.offsets[0], grid, path, title=title)
-
-
 def cmd_fit(args) -> int:
     from .fitting import fit_impulse
     from .training.loop import check_out_dir
@@ -164,8 +155,10 @@ def cmd_fit(args) -> int:
         raise UserError(f"fit settings rejected: {e}", "change the flag it names (see impulse-attn fit --help)"
                         ) from None
     out.mkdir(parents=True, exist_ok=True)
-    png = _fit_picture(fit, (args.grid, args.grid), args.dim, args.alpha, out / "fit.png",
-                       title=f"{args.fit_method} fit, {args.num_heads} heads, {args.grid}x{args.grid} grid, "
+    from .plots import plot_fit_result
+    from .targets import sincos_2d
+    png = plot_fit_result(fit, sincos_2d((args.grid, args.grid), args.dim) * (1 - args.alpha), (args.grid, args.grid),
+                          out / "fit.png", title=f"{args.fit_method} fit, {args.num_heads} heads, {args.grid}x{args.grid} grid, "
                              f"k={args.kernel_size}, D={args.dim}, r={args.head_dim}, scale {fit.scale:g}")
     write_json(out / "report.json", {"settings": {k: v for k, v in vars(args).items() if k != "func"},
                                      "scale": fit.scale, "offsets": fit.offsets.tolist(),
@@ -175,43 +168,11 @@ def cmd_fit(args) -> int:
     return 0
 
 
-# The demo: sized to finish in a few minutes on a 2-core CPU (measured: see docs/RESULTS.md).
-DEMO_SETTINGS = dict(dataset="synthetic", synthetic_train=2000, synthetic_test=500, model="vit", patch_size=2,
-                     dim=64, depth=2, num_heads=8, head_dim=16, mlp_dim=128, epochs=6, batch_size=64, lr=1e-3,
-                     warmup_epochs=0.0, fit_method="closed_form")
-# The reference row: the convolutional prior itself, at the same width, data and budget.
-DEMO_REFERENCE = "ConvMixer, frozen impulse filters:model=convmixer,depth=4,kernel_size=3,filters=impulse,freeze=1"
-
-
 def cmd_demo(args) -> int:
-    from .training.compare import parse_variant, run_compare
-    from .training.config import TrainConfig
-    from .training.factory import build_model
-    settings = dict(DEMO_SETTINGS, progress=not args.no_progress)
-    if args.epochs is not None:
-        settings["epochs"] = args.epochs
-    base = TrainConfig(**settings)
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    print(f"impulse-attn demo: random vs mimetic vs impulse query/key init of a small ViT (16x16 token grid) on "
-          f"the built-in dataset (10 classes of small shapes at random places), {base.epochs} epochs, seeds "
-          f"{args.seeds}; a ConvMixer with frozen impulse filters shows what a convolutional prior is worth on "
-          f"this data. Runs go to {out}/ and are reused when rerun.")
-    variants = [parse_variant(s) for s in ("random", "mimetic", "impulse")] + [parse_variant(DEMO_REFERENCE)]
-    res = run_compare(base, variants, args.seeds, out,
-                      title="demo: query/key init of a small ViT on the built-in shapes")
-    model, init = build_model(dataclasses.replace(base, init="impulse"), 10, 32)
-    layer = model.attention_layers()[0]
-    fit = model.fit_results[0]
-    png = _fit_picture(fit, layer.grid_size, layer.dim, layer.alpha, out / "fit.png",
-                       title="the impulse init of layer 1: fitted attention of the centre token vs target shifts")
-    print()
-    print(res.table)
-    print(f"\n(accuracy in %, test set of {base.synthetic_test} images; mean ± std when several seeds)")
-    print(f"table:          {res.table_path}")
-    print(f"accuracy curves: {res.curves_path}")
-    print(f"fitted maps:    {png}")
-    print(f"done in {time.perf_counter() - t0:.0f} s")
+    from .demo import run_demo
+    from .training.loop import check_out_dir
+    check_out_dir(Path(args.out))
+    run_demo(args.out, seeds=args.seeds, progress=not args.no_progress, steps=args.steps)
     return 0
 
 
@@ -303,12 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where inspect.json and maps.png go (default: the run folder)")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("demo", help="random vs mimetic vs impulse on the built-in dataset (a few CPU minutes)",
-                       formatter_class=_Help)
+    p = sub.add_parser("demo", help="what the package does, on built-in data, in about three CPU minutes",
+                       formatter_class=_Help,
+                       description="The fitted maps of the impulse init; random vs mimetic vs impulse init of a "
+                                   "small ViT with little data and many epochs on the built-in shapes dataset "
+                                   "(two seeds); the closed-form fit's speed at the paper's size.")
     p.add_argument("--out", default=DEMO_DEFAULT_OUT, help="folder of the runs, the table and the pictures")
-    p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds")
-    p.add_argument("--epochs", type=_positive_int, default=None,
-                   help=f"epochs per run (default: {DEMO_SETTINGS['epochs']})")
+    p.add_argument("--seeds", type=_seeds, default=[0, 1], help="comma-separated seeds")
+    p.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps per run (default: the demo's "
+                   "400)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -17,7 +17,7 @@ LAYERS = [
     {"models", "timm"},
     {"analysis", "plots"},
     {"training", "data"},
-    {"backends", "cli", "__main__"},
+    {"backends", "cli", "demo", "__main__"},
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 
