@@ -196,6 +196,10 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def _subcommand(sub, name: str, help: str, description: str = "") -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=description or None, formatter_class=_Help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, formatter_class=_Help, description=(
         "Impulse (convolutional) initialization of attention for data-efficient vision transformers.\n"
@@ -252,11 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("inspect", help="a trained ViT's attention maps next to its maps at init",
-                       formatter_class=_Help,
-                       description="Draw a trained run's attention maps for one query token next to the same "
-                                   "model's maps at init, and report per layer and head how convolution-like they "
-                                   "are (mass on the impulse target, best single offset) and how far they moved.")
+    p = _subcommand(sub, "inspect", "a trained ViT's attention maps next to its maps at init",
+                    description="Draw a trained run's attention maps for one query token next to the same "
+                                "model's maps at init, and report per layer and head how convolution-like they are "
+                                "(mass on the impulse target, best single offset) and how far they moved.")
     p.add_argument("run", help="the --out folder of a finished or interrupted `impulse-attn train` run")
     p.add_argument("--images", type=_positive_int, default=64, help="evaluation images the maps are averaged over")
     p.add_argument("--query", type=_query, default=None, help="query token 'row,col' to draw (default: the grid "
@@ -264,11 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where inspect.json and maps.png go (default: the run folder)")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("demo", help="what the package does, on built-in data, in about three CPU minutes",
-                       formatter_class=_Help,
-                       description="The fitted maps of the impulse init; random vs mimetic vs impulse init of a "
-                                   "small ViT with little data and many epochs on the built-in shapes dataset "
-                                   "(two seeds); the closed-form fit's speed at the paper's size.")
+    p = _subcommand(sub, "demo", "what the package does, on built-in data, in about three CPU minutes",
+                    description="The fitted maps of the impulse init; random vs mimetic vs impulse init of a small "
+                                "ViT with little data and many epochs on the built-in shapes dataset (two seeds); "
+                                "the closed-form fit's speed at the paper's size.")
     p.add_argument("--out", default=DEMO_DEFAULT_OUT, help="folder of the runs, the table and the pictures")
     p.add_argument("--seeds", type=_seeds, default=[0, 1], help="comma-separated seeds")
     p.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps per run (default: the demo's "

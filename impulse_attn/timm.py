@@ -157,21 +157,11 @@ class TimmInitReport:
         vals = [getattr(b, name) for b in self.blocks]
         return float(np.mean(vals)) if vals else float("nan")
 
-    @property
-    def argmax_hit(self) -> float:
-        return self._mean("argmax_hit")
-
-    @property
-    def target_mass(self) -> float:
-        return self._mean("target_mass")
-
-    @property
-    def mse(self) -> float:
-        return self._mean("mse")
-
-    @property
-    def uniform_mse(self) -> float:
-        return self._mean("uniform_mse")
+    # the blocks' mean of each quality figure
+    argmax_hit = property(lambda self: self._mean("argmax_hit"))
+    target_mass = property(lambda self: self._mean("target_mass"))
+    mse = property(lambda self: self._mean("mse"))
+    uniform_mse = property(lambda self: self._mean("uniform_mse"))
 
     def as_dict(self) -> dict:
         d = asdict(self)

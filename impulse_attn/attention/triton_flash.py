@@ -55,20 +55,12 @@ _pinned: Optional[dict] = None
 
 @triton.jit
 def _exp(x, BASE2: tl.constexpr):
-    if BASE2:
-        y = tl.math.exp2(x)
-    else:
-        y = tl.exp(x)
-    return y
+    return tl.math.exp2(x) if BASE2 else tl.exp(x)
 
 
 @triton.jit
 def _log(x, BASE2: tl.constexpr):
-    if BASE2:
-        y = tl.math.log2(x)
-    else:
-        y = tl.log(x)
-    return y
+    return tl.math.log2(x) if BASE2 else tl.log(x)
 
 
 @triton.jit
@@ -130,6 +122,12 @@ def _rows_ptr(X, b, h, s_b, s_h, s_n, rows, offs_d):
 
 
 @triton.jit
+def _load_head_rows(X, b, h, s_b, s_h, s_n, rows, N, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rows ``rows`` of head h of batch b of X (B, H, N, d), masked to N rows and HEAD_DIM columns."""
+    return _load_rows(_rows_ptr(X, b, h, s_b, s_h, s_n, rows, offs_d), rows, N, offs_d, HEAD_DIM, BLOCK_D, True)
+
+
+@triton.jit
 def _program_block(N, H, BLOCK: tl.constexpr):
     """This program's (batch·head index, batch, head, row offsets of its block): a 1-D grid with the blocks of
     one head adjacent, so they share that head's operands in L2."""
@@ -148,8 +146,7 @@ def _attn_fwd(Q, K, V, O, LSE, qk_scale,
     bh, b, h, offs_m = _program_block(N, H, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(_rows_ptr(Q, b, h, s_qb, s_qh, s_qn, offs_m, offs_d), offs_m, N, offs_d,
-                   HEAD_DIM, BLOCK_D, True)
+    q = _load_head_rows(Q, b, h, s_qb, s_qh, s_qn, offs_m, N, offs_d, HEAD_DIM, BLOCK_D)
     K += b * s_kb + h * s_kh
     V += b * s_vb + h * s_vh
 
@@ -178,10 +175,8 @@ def _attn_bwd_delta(O, DO, DELTA, s_ob, s_oh, s_on, s_db, s_dh, s_dn, H, N,
                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr):
     bh, b, h, offs_m = _program_block(N, H, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    o = _load_rows(_rows_ptr(O, b, h, s_ob, s_oh, s_on, offs_m, offs_d), offs_m, N, offs_d,
-                   HEAD_DIM, BLOCK_D, True)
-    do = _load_rows(_rows_ptr(DO, b, h, s_db, s_dh, s_dn, offs_m, offs_d), offs_m, N, offs_d,
-                    HEAD_DIM, BLOCK_D, True)
+    o = _load_head_rows(O, b, h, s_ob, s_oh, s_on, offs_m, N, offs_d, HEAD_DIM, BLOCK_D)
+    do = _load_head_rows(DO, b, h, s_db, s_dh, s_dn, offs_m, N, offs_d, HEAD_DIM, BLOCK_D)
     delta = tl.sum(o.to(ACC) * do.to(ACC), 1)
     tl.store(DELTA + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
 
@@ -216,13 +211,13 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, qk_scale, sm_scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BASE2: tl.constexpr, PRECISION: tl.constexpr,
                    ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # One program per (batch·head, block of BLOCK_N keys); it loops over all queries in blocks of BLOCK_M.
+    # A deliberate mirror of _attn_bwd_dq (same arguments and preamble, the loop over the other axis): the two
+    # passes of flash attention's backward, kept apart so each has its own autotuned config space.
     bh, b, h, offs_n = _program_block(N, H, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    k = _load_rows(_rows_ptr(K, b, h, s_kb, s_kh, s_kn, offs_n, offs_d), offs_n, N, offs_d,
-                   HEAD_DIM, BLOCK_D, True)
-    v = _load_rows(_rows_ptr(V, b, h, s_vb, s_vh, s_vn, offs_n, offs_d), offs_n, N, offs_d,
-                   HEAD_DIM, BLOCK_D, True)
+    k = _load_head_rows(K, b, h, s_kb, s_kh, s_kn, offs_n, N, offs_d, HEAD_DIM, BLOCK_D)
+    v = _load_head_rows(V, b, h, s_vb, s_vh, s_vn, offs_n, N, offs_d, HEAD_DIM, BLOCK_D)
     Q += b * s_qb + h * s_qh
     DO += b * s_db + h * s_dh
     LSE += bh.to(tl.int64) * N
@@ -269,13 +264,12 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, qk_scale, sm_scale,
                  HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BASE2: tl.constexpr, PRECISION: tl.constexpr,
                  ACC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     # One program per (batch·head, block of BLOCK_M queries); it loops over all keys in blocks of BLOCK_N.
+    # A deliberate mirror of _attn_bwd_dkdv (see there).
     bh, b, h, offs_m = _program_block(N, H, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(_rows_ptr(Q, b, h, s_qb, s_qh, s_qn, offs_m, offs_d), offs_m, N, offs_d,
-                   HEAD_DIM, BLOCK_D, True)
-    do = _load_rows(_rows_ptr(DO, b, h, s_db, s_dh, s_dn, offs_m, offs_d), offs_m, N, offs_d,
-                    HEAD_DIM, BLOCK_D, True)
+    q = _load_head_rows(Q, b, h, s_qb, s_qh, s_qn, offs_m, N, offs_d, HEAD_DIM, BLOCK_D)
+    do = _load_head_rows(DO, b, h, s_db, s_dh, s_dn, offs_m, N, offs_d, HEAD_DIM, BLOCK_D)
     lse = _load_vec(LSE + bh.to(tl.int64) * N, offs_m, N, True)
     if BASE2:
         lse = lse * 1.4426950408889634

@@ -92,11 +92,7 @@ class Dist:
         """Run ``fn`` on every rank; when it fails on any rank, raise the lowest failing rank's error on all."""
         if not self.active:
             return fn()
-        result, error, outcome = None, None, ("ok", None)
-        try:
-            result = fn()
-        except Exception as e:  # noqa: BLE001
-            error, outcome = e, _describe(e, self.rank)
+        result, error, outcome = _attempt(fn, self.rank)
         outcomes = self.gather_objects(outcome)
         if error is not None:
             raise error
@@ -113,12 +109,7 @@ class Dist:
         on every rank."""
         if not self.active:
             return fn()
-        result, error, outcome = None, None, ("ok", None)
-        if self.is_main:
-            try:
-                result = fn()
-            except Exception as e:  # noqa: BLE001
-                error, outcome = e, _describe(e, self.rank)
+        result, error, outcome = _attempt(fn, self.rank) if self.is_main else (None, None, ("ok", None))
         outcome = self.broadcast_object(outcome)
         if error is not None:
             raise error
@@ -188,6 +179,14 @@ def weights_digest(module: torch.nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _attempt(fn: Callable[[], Any], rank: int) -> tuple:
+    """(result, None, ("ok", None)) or (None, the exception, its description for the other ranks)."""
+    try:
+        return fn(), None, ("ok", None)
+    except Exception as e:  # noqa: BLE001
+        return None, e, _describe(e, rank)
 
 
 def _describe(e: Exception, rank: int) -> tuple:
