@@ -320,3 +320,15 @@ def test_compare_writes_table_and_curves_and_reuses_runs(tmp_path):
     with pytest.raises(UserError, match=r"other settings \(lr: there 0.003, now 0.01\)"):
         run_compare(dataclasses.replace(base, lr=0.01), variants, [0], tmp_path / "cmp", log=_quiet)
     assert (tmp_path / "cmp" / "impulse" / "seed0" / "checkpoint.pt").stat().st_mtime_ns == mtime
+
+
+def test_model_settings_reach_the_model_by_name(tmp_path):
+    # A TrainConfig field named like a SimpleViT parameter is passed on by the factory without code of its own.
+    from impulse_attn.training.factory import build_model
+    cfg = _cfg(tmp_path, value_init="mimetic", fit_offsets="cycle", num_heads=9, kernel_size=3)
+    model, _ = build_model(cfg, 2, 16)
+    layer = model.attention_layers()[0]
+    a = (layer.to_out.weight @ layer.to_v.weight).T
+    assert float(torch.diagonal(a).mean()) < -0.1                      # the mimetic value/projection
+    assert sorted(map(tuple, layer.impulse_offsets.tolist())) == [(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)]
+    assert model.fit_results[0].report.extra["target"] == "laplace"   # the model's default target

@@ -34,7 +34,8 @@ MODEL_DEFAULTS = {
 }
 # Flags of the Simple ViT and the ConvMixer that a timm model has no use for: refused there unless at their
 # defaults (a timm model's head width is --dim / --num-heads).
-NOT_FOR_TIMM = ("attention", "mode", "alpha", "scale", "attention_backend", "head_dim", "filters", "freeze", "box_n")
+NOT_FOR_TIMM = ("attention", "mode", "alpha", "scale", "attention_backend", "head_dim", "filters", "freeze", "box_n",
+                "fit_offsets", "value_init")
 MIXUP_MODES = ("batch", "pair", "elem")
 
 # Config keys of earlier versions -> their names now.
@@ -200,6 +201,11 @@ def _filters():
     return FILTER_INITS
 
 
+def _value_inits():
+    from ..init import VALUE_INITS
+    return VALUE_INITS
+
+
 def _fit_targets():
     from ..targets import TARGET_SHAPES
     return TARGET_SHAPES
@@ -275,13 +281,22 @@ class TrainConfig:
     fit_method: str = option("closed_form", "impulse fit: closed form (instant) or the published iterative Adam "
                              "recipe; official (timm models only): the structured-init paper's own closed form, and "
                              "for --init mimetic its own mimetic init", "model", choices=_fit_methods)
-    fit_target: str = option("impulse", "shape of the closed-form fit's target logits around each head's "
-                             "offset (see impulse_attn.targets.logit_target)", "model", choices=_fit_targets)
+    fit_target: Optional[str] = option(None, "shape of the closed-form fit's target logits around each head's "
+                                       "offset: impulse (row match + column match) or laplace (a local blob, the "
+                                       "shape of the published recipe's maps; see impulse_attn.targets)", "model",
+                                       choices=_fit_targets, none_means="laplace for vit, impulse for timm")
+    fit_offsets: str = option("random", "impulse offsets: random (drawn with replacement, fresh for every layer, "
+                              "as published) or cycle (head h takes window position h mod k² in every layer: with "
+                              "--num-heads >= k² every offset is used)", "model", choices=lambda: ("random", "cycle"))
+    value_init: str = option("default", "value and output projections (vit): default (PyTorch's) or mimetic "
+                             "(value-then-projection ≈ 0.4·Z − 0.4·I, as the later versions of the method do)",
+                             "model", choices=_value_inits)
     fit_steps: int = option(10000, "steps of the iterative fit", "model", check=positive)
     fit_backend: str = option("auto", "where the iterative fit runs (auto: the compiled extension when built)",
                               "model", choices=_fit_backends)
-    target_mass: float = option(0.3, "closed-form fit sharpness: mean attention mass on the target token (the "
-                                "iterative recipe reaches about 0.3 at the paper's size)", "model", check=unit_open)
+    target_mass: Optional[float] = option(None, "closed-form fit sharpness: mean attention mass on the target "
+                                          "token", "model", check=unit_open,
+                                          none_means="0.1 for vit (docs/RESULTS.md), 0.3 for timm")
     attention_backend: str = option("auto", "attention implementation (auto: the fastest that gives the "
                                     "reference's result here)", "model", choices=_attention_backends)
     filters: str = option("learned", "ConvMixer depthwise filters: learned from PyTorch's init, or a filter bank",

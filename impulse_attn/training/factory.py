@@ -130,12 +130,10 @@ def timm_kwargs(config, num_classes: int, image_size: int, channels: int) -> dic
 
 def _timm_fit_kwargs(c, fit_kwargs: Optional[dict]) -> dict:
     kwargs = dict(fit_kwargs or {})
-    if c.fit_method == "closed_form":
-        kwargs.setdefault("target_mass", c.target_mass)
-        kwargs.setdefault("target", c.fit_target)
-    elif c.fit_method == "iterative":
-        kwargs.setdefault("steps", c.fit_steps)
-        kwargs.setdefault("backend", c.fit_backend)
+    if c.fit_method in ("closed_form", "iterative"):
+        for key, value in _fit_kwargs(c).items():
+            if key != "offsets":  # a timm model's offsets are impulse_attn.timm's (the structured-init order)
+                kwargs.setdefault(key, value)
     return kwargs
 
 
@@ -183,6 +181,27 @@ def build_timm_model(config, num_classes: int, image_size: int, channels: int = 
 
 
 # --- every family ---------------------------------------------------------------------------------------------
+def _matching_fields(c, constructor, exclude=()) -> dict:
+    """The config fields named like ``constructor``'s parameters (None: the constructor's own default), so that a
+    model setting needs only its TrainConfig field: the factory passes it on by name."""
+    import dataclasses
+    import inspect
+    names = {f.name for f in dataclasses.fields(c)}
+    return {p: getattr(c, p) for p in inspect.signature(constructor).parameters
+            if p in names and p not in exclude and getattr(c, p) is not None}
+
+
+def _fit_kwargs(c) -> dict:
+    """fit_impulse arguments from the fit_* fields: the closed form's target and sharpness (None: the model's
+    defaults, init.CLOSED_FORM_DEFAULTS), the iterative recipe's steps and backend, and the offsets."""
+    if c.fit_method == "closed_form":
+        out = {"target": c.fit_target, "target_mass": c.target_mass}
+    else:
+        out = {"steps": c.fit_steps, "backend": c.fit_backend}
+    out["offsets"] = c.fit_offsets
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def build_model(config, num_classes: int, image_size: int, channels: int = 3,
                 fit_kwargs: Optional[dict] = None, qk_init: bool = True) -> Tuple[torch.nn.Module, dict]:
     """The model and an ``init`` record: init seconds, and for impulse init the fit report.
@@ -201,19 +220,12 @@ def build_model(config, num_classes: int, image_size: int, channels: int = 3,
         elif c.model == "vit":
             kwargs = dict(fit_kwargs or {})
             if c.init == "impulse":
-                if c.fit_method == "closed_form":
-                    kwargs.setdefault("target_mass", c.target_mass)
-                    kwargs.setdefault("target", c.fit_target)
-                else:
-                    kwargs.setdefault("steps", c.fit_steps)
-                    kwargs.setdefault("backend", c.fit_backend)
+                for key, value in _fit_kwargs(c).items():
+                    kwargs.setdefault(key, value)
             init = c.init if qk_init else "default"
-            model = SimpleViT(image_size=image_size, patch_size=c.patch_size, num_classes=num_classes, dim=c.dim,
-                              depth=c.depth, num_heads=c.num_heads, head_dim=c.head_dim, mlp_dim=c.mlp_dim,
-                              channels=channels, attention=c.attention, mode=c.mode, alpha=c.alpha, init=init,
-                              kernel_size=c.kernel_size, scale=c.scale, fit_method=c.fit_method,
+            model = SimpleViT(image_size=image_size, num_classes=num_classes, channels=channels, init=init,
                               fit_kwargs=(kwargs or None) if qk_init else None, seed=c.seed,
-                              attention_backend=c.attention_backend)
+                              **_matching_fields(c, SimpleViT, exclude=("image_size", "init", "seed")))
         else:
             model = ConvMixer(image_size=image_size, patch_size=c.patch_size, num_classes=num_classes, dim=c.dim,
                               depth=c.depth, kernel_size=c.kernel_size, channels=channels, filters=c.filters,
