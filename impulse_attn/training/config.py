@@ -398,6 +398,16 @@ class TrainConfig:
         a, b = self.resolved().as_dict(), other.resolved().as_dict()
         return {k: (a[k], b[k]) for k in a if k not in RUNTIME_FIELDS and a[k] != b[k]}
 
+    def arguments_for(self, constructor, exclude=()) -> dict:
+        """The fields named like ``constructor``'s parameters, not None (None: the constructor's own default).
+
+        This is how settings reach the model and the optimizer: a new SimpleViT or optimizer setting needs only
+        its field here, and the factory and the loop pass it on by name."""
+        import inspect
+        names = {f.name for f in fields(self)}
+        return {p: getattr(self, p) for p in inspect.signature(constructor).parameters
+                if p in names and p not in exclude and getattr(self, p) is not None}
+
     def check(self) -> None:
         """Validate every value against its field's rule, before any data is read or file written."""
         c = self.resolved()

@@ -181,16 +181,6 @@ def build_timm_model(config, num_classes: int, image_size: int, channels: int = 
 
 
 # --- every family ---------------------------------------------------------------------------------------------
-def _matching_fields(c, constructor, exclude=()) -> dict:
-    """The config fields named like ``constructor``'s parameters (None: the constructor's own default), so that a
-    model setting needs only its TrainConfig field: the factory passes it on by name."""
-    import dataclasses
-    import inspect
-    names = {f.name for f in dataclasses.fields(c)}
-    return {p: getattr(c, p) for p in inspect.signature(constructor).parameters
-            if p in names and p not in exclude and getattr(c, p) is not None}
-
-
 def _fit_kwargs(c) -> dict:
     """fit_impulse arguments from the fit_* fields: the closed form's target and sharpness (None: the model's
     defaults, init.CLOSED_FORM_DEFAULTS), the iterative recipe's steps and backend, and the offsets."""
@@ -225,7 +215,7 @@ def build_model(config, num_classes: int, image_size: int, channels: int = 3,
             init = c.init if qk_init else "default"
             model = SimpleViT(image_size=image_size, num_classes=num_classes, channels=channels, init=init,
                               fit_kwargs=(kwargs or None) if qk_init else None, seed=c.seed,
-                              **_matching_fields(c, SimpleViT, exclude=("image_size", "init", "seed")))
+                              **c.arguments_for(SimpleViT, exclude=("image_size", "init", "seed")))
         else:
             model = ConvMixer(image_size=image_size, patch_size=c.patch_size, num_classes=num_classes, dim=c.dim,
                               depth=c.depth, kernel_size=c.kernel_size, channels=channels, filters=c.filters,

@@ -334,7 +334,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_m
                         f"({total_steps} steps)", "lower the warmup")
     params = [p for p in model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = opt_cls(params, **cfg.arguments_for(opt_cls, exclude=("params",)))  # lr, weight_decay, ...
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(
         total_steps, warmup_steps, cfg.min_lr / cfg.lr))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
