@@ -156,7 +156,7 @@ def run(name: str, seed: int, data, epochs=15, batch=512, lr=1e-3, wd=0.05) -> d
     if v is not None:
         q, k, s = v
         for i, layer in enumerate(model.attention_layers()):
-            layer.set_qk(q[i], k[i])
+            layer.load_qk(q[i], k[i])
             layer.scale = s
         stats = {"scale": s, "q_norm": float(q.norm(dim=(-1, -2)).mean()), "k_norm": float(k.norm(dim=(-1, -2)).mean())}
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
