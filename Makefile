@@ -13,7 +13,7 @@ export CUDA_HOME ?= /usr/local/cuda
 endif
 export MAX_JOBS ?= 2
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-cpu-variants bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,14 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest tests/ -q
+
+# The parity modules again under other CPU code paths (no vector ISA dispatch; one thread): their tolerances come from
+# error models, so they must pass whatever kernels ATen, MKL or OpenMP pick (CI runs this after `make test`).
+PARITY := tests/test_fit_ext.py tests/test_attention.py tests/test_triton_attention.py tests/test_fitting.py \
+          tests/test_triton_training_parity.py tests/test_cuda_emulated.py
+test-cpu-variants: setup
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest $(PARITY) -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest $(PARITY) -q
 
 bench: setup
 	$(PY) -m pytest benchmarks/ --benchmark-only -s
