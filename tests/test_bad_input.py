@@ -213,3 +213,44 @@ def test_resumed_run_with_an_unreadable_config_keeps_its_files(finished_run, cap
     with pytest.raises(UserError, match="no readable run settings"):
         train(TrainConfig(**{"dataset": "synthetic", "out": str(finished_run), "resume": True}), log=lambda s: None)
     assert _snapshot(finished_run) == before
+
+
+# --- the Python API ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), float("inf")])
+def test_sincos_temperature(temperature):
+    from impulse_attn import sincos_2d
+    with pytest.raises(ValueError, match="temperature"):
+        sincos_2d(4, 16, temperature=temperature)
+
+
+@pytest.mark.parametrize("fit_kwargs, needle", [
+    ({"noise_std": float("nan")}, "noise_std"), ({"pinv_rtol": 2.0}, "pinv_rtol"),
+    ({"logit_scale": -1.0}, "logit_scale"), ({"renorm_every": 2 ** 31}, "renorm_every"),
+    ({"scale": 0.5}, "must not set 'scale'"),
+])
+def test_bad_fit_arguments_through_a_layer(fit_kwargs, needle):
+    from impulse_attn import ImpulseAttention
+    with pytest.raises(ValueError, match=needle):
+        ImpulseAttention(32, num_heads=2, head_dim=8, grid_size=4, kernel_size=3, fit_kwargs=fit_kwargs,
+                         fit_method="iterative" if "renorm_every" in fit_kwargs else "closed_form")
+
+
+def test_batch_of_zero_everywhere():
+    from impulse_attn import ConvMixer, ImpulseAttention, SimpleViT
+    for mode in ("I", "II", "III"):
+        layer = ImpulseAttention(32, num_heads=2, head_dim=8, grid_size=(3, 5), kernel_size=3, mode=mode)
+        assert layer(torch.randn(0, 15, 32)).shape == (0, 15, 32)
+    vit = SimpleViT(image_size=8, patch_size=2, dim=16, depth=1, num_heads=2, head_dim=8, mlp_dim=8, kernel_size=3)
+    assert vit(torch.randn(0, 3, 8, 8)).shape == (0, 10)
+    cm = ConvMixer(image_size=8, patch_size=2, dim=8, depth=1).eval()
+    assert cm(torch.randn(0, 3, 8, 8)).shape == (0, 10)
+
+
+def test_the_attention_subpackage_is_not_shadowed_and_defaults_to_auto():
+    import inspect
+
+    import impulse_attn
+    import impulse_attn.attention as attention_pkg
+    assert inspect.ismodule(attention_pkg) and attention_pkg.ATTENTION_BACKENDS[0] == "auto"
+    assert inspect.signature(attention_pkg.attention).parameters["backend"].default == "auto"
+    assert inspect.signature(impulse_attn.fit_impulse).parameters["backend"].default == "auto"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import grid_pair, positive_int
+from .._validate import grid_pair, positive_float, positive_int
 
 
 def sincos_2d(grid_size, dim: int, temperature: float = 10000.0, dtype=torch.float32,
@@ -14,7 +14,8 @@ def sincos_2d(grid_size, dim: int, temperature: float = 10000.0, dtype=torch.flo
     and ``ω_i = temperature^(-i/(dim/4 - 1))``: the layout of the Simple ViT and of the paper's code.
     """
     h, w = grid_pair(grid_size)
-    positive_int(dim, "dim")
+    dim = positive_int(dim, "dim")
+    temperature = positive_float(temperature, "temperature")
     if dim % 4 != 0 or dim < 8:
         raise ValueError(f"dim must be a multiple of 4 and >= 8 for the 2D sin-cos encoding, got {dim}")
     y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
