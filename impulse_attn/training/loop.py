@@ -119,7 +119,10 @@ def evaluate_sums(model: torch.nn.Module, loader: DataLoader, device: torch.devi
     """[summed cross-entropy, correct, count] over ``loader``."""
     model.eval()
     in_dtype = next(model.parameters()).dtype
-    loss_sum, correct, count = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    # float64 sums: summing 10,000 per-image losses in float32 would cost 4 digits, and the shards of a torchrun
+    # evaluation must add up to what one process gets
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct, count = torch.zeros((), device=device), 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if x.is_floating_point() and x.dtype != in_dtype:
