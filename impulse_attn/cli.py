@@ -172,7 +172,7 @@ def cmd_demo(args) -> int:
     from .demo import run_demo
     from .training.loop import check_out_dir
     check_out_dir(Path(args.out))
-    run_demo(args.out, seeds=args.seeds, progress=not args.no_progress, steps=args.steps)
+    run_demo(args.out, seeds=args.seeds, progress=not args.no_progress, steps=args.steps, data_dir=args.data_dir)
     return 0
 
 
@@ -269,12 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _subcommand(sub, "demo", "what the package does, on built-in data, in about three CPU minutes",
                     description="The fitted maps of the impulse init; random vs mimetic vs impulse init of a small "
-                                "ViT with little data and many epochs on the built-in shapes dataset (two seeds); "
-                                "the closed-form fit's speed at the paper's size.")
+                                "ViT with little data and many epochs on real images (two seeds); the closed-form "
+                                "fit's speed at the paper's size.")
     p.add_argument("--out", default=DEMO_DEFAULT_OUT, help="folder of the runs, the table and the pictures")
     p.add_argument("--seeds", type=_seeds, default=[0, 1], help="comma-separated seeds")
     p.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps per run (default: the demo's "
                    "400)")
+    p.add_argument("--data-dir", default=None, help="an image folder (train/ and val/ or test/ class folders) to run "
+                   "on (default: cifar10-mini next to the repository, else CIFAR-10 if it can be downloaded, else "
+                   "the built-in shapes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser

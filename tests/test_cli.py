@@ -103,22 +103,50 @@ def test_compare_writes_table(tmp_path, capsys):
     assert (tmp_path / "results.md").is_file() and (tmp_path / "curves.png").is_file()
 
 
+def _image_folder(root, per_class=4, size=16):
+    from PIL import Image
+    for split, n in (("train", per_class), ("val", 2), ("test", 2)):
+        for c in range(3):
+            d = root / split / f"c{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (size, size), (80 * c, 30 * i, 90)).save(d / f"{i}.png")
+
+
 def test_demo_prints_table_verdict_and_paths(tmp_path, capsys, monkeypatch):
-    # The real demo takes minutes; the same code path at a tiny size.
+    # The real demo takes minutes; the same code path at a tiny size, on an image folder.
     from impulse_attn import demo
-    monkeypatch.setitem(demo.SETTINGS, "synthetic_train", 40)
-    monkeypatch.setitem(demo.SETTINGS, "synthetic_test", 20)
-    monkeypatch.setitem(demo.SETTINGS, "dim", 32)
-    monkeypatch.setitem(demo.SETTINGS, "depth", 1)
-    code, stdout, _ = _run(["demo", "--out", str(tmp_path), "--steps", "3", "--no-progress"], capsys)
+    monkeypatch.setattr(demo, "PER_CLASS", 3)
+    monkeypatch.setitem(demo.MODEL, "dim", 16)
+    monkeypatch.setitem(demo.MODEL, "depth", 1)
+    monkeypatch.setitem(demo.BUDGET, "batch_size", 3)
+    _image_folder(tmp_path / "data")
+    code, stdout, _ = _run(["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--data-dir",
+                            str(tmp_path / "data"), "--no-progress"], capsys)
     assert code == 0
     for label in ("random", "mimetic", "impulse"):
         assert f"| {label} | 2 |" in stdout                 # two seeds
-    assert "impulse" in stdout and ("ahead of random" in stdout or "behind random" in stdout or
-                                    "level within" in stdout)
+    assert "3 images per class" in stdout and ("ahead of random" in stdout or "behind random" in stdout or
+                                               "level within" in stdout)
     assert "closed-form fit of the paper's model" in stdout
     for name in ("results.md", "curves.png", "fit.png"):
-        assert str(tmp_path / name) in stdout and (tmp_path / name).is_file()
+        assert str(tmp_path / "demo" / name) in stdout and (tmp_path / "demo" / name).is_file()
+
+
+def test_demo_data_falls_back_to_the_built_in_shapes_and_says_so(tmp_path, monkeypatch):
+    from impulse_attn import demo
+    from impulse_attn.training import data as data_mod
+    monkeypatch.setattr(demo, "SHARED_DATA", tmp_path / "absent")
+
+    def no_network(*args, **kwargs):
+        raise data_mod.UserError("could not load cifar10 (no network)", "connect once")
+    monkeypatch.setattr(data_mod, "_torchvision_datasets", no_network)
+    said = []
+    fields, where = demo._data(None, said.append)
+    assert fields["dataset"] == "synthetic" and where == "the built-in shapes dataset"
+    assert len(said) == 1 and "does not help" in said[0]
+    with pytest.raises(Exception, match="does not exist"):
+        demo._data(str(tmp_path / "nope"), said.append)
 
 
 # --- bad input: one line, exit 2, no traceback, nothing lost ---------------------------------------------------
