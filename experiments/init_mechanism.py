@@ -146,7 +146,8 @@ def run(name: str, seed: int, data, epochs=15, batch=512, lr=1e-3, wd=0.05) -> d
     (xtr, ytr), (xva, yva) = data
     torch.manual_seed(seed)
     model = ia.SimpleViT(num_classes=10, init="random", seed=seed, attention_backend="sdpa", **MODEL)
-    offsets = torch.stack([torch.randint(0, 25, (MODEL["num_heads"],), generator=torch.Generator().manual_seed(seed * 7 + i))
+    offsets = torch.stack([torch.randint(0, 25, (MODEL["num_heads"],),
+                                         generator=torch.Generator().manual_seed(seed * 7 + i))
                            for i in range(MODEL["depth"])])
     offsets = torch.stack((offsets // 5 - 2, offsets % 5 - 2), -1)
     t0 = time.perf_counter()

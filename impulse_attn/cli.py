@@ -157,9 +157,10 @@ def cmd_fit(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from .plots import plot_fit_result
     from .targets import sincos_2d
-    png = plot_fit_result(fit, sincos_2d((args.grid, args.grid), args.dim) * (1 - args.alpha), (args.grid, args.grid),
-                          out / "fit.png", title=f"{args.fit_method} fit, {args.num_heads} heads, {args.grid}x{args.grid} grid, "
-                             f"k={args.kernel_size}, D={args.dim}, r={args.head_dim}, scale {fit.scale:g}")
+    grid = (args.grid, args.grid)
+    png = plot_fit_result(fit, sincos_2d(grid, args.dim) * (1 - args.alpha), grid, out / "fit.png",
+                          title=f"{args.fit_method} fit, {args.num_heads} heads, {args.grid}x{args.grid} grid, "
+                                f"k={args.kernel_size}, D={args.dim}, r={args.head_dim}, scale {fit.scale:g}")
     write_json(out / "report.json", {"settings": {k: v for k, v in vars(args).items() if k != "func"},
                                      "scale": fit.scale, "offsets": fit.offsets.tolist(),
                                      "report": fit.report.as_dict()})

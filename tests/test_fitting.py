@@ -185,7 +185,8 @@ def test_laplace_target_is_local():
         off = res.offsets[0]
         far = []
         for h in range(off.shape[0]):
-            d = torch.maximum((rows[None] - rows[:, None] - off[h, 0]).abs(), (cols[None] - cols[:, None] - off[h, 1]).abs())
+            d = torch.maximum((rows[None] - rows[:, None] - off[h, 0]).abs(),
+                              (cols[None] - cols[:, None] - off[h, 1]).abs())
             far.append(float((maps[h] * (d >= 3)).sum(-1).mean()))
         return sum(far) / len(far)
     assert lap.report.argmax_hit == 1.0 and lap.report.target_mass == pytest.approx(0.1, abs=0.01)

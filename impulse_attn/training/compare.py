@@ -142,7 +142,8 @@ def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[
     out = Path(out)
     labels = [v.label for v in variants]
     if len(set(map(slug, labels))) != len(labels):
-        raise UserError(f"variant labels {labels} are not distinct", "give each variant its own label (label:key=value,...)")
+        raise UserError(f"variant labels {labels} are not distinct",
+                        "give each variant its own label (label:key=value,...)")
     configs = {}
     for v in variants:  # check every config before the first (long) run starts
         for seed in seeds:
