@@ -124,7 +124,7 @@ def test_demo_prints_table_verdict_and_paths(tmp_path, capsys, monkeypatch):
     code, stdout, _ = _run(["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--data-dir",
                             str(tmp_path / "data"), "--no-progress"], capsys)
     assert code == 0
-    for label in ("random", "mimetic", "impulse"):
+    for label in demo.INITS:
         assert f"| {label} | 2 |" in stdout                 # two seeds
     assert "3 images per class" in stdout and ("ahead of random" in stdout or "behind random" in stdout or
                                                "level within" in stdout)

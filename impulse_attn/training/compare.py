@@ -171,8 +171,10 @@ def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[
         model_text = (f", {c.model} dim {c.dim} depth {c.depth}" +
                       (f" heads {c.num_heads}x{c.head_dim} mlp {c.mlp_dim}" if c.model == "vit"
                        else f" kernel {c.kernel_size}"))
+    trained = runs[next(iter(runs))][0].history[-1].get("epoch", c.epochs) if runs else c.epochs
+    budget = f"{c.steps} steps ({trained} epochs)" if c.steps else f"{c.epochs} epochs"
     setting = (f"{c.dataset}" + (f" ({c.per_class}/class)" if c.per_class else "") + model_text
-               + f", patch {c.patch_size}, {c.epochs} epochs, batch {c.batch_size}, {c.optimizer} lr {c.lr:g}, "
+               + f", patch {c.patch_size}, {budget}, batch {c.batch_size}, {c.optimizer} lr {c.lr:g}, "
                f"seeds {list(seeds)}")
     if not dist.is_main:  # under torchrun every rank trained; rank 0 writes the table and the pictures
         return CompareResult(out, runs, reach, table, table_path, None)
