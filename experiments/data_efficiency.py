@@ -111,6 +111,7 @@ def plot(results: dict, path: Path) -> Path:
     for a in (ax, ax_gain):
         a.set_xscale("log")
         a.set_xticks(sizes)
+        a.minorticks_off()
         a.set_xticklabels([str(s) for s in sizes])
         a.set_xlabel("training images per class (fixed number of optimizer steps)")
         a.grid(alpha=0.3)

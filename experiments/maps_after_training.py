@@ -82,6 +82,7 @@ def main() -> None:
                     alpha=0.6)
         ax.set_xscale("log")
         ax.set_xticks(sizes)
+        ax.minorticks_off()
         ax.set_xticklabels([str(s) for s in sizes])
         ax.set_xlabel("training images per class")
         ax.set_title(label + " (dashed: at init)", fontsize=10)
