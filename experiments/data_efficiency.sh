@@ -5,6 +5,7 @@
 #
 #   bash experiments/data_efficiency.sh            # the whole study (about 5-6 hours on 2 CPU cores)
 #   SEEDS="0" SIZES="25 500" bash experiments/data_efficiency.sh   # a part of it
+#   MODEL="--model vit --patch-size 2 ..." STEPS=5000 OUT=runs/gpu bash experiments/data_efficiency.sh  # other model
 #   python experiments/data_efficiency.py          # table + plot from whatever runs exist
 #
 # Model: Simple ViT on an 8x8 token grid (patch 4 on 32x32 images), dim 128, depth 4, 8 heads of 16, MLP 256,
@@ -19,7 +20,8 @@ DATA=${DATA:-../shared/data/cifar10-mini}
 SEEDS=${SEEDS:-"0 1 2"}
 SIZES=${SIZES:-"25 50 100 250 500"}
 STEPS=${STEPS:-800}
-MODEL="--model vit --patch-size 4 --dim 128 --depth 4 --num-heads 8 --head-dim 16 --mlp-dim 256 --mode I --alpha 0.2"
+SMALL_VIT="--model vit --patch-size 4 --dim 128 --depth 4 --num-heads 8 --head-dim 16 --mlp-dim 256 --mode I --alpha 0.2"
+MODEL=${MODEL:-$SMALL_VIT}
 OPT="--optimizer adamw --lr 1e-3 --weight-decay 0.05 --batch-size 128 --eval-batch-size 500 --steps $STEPS"
 INITS=(
   "random:init=random"
