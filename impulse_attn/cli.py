@@ -268,14 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="where inspect.json and maps.png go (default: the run folder)")
     p.set_defaults(func=cmd_inspect)
 
-    p = _subcommand(sub, "demo", "what the package does, on built-in data, in about three CPU minutes",
-                    description="The fitted maps of the impulse init; random vs mimetic vs impulse init of a small "
+    p = _subcommand(sub, "demo", "what the package does, on real images when it can, in about four CPU minutes",
+                    description="The fitted maps of the impulse init; random vs impulse init of a small "
                                 "ViT with little data and many epochs on real images (two seeds); the closed-form "
                                 "fit's speed at the paper's size.")
     p.add_argument("--out", default=DEMO_DEFAULT_OUT, help="folder of the runs, the table and the pictures")
     p.add_argument("--seeds", type=_seeds, default=[0, 1], help="comma-separated seeds")
     p.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps per run (default: the demo's "
-                   "400)")
+                   "300)")
     p.add_argument("--data-dir", default=None, help="an image folder (train/ and val/ or test/ class folders) to run "
                    "on (default: cifar10-mini next to the repository, else CIFAR-10 if it can be downloaded, else "
                    "the built-in shapes)")

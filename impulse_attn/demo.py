@@ -88,6 +88,7 @@ def run_demo(out, seeds: Sequence[int] = SEEDS, progress: bool = True, log: Call
     from .training.config import TrainConfig
     from .training.data import build_datasets
     from .training.factory import build_model
+    from .training.loop import step_plan
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -98,7 +99,7 @@ def run_demo(out, seeds: Sequence[int] = SEEDS, progress: bool = True, log: Call
     base = TrainConfig(**settings)
     base.check()
     bundle = build_datasets(base)
-    epochs = -(-base.steps * base.batch_size // len(bundle.train))
+    epochs = step_plan(base, -(-len(bundle.train) // base.batch_size))[2]  # the loop's batches: the last one short
     base = dataclasses.replace(base, eval_every=max(1, epochs // 2))
     log(f"impulse-attn demo: random vs impulse query/key init of a small ViT on {where}: "
         f"{len(bundle.train) // bundle.num_classes} images per class, {base.steps} steps ({epochs} epochs), seeds "
