@@ -4,12 +4,14 @@
 # budget, 3 seeds, one factor changed at a time. Random init and the default impulse init come from the study's
 # runs at that size (same seeds, same data order); the default impulse init is also rerun here as a control.
 #
-#   SIZE=50 bash experiments/what_pays_off.sh
-#   python experiments/tables.py what-pays-off --runs runs/pays_off/pc50 --baseline runs/study/pc50
+#   bash experiments/what_pays_off.sh               # at the size the study picks (see what_pays_off.py)
+#   SIZE=50 SEEDS="0" bash experiments/what_pays_off.sh
+#   python experiments/what_pays_off.py             # table + plot from whatever runs exist
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-SIZE=${SIZE:?set SIZE to the images per class where the study found the largest gain}
+STUDY=${STUDY:-runs/study}
+SIZE=${SIZE:-$($PY experiments/what_pays_off.py --pick-size --study "$STUDY")}
 OUT=${OUT:-runs/pays_off}
 DATA=${DATA:-../shared/data/cifar10-mini}
 SEEDS=${SEEDS:-"0 1 2"}
@@ -41,3 +43,4 @@ done
 $PY -m impulse_attn.cli compare --dataset folder --data-dir "$DATA" --per-class "$SIZE" --augment flip-crop \
     $MODEL $OPT --eval-every "$every" --no-progress --seeds "$all_seeds" --out "$OUT/pc$SIZE" \
     --title "what pays off, $SIZE images per class" --variants "${VARIANTS[@]}"
+$PY experiments/what_pays_off.py --runs "$OUT" --study "$STUDY"

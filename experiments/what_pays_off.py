@@ -1,0 +1,143 @@
+"""Table and plot of "what makes the prior pay off" (experiments/what_pays_off.sh), and the rule that picks its size.
+
+Every variant changes one factor of the study's model at one data size, same data, budget and seeds. Gains are
+paired by seed against two runs of the data-efficiency study at that size: random init and the default impulse
+init (closed form). The variant "impulse (default)" reruns the latter with this code, so its row measures how far
+a rerun of the same setting lands (thread count, code version), the floor under which a difference means nothing.
+
+    python experiments/what_pays_off.py --pick-size [--study runs/study]    # prints the size to run at
+    python experiments/what_pays_off.py [--runs runs/pays_off] [--study runs/study] [--figure PATH]
+
+The size is fixed before any variant runs: the size where the study's mean paired val gain of the default
+impulse init over random is largest (ties: the smaller size).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_efficiency import load  # noqa: E402  (same folder layout: RUNS/pc<N>/<variant>/seed<k>/)
+
+RANDOM = "random"
+DEFAULT = "impulse (closed form)"
+
+
+def paired_gains(runs: dict, base: dict) -> list:
+    """Val accuracy minus the base's, seed by seed, for the seeds both have (points)."""
+    return [100 * (runs[s]["val"] - base[s]["val"]) for s in sorted(runs) if s in base]
+
+
+def pick_size(study: dict) -> int:
+    gains = {}
+    for size, per in study.items():
+        g = paired_gains(per.get(DEFAULT, {}), per.get(RANDOM, {}))
+        if g:
+            gains[size] = statistics.fmean(g)
+    if not gains:
+        raise SystemExit("the study has no paired random / impulse (closed form) runs yet")
+    best = max(gains.values())
+    return min(s for s, g in gains.items() if g == best)
+
+
+def _pm(values: list) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:+.1f}"
+    return f"{statistics.fmean(values):+.1f} ± {statistics.stdev(values):.1f}"
+
+
+def _acc(values: list) -> str:
+    values = [100 * v for v in values]
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def rows(size: int, variants: dict, study: dict) -> list:
+    """One row per variant (in the script's order), the study's random and default first."""
+    random, default = study.get(RANDOM, {}), study.get(DEFAULT, {})
+    out = []
+    for label, runs in [("random (study)", random), ("impulse, closed form (study)", default)] + list(variants.items()):
+        if not runs:
+            continue
+        seeds = sorted(runs)
+        out.append({
+            "label": label, "seeds": seeds,
+            "val": [runs[s]["val"] for s in seeds],
+            "test": [runs[s]["test"] for s in seeds if runs[s]["test"] is not None],
+            "vs_random": paired_gains(runs, random) if runs is not random else [],
+            "vs_default": paired_gains(runs, default) if runs is not default else [],
+        })
+    return out
+
+
+def table(size: int, rs: list) -> str:
+    lines = [f"{size} images per class; gains are val points, paired by seed with the study's runs",
+             "",
+             "| variant | seeds | val acc | test acc | vs random | vs default impulse |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rs:
+        lines.append(f"| {r['label']} | {','.join(map(str, r['seeds']))} | {_acc(r['val'])} | {_acc(r['test'])} | "
+                     f"{_pm(r['vs_random']) if r['vs_random'] else '—'} | "
+                     f"{_pm(r['vs_default']) if r['vs_default'] else '—'} |")
+    return "\n".join(lines)
+
+
+def plot(size: int, rs: list, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    shown = [r for r in rs if r["vs_random"]]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.5))
+    for i, r in enumerate(shown):
+        y = len(shown) - 1 - i
+        ax.scatter(r["vs_random"], [y] * len(r["vs_random"]), color="C0", s=18, alpha=0.6)
+        ax.plot([statistics.fmean(r["vs_random"])], [y], marker="|", color="C3", markersize=16, mew=2)
+    ax.set_yticks(range(len(shown)))
+    ax.set_yticklabels([f"{r['label']} ({len(r['vs_random'])} seed{'s' * (len(r['vs_random']) > 1)})"
+                        for r in reversed(shown)], fontsize=8)
+    ax.axvline(0, color="grey", lw=0.8)
+    ax.set_xlabel("val accuracy minus random init's, same seed (points; dots: seeds, bar: mean)")
+    ax.set_title(f"what makes the prior pay off ({size} images per class)", fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", default="runs/pays_off", help="what_pays_off.sh's output folder")
+    p.add_argument("--study", default="runs/study", help="the data-efficiency study's output folder")
+    p.add_argument("--pick-size", action="store_true", help="print the size to run at and stop")
+    p.add_argument("--figure", default=None, help="where to write the plot (default: RUNS/what_pays_off.png)")
+    args = p.parse_args()
+    study = load(Path(args.study))
+    if args.pick_size:
+        print(pick_size(study))
+        return
+    runs = Path(args.runs)
+    done = load(runs)
+    if not done:
+        raise SystemExit(f"no finished runs under {runs}")
+    texts = []
+    for size, variants in sorted(done.items()):
+        rs = rows(size, variants, study.get(size, {}))
+        texts.append(table(size, rs))
+        fig = plot(size, rs, Path(args.figure) if args.figure else runs / "what_pays_off.png")
+    text = "\n\n".join(texts)
+    (runs / "what_pays_off.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    print(f"\ntable: {runs / 'what_pays_off.md'}\nplot: {fig}")
+
+
+if __name__ == "__main__":
+    main()
