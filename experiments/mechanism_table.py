@@ -1,7 +1,10 @@
 """Markdown table of experiments/init_mechanism.py's results (runs/mechanism/results.jsonl): val accuracy (%) at
 selected epochs and at the end, mean ± std over the seeds each variant has, and the init's weights.
 
-    python experiments/mechanism_table.py [--results runs/mechanism/results.jsonl]
+    python experiments/mechanism_table.py [--results runs/mechanism/results.jsonl] [--figure PATH]
+
+With --figure, also a plot of val accuracy per epoch (one line per variant, mean over its seeds) and of the gap to
+random init, epoch by epoch.
 """
 from __future__ import annotations
 
@@ -34,10 +37,46 @@ def pm(values) -> str:
     return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
+def plot(by: dict, path: Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    fig, (ax, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5))
+    random = by.get("random", [])
+    base = [statistics.fmean(100 * r["val_acc"][e] for r in random) for e in range(len(random[0]["val_acc"]))] \
+        if random else None
+    for name in ORDER + sorted(set(by) - set(ORDER)):
+        rs = by.get(name, [])
+        if not rs:
+            continue
+        n = min(len(r["val_acc"]) for r in rs)
+        mean = [statistics.fmean(100 * r["val_acc"][e] for r in rs) for e in range(n)]
+        epochs = list(range(1, n + 1))
+        style = dict(lw=2.2, color="k") if name == "random" else dict(lw=1.4)
+        ax.plot(epochs, mean, label=f"{name} ({len(rs)} seed{'s' * (len(rs) > 1)})", **style)
+        if base is not None:
+            ax_gap.plot(epochs, [m - b for m, b in zip(mean, base)], **style)
+    ax.set_ylabel("val accuracy (%), 10,000 images")
+    ax.set_title("the init's effect over training (500/class, no augmentation)", fontsize=10)
+    ax_gap.axhline(0, color="grey", lw=0.8)
+    ax_gap.set_ylabel("val accuracy minus random init's (points)")
+    ax_gap.set_title("gap to random init", fontsize=10)
+    for a in (ax, ax_gap):
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default="runs/mechanism/results.jsonl")
-    p.add_argument("--epochs", default="1,3,5,10")
+    p.add_argument("--results", default="runs/mechanism/results.jsonl", help="init_mechanism.py's results")
+    p.add_argument("--epochs", default="1,3,5,10", help="epochs to show in the table")
+    p.add_argument("--figure", default=None, help="also write the curves to this picture")
     args = p.parse_args()
     rows = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     by = {}
@@ -61,6 +100,9 @@ def main() -> None:
         norms = "—" if "q_norm" not in rs[0] else f"{rs[0]['q_norm']:.1f}, {rs[0]['k_norm']:.1f}"
         print(f"| {name} | {WHAT.get(name, '')} | {','.join(str(r['seed']) for r in rs)} | " + " | ".join(cells) +
               f" | {pm([r['final'] for r in rs])} | {gain} | {norms} |")
+
+    if args.figure:
+        print(f"\nfigure: {plot(by, Path(args.figure))}")
 
 
 if __name__ == "__main__":
