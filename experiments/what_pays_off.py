@@ -21,8 +21,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_efficiency import load  # noqa: E402  (same folder layout: RUNS/pc<N>/<variant>/seed<k>/)
 
+SCRIPT = Path(__file__).resolve().parent / "what_pays_off.sh"
 RANDOM = "random"
 DEFAULT = "impulse (closed form)"
+
+
+def script_labels() -> list:
+    """The variant labels in what_pays_off.sh, in its order (runs of a subset, ONLY=..., are labelled by them)."""
+    block = SCRIPT.read_text().split("VARIANTS=(", 1)[1].split("\n)", 1)[0]
+    return [line.strip().strip('"').split(":", 1)[0] for line in block.splitlines() if line.strip().startswith('"')]
 
 
 def paired_gains(runs: dict, base: dict) -> list:
@@ -129,7 +136,12 @@ def main() -> None:
     if not done:
         raise SystemExit(f"no finished runs under {runs}")
     texts = []
-    for size, variants in sorted(done.items()):
+    from impulse_attn.training.compare import slug
+    order = script_labels()
+    by_slug = {slug(label): label for label in order}
+    for size, found in sorted(done.items()):
+        variants = {by_slug.get(slug(k), k): v for k, v in found.items() if v}
+        variants = dict(sorted(variants.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
         rs = rows(size, variants, study.get(size, {}))
         texts.append(table(size, rs))
         fig = plot(size, rs, Path(args.figure) if args.figure else runs / "what_pays_off.png")

@@ -6,6 +6,7 @@
 #
 #   bash experiments/what_pays_off.sh               # at the size the study picks (see what_pays_off.py)
 #   SIZE=50 SEEDS="0" bash experiments/what_pays_off.sh
+#   ONLY="9 heads|value" bash experiments/what_pays_off.sh   # the variants whose label matches (grep -E)
 #   python experiments/what_pays_off.py             # table + plot from whatever runs exist
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,14 @@ VARIANTS=(
   "impulse + value/proj:$IMP,value_init=mimetic"
   "random + value/proj:init=random,value_init=mimetic"
 )
+if [ -n "${ONLY:-}" ]; then
+  picked=()
+  for v in "${VARIANTS[@]}"; do
+    if printf '%s\n' "${v%%:*}" | grep -Eq -- "$ONLY"; then picked+=("$v"); fi
+  done
+  [ ${#picked[@]} -gt 0 ] || { echo "ONLY=$ONLY matches no variant" >&2; exit 2; }
+  VARIANTS=("${picked[@]}")
+fi
 epochs=$(( (STEPS * 128 + SIZE * 10 - 1) / (SIZE * 10) ))
 every=$(( epochs / 4 > 0 ? epochs / 4 : 1 ))
 all_seeds=$(echo $SEEDS | tr ' ' ',')
