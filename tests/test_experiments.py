@@ -1,0 +1,112 @@
+"""The experiment drivers' arithmetic: the study's paired gains, the rule that picks what_pays_off's size, its
+variant filter, and the tables/figures they write, on run folders made up here (no training)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import data_efficiency  # noqa: E402
+import mechanism_table  # noqa: E402
+import what_pays_off  # noqa: E402
+
+
+def _run(root: Path, size: int, variant: str, seed: int, val: float, test: float = 0.3) -> None:
+    d = root / f"pc{size}" / variant / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({
+        "final": {"val": val, "test": test}, "final_acc": val, "epochs": 800 * 128 // (size * 10),
+        "train_seconds": 1.0}))
+
+
+@pytest.fixture
+def study(tmp_path):
+    root = tmp_path / "study"
+    # size 25: gains +2, +4 (mean +3); size 50: gain +3 (one seed); size 100: +1; a seed without a random partner
+    for seed, (r, i) in enumerate([(0.30, 0.32), (0.31, 0.35)]):
+        _run(root, 25, "random", seed, r)
+        _run(root, 25, "impulse_closed_form", seed, i)
+    _run(root, 50, "random", 0, 0.40)
+    _run(root, 50, "impulse_closed_form", 0, 0.43)
+    _run(root, 50, "impulse_closed_form", 7, 0.99)
+    _run(root, 100, "random", 0, 0.50)
+    _run(root, 100, "impulse_closed_form", 0, 0.51)
+    return root
+
+
+def test_study_table_pairs_gains_by_seed(study):
+    results = data_efficiency.load(study)
+    assert sorted(results) == [25, 50, 100]
+    text = data_efficiency.table(results)
+    row = next(line for line in text.splitlines() if line.startswith("| 25 |") and "impulse_closed_form" in line)
+    assert row.rstrip(" |").endswith("+3.0 ± 1.4")  # gains 2 and 4 points
+    row50 = next(line for line in text.splitlines() if line.startswith("| 50 |") and "impulse" in line)
+    assert row50.rstrip(" |").endswith("+3.0")  # seed 7 has no random partner and is left out of the gain
+    assert data_efficiency.plot(results, study / "fig.png").stat().st_size > 0
+
+
+def test_pick_size_takes_the_largest_mean_gain_and_the_smaller_size_on_ties(study):
+    results = data_efficiency.load(study)
+    results[25]["impulse (closed form)"] = results[25].pop("impulse_closed_form")
+    results[50]["impulse (closed form)"] = results[50].pop("impulse_closed_form")
+    results[100]["impulse (closed form)"] = results[100].pop("impulse_closed_form")
+    assert what_pays_off.pick_size(results) == 25  # +3.0 at 25 and at 50 (seed 7 unpaired): the smaller size
+    results[50]["impulse (closed form)"][0]["val"] = 0.45
+    assert what_pays_off.pick_size(results) == 50
+    with pytest.raises(SystemExit):
+        what_pays_off.pick_size({25: {"random": {}}})
+
+
+def test_what_pays_off_rows_pair_with_the_study(study, tmp_path):
+    runs = tmp_path / "pays_off"
+    _run(runs, 25, "random_9_heads", 0, 0.33)
+    _run(runs, 25, "random_9_heads", 1, 0.30)
+    base = data_efficiency.load(study)[25]
+    base = {"random": base["random"], "impulse (closed form)": base["impulse_closed_form"]}
+    variants = {"random, 9 heads": data_efficiency.load(runs)[25]["random_9_heads"]}
+    rs = what_pays_off.rows(25, variants, base)
+    assert [r["label"] for r in rs] == ["random (study)", "impulse, closed form (study)", "random, 9 heads"]
+    assert rs[2]["vs_random"] == pytest.approx([3.0, -1.0])
+    assert rs[2]["vs_default"] == pytest.approx([1.0, -5.0])
+    assert rs[0]["vs_random"] == [] and rs[1]["vs_default"] == []
+    text = what_pays_off.table(25, rs)
+    assert "| random, 9 heads | 0,1 | 31.5 ± 2.1 |" in text
+    assert what_pays_off.plot(25, rs, tmp_path / "p.png").stat().st_size > 0
+
+
+def test_script_labels_match_the_variants_that_slug_to_distinct_folders():
+    from impulse_attn.training.compare import slug
+    labels = what_pays_off.script_labels()
+    assert len(labels) == 11 and labels[0] == "impulse (default)"
+    assert len({slug(label) for label in labels}) == len(labels)
+
+
+@pytest.mark.parametrize("only, expect", [("9 heads", ["impulse k3, 9 heads, cycled", "random, 9 heads"]),
+                                          ("value", ["impulse + value/proj", "random + value/proj"])])
+def test_only_filters_the_variants(only, expect):
+    env = dict(os.environ, PYTHON="echo", SIZE="25", SEEDS="0", ONLY=only)
+    out = subprocess.run(["bash", str(ROOT / "experiments" / "what_pays_off.sh")], env=env, capture_output=True,
+                         text=True, check=True).stdout.splitlines()[0]
+    labels = out.split("--variants ", 1)[1]
+    assert [label for label in what_pays_off.script_labels() if label + ":" in labels] == expect
+
+
+def test_only_refuses_a_filter_that_matches_nothing():
+    env = dict(os.environ, PYTHON="echo", SIZE="25", SEEDS="0", ONLY="no such variant")
+    r = subprocess.run(["bash", str(ROOT / "experiments" / "what_pays_off.sh")], env=env, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "matches no variant" in r.stderr
+
+
+def test_mechanism_figure(tmp_path):
+    by = {"random": [{"seed": 0, "val_acc": [0.2, 0.3, 0.4], "final": 0.4}],
+          "recipe": [{"seed": 0, "val_acc": [0.25, 0.35, 0.42], "final": 0.42},
+                     {"seed": 1, "val_acc": [0.27, 0.33, 0.40], "final": 0.40}]}
+    assert mechanism_table.plot(by, tmp_path / "m.png").stat().st_size > 0
