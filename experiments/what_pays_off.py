@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from data_efficiency import load  # noqa: E402  (same folder layout: RUNS/pc<N>/<variant>/seed<k>/)
+from data_efficiency import _pm as _acc, load  # noqa: E402  (same folder layout: RUNS/pc<N>/<variant>/seed<k>/)
 
 SCRIPT = Path(__file__).resolve().parent / "what_pays_off.sh"
 RANDOM = "random"
@@ -55,15 +55,6 @@ def _pm(values: list) -> str:
     if len(values) == 1:
         return f"{values[0]:+.1f}"
     return f"{statistics.fmean(values):+.1f} ± {statistics.stdev(values):.1f}"
-
-
-def _acc(values: list) -> str:
-    values = [100 * v for v in values]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def rows(size: int, variants: dict, study: dict) -> list:
