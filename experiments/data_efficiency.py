@@ -75,9 +75,8 @@ def table(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from impulse_attn.plots import pyplot, save_figure
+    plt = pyplot()
     fig, (ax, ax_gain) = plt.subplots(1, 2, figsize=(12, 4.5))
     variants = []
     for per in results.values():
@@ -121,11 +120,7 @@ def plot(results: dict, path: Path) -> Path:
     ax_gain.axhline(0, color="grey", lw=0.8)
     ax_gain.set_ylabel("val accuracy minus random init's, same seed (points)")
     ax_gain.set_title("gain over random init", fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 110)
 
 
 def main() -> None:

@@ -66,9 +66,8 @@ def main() -> None:
     (runs / "maps_after_training.md").write_text(text + "\n", encoding="utf-8")
     print(text)
 
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from impulse_attn.plots import pyplot
+    plt = pyplot()
     inits = sorted({r["init"] for r in rows})
     sizes = sorted({r["size"] for r in rows})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))

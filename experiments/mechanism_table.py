@@ -38,9 +38,8 @@ def pm(values) -> str:
 
 
 def plot(by: dict, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from impulse_attn.plots import pyplot, save_figure
+    plt = pyplot()
     fig, (ax, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5))
     random = by.get("random", [])
     base = [statistics.fmean(100 * r["val_acc"][e] for r in random) for e in range(len(random[0]["val_acc"]))] \
@@ -65,11 +64,7 @@ def plot(by: dict, path: Path) -> Path:
         a.set_xlabel("epoch")
         a.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 110)
 
 
 def main() -> None:

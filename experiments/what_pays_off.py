@@ -88,9 +88,8 @@ def table(size: int, rs: list) -> str:
 
 
 def plot(size: int, rs: list, path: Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
+    from impulse_attn.plots import pyplot, save_figure
+    plt = pyplot()
     shown = [r for r in rs if r["vs_random"]]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.5))
     for i, r in enumerate(shown):
@@ -104,11 +103,7 @@ def plot(size: int, rs: list, path: Path) -> Path:
     ax.set_xlabel("val accuracy minus random init's, same seed (points; dots: seeds, bar: mean)")
     ax.set_title(f"what makes the prior pay off ({size} images per class)", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, 110)
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
@@ -26,7 +26,7 @@ def plot_fit(maps: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor, g
     token at the grid centre. Row 1: targets (a single lit token at the offset); row 2: fitted maps, each with
     its mass on the target token.
     """
-    plt = _pyplot()
+    plt = pyplot()
     h, w = int(grid[0]), int(grid[1])
     if query is None:
         query = (h // 2) * w + w // 2
@@ -49,7 +49,7 @@ def plot_fit(maps: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor, g
     axes[0, 0].set_ylabel("target", fontsize=9)
     axes[1, 0].set_ylabel("fitted", fontsize=9)
     fig.suptitle(title or f"impulse fit: attention of the query + on a {h}x{w} grid", fontsize=10)
-    return _save(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_fit_result(fit, x: torch.Tensor, grid: Sequence[int], path, title: str = "") -> Path:
@@ -61,7 +61,7 @@ def plot_fit_result(fit, x: torch.Tensor, grid: Sequence[int], path, title: str 
     return plot_fit(maps, impulse_targets(fit.offsets[0], grid), fit.offsets[0], grid, path, title=title)
 
 
-def _save(fig, path, dpi: int) -> Path:
+def save_figure(fig, path, dpi: int) -> Path:
     """Lay out, write the PNG (folders created), close the figure; returns the path."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
@@ -85,7 +85,7 @@ def plot_curves(curves: Dict[str, List[List[dict]]], path, title: str = "", reac
 
     curves: {label: [history of seed 0, history of seed 1, ...]}, histories as in metrics.jsonl.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4.2))
     acc_key = f"{split}_acc"
     for label, histories in curves.items():
@@ -114,7 +114,7 @@ def plot_curves(curves: Dict[str, List[List[dict]]], path, title: str = "", reac
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, path, dpi=110)
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_maps_before_after(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], grid: Sequence[int],
@@ -125,7 +125,7 @@ def plot_maps_before_after(before: Sequence[torch.Tensor], after: Sequence[torch
     before, after: per layer (heads, N, N) maps (e.g. averaged over images); grid (H, W); query: token index.
     ``rows`` (from ``training.inspect``) adds each head's best-offset mass and distance to its titles.
     """
-    plt = _pyplot()
+    plt = pyplot()
     h, w = int(grid[0]), int(grid[1])
     layers = len(before)
     heads = min(int(before[0].shape[0]), max_heads)
@@ -151,4 +151,4 @@ def plot_maps_before_after(before: Sequence[torch.Tensor], after: Sequence[torch
                 axes[2 * li + 1, 0].set_ylabel(f"L{li} trained", fontsize=8)
     fig.suptitle((title + "\n" if title else "") + "cell title: best single-offset mass @ offset, attention "
                  "distance (tokens)", fontsize=8)
-    return _save(fig, path, dpi=100)
+    return save_figure(fig, path, dpi=100)
