@@ -234,10 +234,10 @@ def _mixup(cfg: TrainConfig, num_classes: int):
                  num_classes=num_classes)
 
 
-def step_plan(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int, int]:
-    """(steps per epoch, total steps, epochs) of a run: ``cfg.steps`` when set, else ``cfg.epochs`` epochs."""
+def step_plan(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
+    """(total steps, epochs) of a run: ``cfg.steps`` when set, else ``cfg.epochs`` epochs."""
     total_steps = cfg.steps or cfg.epochs * steps_per_epoch
-    return steps_per_epoch, total_steps, math.ceil(total_steps / steps_per_epoch)
+    return total_steps, math.ceil(total_steps / steps_per_epoch)
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_missing: bool = False
@@ -334,7 +334,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_m
     eval_loaders = {split: DataLoader(_shard(ds, dist), batch_size=max(1, -(-eval_batch // dist.world)),
                                       shuffle=False, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
                     for split, ds in data.evals.items()}
-    steps_per_epoch, total_steps, epochs = step_plan(cfg, len(sampler))
+    steps_per_epoch = len(sampler)
+    total_steps, epochs = step_plan(cfg, steps_per_epoch)
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     if warmup_steps and warmup_steps >= total_steps:
         raise UserError(f"--warmup-epochs {cfg.warmup_epochs} ({warmup_steps} steps) is not shorter than the run "
