@@ -43,6 +43,16 @@ def test_report_matches_recomputed_maps():
     assert res.report.uniform_mse == pytest.approx(float(((1 / 64 - t) ** 2).mean()), rel=1e-9)
 
 
+def test_report_text_names_the_content_term_only_when_there_is_one():
+    # The content-logit std measures α·LN(x)'s share of the logits; with α = 0 there is none, and the report says so
+    # instead of printing "nan".
+    without = fit_impulse(**SMALL, method="closed_form", seed=2)
+    with_content = fit_impulse(**SMALL, method="closed_form", seed=2, alpha=0.2)
+    assert math.isnan(without.report.content_logit_std) and "no content term" in str(without.report)
+    assert with_content.report.content_logit_std > 0
+    assert f"content logit std {with_content.report.content_logit_std:.2f}" in str(with_content.report)
+
+
 @pytest.mark.parametrize("method", ["iterative", "closed_form"])
 def test_fit_is_deterministic(method):
     kw = dict(SMALL, method=method, steps=20, seed=5, warn=False)

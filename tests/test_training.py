@@ -328,7 +328,7 @@ def test_model_settings_reach_the_model_by_name(tmp_path):
     cfg = _cfg(tmp_path, value_init="mimetic", fit_offsets="cycle", num_heads=9, kernel_size=3)
     model, _ = build_model(cfg, 2, 16)
     layer = model.attention_layers()[0]
-    a = (layer.to_out.weight @ layer.to_v.weight).T
+    a = (layer.to_out.weight @ layer.to_v.weight).T.detach()
     assert float(torch.diagonal(a).mean()) < -0.1                      # the mimetic value/projection
     assert sorted(map(tuple, layer.impulse_offsets.tolist())) == [(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)]
     assert model.fit_results[0].report.extra["target"] == "laplace"   # the model's default target

@@ -1,6 +1,7 @@
 """What a fit produced and how good it is, measured the same way for every method and backend."""
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -50,10 +51,11 @@ class FitReport:
         return d
 
     def __str__(self) -> str:
+        content = ("no content term" if math.isnan(self.content_logit_std)   # α = 0: the logits ignore x
+                   else f"content logit std {self.content_logit_std:.2f}")
         return (f"{self.method}/{self.backend}: mse {self.mse:.5f} (uniform {self.uniform_mse:.5f}), "
                 f"argmax hit {self.argmax_hit:.3f}, target mass {self.target_mass:.3f}, "
-                f"max logit {self.max_logit:.1f}, content logit std {self.content_logit_std:.2f}, "
-                f"{self.seconds:.2f} s")
+                f"max logit {self.max_logit:.1f}, {content}, {self.seconds:.2f} s")
 
 
 @dataclass
