@@ -24,6 +24,9 @@ from data_efficiency import _pm as _acc, load  # noqa: E402  (same folder layout
 SCRIPT = Path(__file__).resolve().parent / "what_pays_off.sh"
 RANDOM = "random"
 DEFAULT = "impulse (closed form)"
+# A variant that changes a second thing besides the init is also paired with the run that changes only that thing:
+# k = 3 with 9 heads against random init with 9 heads (the head count alone moves random init's accuracy).
+CONTROLS = {"impulse k3, 9 heads, cycled": "random, 9 heads"}
 
 
 def script_labels() -> list:
@@ -61,6 +64,7 @@ def rows(size: int, variants: dict, study: dict) -> list:
     """One row per variant (in the script's order), the study's random and default first."""
     random, default = study.get(RANDOM, {}), study.get(DEFAULT, {})
     out = []
+    controls = {label: variants.get(control, {}) for label, control in CONTROLS.items()}
     for label, runs in [("random (study)", random), ("impulse, closed form (study)", default)] + list(variants.items()):
         if not runs:
             continue
@@ -71,6 +75,8 @@ def rows(size: int, variants: dict, study: dict) -> list:
             "test": [runs[s]["test"] for s in seeds if runs[s]["test"] is not None],
             "vs_random": paired_gains(runs, random) if runs is not random else [],
             "vs_default": paired_gains(runs, default) if runs is not default else [],
+            "control": CONTROLS.get(label) if controls.get(label) else None,
+            "vs_control": paired_gains(runs, controls[label]) if controls.get(label) else [],
         })
     return out
 
@@ -78,29 +84,33 @@ def rows(size: int, variants: dict, study: dict) -> list:
 def table(size: int, rs: list) -> str:
     lines = [f"{size} images per class; gains are val points, paired by seed with the study's runs",
              "",
-             "| variant | seeds | val acc | test acc | vs random | vs default impulse |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| variant | seeds | val acc | test acc | vs random | vs default impulse | vs its own control |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rs:
         lines.append(f"| {r['label']} | {','.join(map(str, r['seeds']))} | {_acc(r['val'])} | {_acc(r['test'])} | "
                      f"{_pm(r['vs_random']) if r['vs_random'] else '—'} | "
-                     f"{_pm(r['vs_default']) if r['vs_default'] else '—'} |")
+                     f"{_pm(r['vs_default']) if r['vs_default'] else '—'} | "
+                     f"{_pm(r['vs_control']) + ' (' + r['control'] + ')' if r['vs_control'] else '—'} |")
     return "\n".join(lines)
 
 
 def plot(size: int, rs: list, path: Path) -> Path:
+    """Paired val gains over random init (and over a variant's own control, in orange), one line per variant."""
     from impulse_attn.plots import pyplot, save_figure
     plt = pyplot()
-    shown = [r for r in rs if r["vs_random"]]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.5))
-    for i, r in enumerate(shown):
+    shown = [(r["label"], r["vs_random"], "C0") for r in rs if r["vs_random"]]
+    shown += [(f"{r['label']} vs {r['control']}", r["vs_control"], "C1") for r in rs if r["vs_control"]]
+    fig, ax = plt.subplots(figsize=(9.5, 0.45 * len(shown) + 1.6))
+    for i, (_, gains, colour) in enumerate(shown):
         y = len(shown) - 1 - i
-        ax.scatter(r["vs_random"], [y] * len(r["vs_random"]), color="C0", s=18, alpha=0.6)
-        ax.plot([statistics.fmean(r["vs_random"])], [y], marker="|", color="C3", markersize=16, mew=2)
+        ax.scatter(gains, [y] * len(gains), color=colour, s=18, alpha=0.6)
+        ax.plot([statistics.fmean(gains)], [y], marker="|", color="C3", markersize=16, mew=2)
     ax.set_yticks(range(len(shown)))
-    ax.set_yticklabels([f"{r['label']} ({len(r['vs_random'])} seed{'s' * (len(r['vs_random']) > 1)})"
-                        for r in reversed(shown)], fontsize=8)
+    ax.set_yticklabels([f"{label} ({len(g)} seed{'s' * (len(g) > 1)})" for label, g, _ in reversed(shown)],
+                       fontsize=8)
     ax.axvline(0, color="grey", lw=0.8)
-    ax.set_xlabel("val accuracy minus random init's, same seed (points; dots: seeds, bar: mean)")
+    ax.set_xlabel("val points minus random init's, same seed (orange: minus its own control's)\n"
+                  "dots: seeds, bar: mean", fontsize=9)
     ax.set_title(f"what makes the prior pay off ({size} images per class)", fontsize=10)
     ax.grid(alpha=0.3, axis="x")
     return save_figure(fig, path, 110)

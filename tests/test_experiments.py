@@ -81,6 +81,26 @@ def test_what_pays_off_rows_pair_with_the_study(study, tmp_path):
     assert what_pays_off.plot(25, rs, tmp_path / "p.png").stat().st_size > 0
 
 
+def test_what_pays_off_pairs_nine_heads_with_its_own_control(study, tmp_path):
+    # k = 3 with 9 heads changes the head count too, so it is also paired with random init at 9 heads, seed by seed.
+    runs = tmp_path / "pays_off"
+    for seed, (r9, i9) in enumerate([(0.33, 0.36), (0.30, 0.31)]):
+        _run(runs, 25, "random_9_heads", seed, r9)
+        _run(runs, 25, "impulse_k3_9_heads_cycled", seed, i9)
+    study_runs = data_efficiency.load(study)[25]
+    base = {"random": study_runs["random"], "impulse (closed form)": study_runs["impulse_closed_form"]}
+    found = data_efficiency.load(runs)[25]
+    rs = what_pays_off.rows(25, {"impulse k3, 9 heads, cycled": found["impulse_k3_9_heads_cycled"],
+                                 "random, 9 heads": found["random_9_heads"]}, base)
+    nine = next(r for r in rs if r["label"] == "impulse k3, 9 heads, cycled")
+    assert nine["vs_control"] == pytest.approx([3.0, 1.0]) and nine["control"] == "random, 9 heads"
+    assert all(r["vs_control"] == [] for r in rs if r is not nine)
+    assert "| +2.0 ± 1.4 (random, 9 heads) |" in what_pays_off.table(25, rs)
+    # without its control's runs the column stays empty instead of pairing with nothing
+    alone = what_pays_off.rows(25, {"impulse k3, 9 heads, cycled": found["impulse_k3_9_heads_cycled"]}, base)
+    assert alone[-1]["vs_control"] == [] and alone[-1]["control"] is None
+
+
 def test_script_labels_match_the_variants_that_slug_to_distinct_folders():
     from impulse_attn.training.compare import slug
     labels = what_pays_off.script_labels()
