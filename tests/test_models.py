@@ -17,6 +17,31 @@ def test_simple_vit_forward_backward(attention, mode, init):
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
 
 
+def test_mode_ii_is_mode_i_at_alpha_zero():
+    # Model II (queries and keys from P) and Model I with X_qk = α·LN(x) + (1 − α)·P at α = 0 are one function of the
+    # same parameters: same outputs and gradients in float64 (to rounding, 1e-12), so item 3 runs only one of them.
+    kw = dict(image_size=(8, 12), patch_size=2, num_classes=5, dim=32, depth=2, num_heads=2, head_dim=16,
+              mlp_dim=48, init="impulse", kernel_size=3)
+    models = []
+    for mode, alpha in (("II", 0.2), ("I", 0.0)):     # mode II ignores α
+        torch.manual_seed(3)
+        models.append(SimpleViT(mode=mode, alpha=alpha, **kw).double())
+    a, b = models
+    assert [n for n, _ in a.named_parameters()] == [n for n, _ in b.named_parameters()]
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(4, 3, 8, 12, dtype=torch.float64)
+    out_a, out_b = a(x), b(x)
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=1e-12)
+    out_a.square().sum().backward()
+    out_b.square().sum().backward()
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=0, atol=1e-12, msg=name)
+    # and at α > 0 Model I does read the content: the two differ
+    c = SimpleViT(mode="I", alpha=0.2, **kw).double()
+    c.load_state_dict(a.state_dict())
+    assert (c(x) - out_a).abs().max() > 1e-6
+
+
 def test_simple_vit_attention_maps_shape():
     m = SimpleViT(image_size=8, patch_size=2, num_classes=2, dim=32, depth=2, num_heads=2, head_dim=16, mlp_dim=32)
     maps = m.attention_maps(torch.randn(1, 3, 8, 8))
