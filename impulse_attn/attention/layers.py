@@ -144,7 +144,8 @@ class ImpulseAttention(QKAttention):
 
     Modes (docs/METHOD.md, "Attention modes"):
         "I":   queries/keys from α·LN(x) + (1 − α)·P, values from LN(x) (the model used for all results);
-        "II":  queries/keys from P only: an input-independent, learnable spatial mixing per head;
+        "II":  queries/keys from P only: an input-independent, learnable spatial mixing per head (the same
+               function of the same parameters as "I" at α = 0);
         "III": free N×head_dim query/key parameters per head: softmax(s · Q Kᵀ), no input at all for the map.
     P is the fixed 2D sin-cos encoding; the residual stream carries no positional encoding in these modes.
 
