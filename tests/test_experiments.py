@@ -104,7 +104,8 @@ def test_what_pays_off_pairs_nine_heads_with_its_own_control(study, tmp_path):
 def test_script_labels_match_the_variants_that_slug_to_distinct_folders():
     from impulse_attn.training.compare import slug
     labels = what_pays_off.script_labels()
-    assert len(labels) == 11 and labels[0] == "impulse (default)"
+    assert len(labels) == 10 and labels[0] == "impulse (default)"
+    assert not any("mode II:" in label + ":" for label in labels)  # Model II is Model I at alpha 0
     assert len({slug(label) for label in labels}) == len(labels)
 
 
