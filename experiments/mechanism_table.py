@@ -41,9 +41,7 @@ def plot(by: dict, path: Path) -> Path:
     from impulse_attn.plots import pyplot, save_figure
     plt = pyplot()
     fig, (ax, ax_gap) = plt.subplots(1, 2, figsize=(12, 4.5))
-    random = by.get("random", [])
-    base = [statistics.fmean(100 * r["val_acc"][e] for r in random) for e in range(len(random[0]["val_acc"]))] \
-        if random else None
+    random = {r["seed"]: r for r in by.get("random", [])}
     for name in ORDER + sorted(set(by) - set(ORDER)):
         rs = by.get(name, [])
         if not rs:
@@ -53,12 +51,15 @@ def plot(by: dict, path: Path) -> Path:
         epochs = list(range(1, n + 1))
         style = dict(lw=2.2, color="k") if name == "random" else dict(lw=1.4)
         ax.plot(epochs, mean, label=f"{name} ({len(rs)} seed{'s' * (len(rs) > 1)})", **style)
-        if base is not None:
-            ax_gap.plot(epochs, [m - b for m, b in zip(mean, base)], **style)
+        paired = [r for r in rs if r["seed"] in random]   # the gap is paired seed by seed, like the table's
+        if paired:
+            gap = [statistics.fmean(100 * (r["val_acc"][e] - random[r["seed"]]["val_acc"][e]) for r in paired)
+                   for e in range(min(n, *(len(random[r["seed"]]["val_acc"]) for r in paired)))]
+            ax_gap.plot(epochs[:len(gap)], gap, **style)
     ax.set_ylabel("val accuracy (%), 10,000 images")
     ax.set_title("the init's effect over training (500/class, no augmentation)", fontsize=10)
     ax_gap.axhline(0, color="grey", lw=0.8)
-    ax_gap.set_ylabel("val accuracy minus random init's (points)")
+    ax_gap.set_ylabel("val accuracy minus random init's, same seed (points)")
     ax_gap.set_title("gap to random init", fontsize=10)
     for a in (ax, ax_gap):
         a.set_xlabel("epoch")
