@@ -51,10 +51,11 @@ def plot(by: dict, path: Path) -> Path:
         epochs = list(range(1, n + 1))
         style = dict(lw=2.2, color="k") if name == "random" else dict(lw=1.4)
         ax.plot(epochs, mean, label=f"{name} ({len(rs)} seed{'s' * (len(rs) > 1)})", **style)
-        paired = [r for r in rs if r["seed"] in random]   # the gap is paired seed by seed, like the table's
-        if paired:
-            gap = [statistics.fmean(100 * (r["val_acc"][e] - random[r["seed"]]["val_acc"][e]) for r in paired)
-                   for e in range(min(n, *(len(random[r["seed"]]["val_acc"]) for r in paired)))]
+        # the gap is paired seed by seed, like the table's; zip keeps the epochs every pair has
+        diffs = [[100 * (a - b) for a, b in zip(r["val_acc"], random[r["seed"]]["val_acc"])]
+                 for r in rs if r["seed"] in random]
+        gap = [statistics.fmean(d) for d in zip(*diffs)]
+        if gap:
             ax_gap.plot(epochs[:len(gap)], gap, **style)
     ax.set_ylabel("val accuracy (%), 10,000 images")
     ax.set_title("the init's effect over training (500/class, no augmentation)", fontsize=10)

@@ -64,7 +64,6 @@ def rows(size: int, variants: dict, study: dict) -> list:
     """One row per variant (in the script's order), the study's random and default first."""
     random, default = study.get(RANDOM, {}), study.get(DEFAULT, {})
     out = []
-    controls = {label: variants.get(control, {}) for label, control in CONTROLS.items()}
     for label, runs in [("random (study)", random), ("impulse, closed form (study)", default)] + list(variants.items()):
         if not runs:
             continue
@@ -75,8 +74,8 @@ def rows(size: int, variants: dict, study: dict) -> list:
             "test": [runs[s]["test"] for s in seeds if runs[s]["test"] is not None],
             "vs_random": paired_gains(runs, random) if runs is not random else [],
             "vs_default": paired_gains(runs, default) if runs is not default else [],
-            "control": CONTROLS.get(label) if controls.get(label) else None,
-            "vs_control": paired_gains(runs, controls[label]) if controls.get(label) else [],
+            "control": CONTROLS[label] if variants.get(CONTROLS.get(label)) else None,
+            "vs_control": paired_gains(runs, variants.get(CONTROLS.get(label)) or {}),
         })
     return out
 
