@@ -14,7 +14,7 @@ LAYERS = [
     {"fitting"},
     {"init"},
     {"attention"},
-    {"models", "timm"},
+    {"models", "timm", "families"},
     {"analysis", "plots"},
     {"training", "data"},
     {"backends", "cli", "demo", "__main__"},

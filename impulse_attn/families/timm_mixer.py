@@ -1,0 +1,167 @@
+"""timm's MLP-Mixer (``timm.models.mlp_mixer.MlpMixer`` with ``MixerBlock``s): the impulse prior through each
+block's token-mixing MLP, a bank of shifts over its hidden units (``filters.token_mixing``; docs/families.md,
+"MLP-Mixer"). Query/key strategies do not apply: a Mixer has no attention."""
+from __future__ import annotations
+
+import math
+import time
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..init.protocol import TokenMixRequest
+from ..init.registry import Strategy
+from .base import Family, InitReport, register_family
+
+NAME = "timm MLP-Mixer"
+
+
+def _classes():
+    try:
+        from timm.models.mlp_mixer import MixerBlock, MlpMixer
+    except ImportError:  # pragma: no cover
+        return None
+    return MlpMixer, MixerBlock
+
+
+def matches(model) -> bool:
+    c = _classes()
+    return c is not None and isinstance(model, c[0]) and all(isinstance(b, c[1]) for b in model.blocks)
+
+
+def grid_of(model) -> tuple:
+    return tuple(int(g) for g in model.stem.grid_size)
+
+
+def blocks(model) -> List[nn.Module]:
+    c = _classes()
+    if c is None or not isinstance(model, c[0]):
+        raise TypeError(f"model must be a timm MlpMixer, got {type(model).__module__}.{type(model).__name__}")
+    bad = [type(b).__name__ for b in model.blocks if not isinstance(b, c[1])]
+    if bad:
+        raise TypeError(f"model's blocks are {bad[0]}, not MixerBlock (ResMLP/gMLP token mixing is not an MLP over "
+                        f"tokens with one hidden layer)")
+    for i, b in enumerate(model.blocks):
+        act = getattr(b.mlp_tokens, "act", None)
+        if not isinstance(act, nn.GELU):
+            raise TypeError(f"block {i}: token MLP activation {type(act).__name__}; the shift bank is set up for "
+                            f"GELU")
+    return list(model.blocks)
+
+
+class TokenMix:
+    """``TokenMixLayer`` over one MixerBlock's token MLP."""
+
+    def __init__(self, block, grid):
+        self.block, self.grid = block, grid
+        self.offsets: Optional[torch.Tensor] = None
+
+    def token_mix_request(self) -> TokenMixRequest:
+        fc1 = self.block.mlp_tokens.fc1
+        n = self.grid[0] * self.grid[1]
+        if fc1.in_features != n:
+            raise ValueError(f"the token MLP reads {fc1.in_features} tokens, the grid has {n}")
+        return TokenMixRequest(self.grid, int(fc1.out_features), "gelu")
+
+    @torch.no_grad()
+    def load_token_mix(self, w1, b1, w2, b2, offsets=None) -> None:
+        m = self.block.mlp_tokens
+        for lin, w, b in ((m.fc1, w1, b1), (m.fc2, w2, b2)):
+            lin.weight.copy_(w.to(lin.weight))
+            if lin.bias is not None:
+                lin.bias.copy_(b.to(lin.bias))
+        self.offsets = None if offsets is None else offsets.detach().clone()
+
+
+def _gelu_grad(z: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+@torch.no_grad()
+def token_mixing_maps(model, images: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """Per block, the token MLP's linearization split by round: (B, rounds, N, N), entry [b, r, i, j] = how much
+    token j feeds token i through the hidden units of round r (``filters.token_mixing``), averaged over channels:
+    W2[:, R] · diag(act'(fc1 x)) · W1[R]. ``images=None``: at zero input (act'(0) = 1/2 for GELU; B = 1)."""
+    bl = blocks(model)
+    n = grid_of(model)[0] * grid_of(model)[1]
+    if images is None:
+        inputs = [None] * len(bl)
+    else:
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise ValueError("images must be a (B, C, H, W) tensor")
+        inputs = []
+        hooks = [b.mlp_tokens.register_forward_pre_hook(lambda mod, args: inputs.append(args[0].detach()))
+                 for b in bl]
+        was = model.training
+        model.eval()
+        try:
+            model.forward_features(images)
+        finally:
+            for hk in hooks:
+                hk.remove()
+            model.train(was)
+    out = []
+    for b, x in zip(bl, inputs):
+        fc1, fc2 = b.mlp_tokens.fc1, b.mlp_tokens.fc2
+        hidden = fc1.out_features
+        rounds = -(-hidden // n)
+        w1, w2 = fc1.weight.double(), fc2.weight.double()
+        if x is None:
+            g = torch.full((1, 1, hidden), 0.5, dtype=torch.float64)
+        else:
+            z = fc1(x).double()                                   # (B, C, hidden)
+            g = _gelu_grad(z).mean(1, keepdim=True)               # (B, 1, hidden)
+        maps = []
+        for r in range(rounds):
+            units = slice(r * n, min((r + 1) * n, hidden))
+            maps.append(torch.einsum("ih,bh,hj->bij", w2[:, units], g[:, 0, units], w1[units]))
+        out.append(torch.stack(maps, 1))
+    return out
+
+
+def _quality(maps: torch.Tensor, offsets: torch.Tensor, grid) -> dict:
+    """Per round: over tokens whose target (token + offset) is on the grid and that the round covers, the share
+    whose largest input is the target, and the target's share of the row's absolute weight."""
+    h, w = grid
+    r, c = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    r, c = r.reshape(-1), c.reshape(-1)
+    hits, mass, rows = 0, 0.0, 0
+    for k, (dr, dc) in enumerate(offsets.tolist()):
+        tr, tc = r + dr, c + dc
+        inside = (tr >= 0) & (tr < h) & (tc >= 0) & (tc < w)
+        m = maps[0, k]
+        covered = m.abs().sum(1) > 0
+        q = torch.nonzero(inside & covered)[:, 0]
+        t = (tr * w + tc)[q]
+        rowm = m[q]
+        hits += int((rowm.argmax(1) == t).sum())
+        mass += float((rowm.gather(1, t[:, None])[:, 0] / rowm.abs().sum(1)).sum())
+        rows += len(q)
+    return {"argmax_hit": hits / max(rows, 1), "target_mass": mass / max(rows, 1), "rows": rows}
+
+
+def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: Optional[int] = None,
+          fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, options: Optional[dict] = None
+          ) -> InitReport:
+    start = time.perf_counter()
+    bl = blocks(model)
+    if fit_kwargs or fit_method not in (None, "closed_form"):
+        raise ValueError("fit settings (fit_method, fit_kwargs) do not apply to an MLP-Mixer: it has no query/key "
+                         "fit; the token-mixing init takes options such as gain")
+    if kind == "":
+        return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start)
+    grid = grid_of(model)
+    layers = [TokenMix(b, grid) for b in bl]
+    requests = [layer.token_mix_request() for layer in layers]
+    src = strategy.token_mix(layers, requests, torch.Generator().manual_seed(seed), seed=seed,
+                             kernel_size=3 if kernel_size is None else kernel_size, options=options)
+    maps = token_mixing_maps(model)
+    rows = [dict(s, **_quality(m, layer.offsets, grid)) if layer.offsets is not None else dict(s)
+            for s, m, layer in zip(src, maps, layers)]
+    return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start, rows, src)
+
+
+FAMILY = register_family(Family("timm_mixer", NAME, matches, ("token_mix",), apply, token_mixing_maps,
+                                'ia.init_(timm.models.mlp_mixer.MlpMixer(img_size=32, patch_size=4, '
+                                'embed_dim=128, num_blocks=4), "impulse")', pseudo_input=False))

@@ -1,0 +1,233 @@
+"""timm's Swin Transformer (v1, ``timm.models.swin_transformer.SwinTransformer``): the impulse prior through each
+window attention's relative position bias table (docs/families.md, "Swin").
+
+Swin has no absolute position embedding (timm's default), so there is no pseudo-input for a query/key fit; but
+inside a window the bias depends only on the key's offset from the query, so the table can hold an impulse logit
+exactly: head h's bias is L at its offset and 0 elsewhere, with L set by the mass it should put on the target of
+an interior query (``init.WINDOW_DEFAULTS``). Query/key weights are left as built (timm: truncated normal, std
+0.02), so their logits start small next to L.
+
+Window edges and shifted windows: attention never leaves a window, so a query whose target token lies in another
+window (its offset points past the window's edge) has a flat bias and attends uniformly within its window (up to
+the small query/key term); in a shifted-window block (every second block) the windows are offset by half a window
+and the regions that the cyclic shift brings together are masked apart (−100), so there the target must also be in
+the query's own region. With k = 3 in a 7×7 window, 6/7 of the rows in each direction keep their target.
+
+Strategies without a window-bias handler but with a query/key one that needs no pseudo-input (``mimetic``,
+``random``) act on the window attention's query/key rows of ``qkv``.
+"""
+from __future__ import annotations
+
+import time
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+
+from ..init.protocol import WindowRequest
+from ..init.registry import Strategy
+from .adapters import BlockQKLayer
+from .base import Family, InitReport, register_family
+from .view import BlockView
+
+NAME = "timm Swin Transformer"
+
+
+def _classes():
+    try:
+        from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention
+    except ImportError:  # pragma: no cover
+        return None
+    return SwinTransformer, SwinTransformerBlock, WindowAttention
+
+
+def matches(model) -> bool:
+    c = _classes()
+    return c is not None and isinstance(model, c[0])
+
+
+def blocks(model) -> List[nn.Module]:
+    """Every SwinTransformerBlock, stage by stage."""
+    c = _classes()
+    if c is None or not isinstance(model, c[0]):
+        raise TypeError(f"model must be a timm SwinTransformer, got {type(model).__module__}.{type(model).__name__}")
+    out = [m for m in model.modules() if isinstance(m, c[1])]
+    if not out:
+        raise ValueError("model has no Swin blocks")
+    for i, b in enumerate(out):
+        if not isinstance(b.attn, c[2]):
+            raise TypeError(f"block {i}: attention {type(b.attn).__name__} is not timm's WindowAttention")
+    return out
+
+
+class WindowBias:
+    """``WindowBiasLayer`` over one Swin block's relative position bias table."""
+
+    def __init__(self, block):
+        self.block = block
+        self.offsets: Optional[torch.Tensor] = None
+
+    def window_request(self) -> WindowRequest:
+        b = self.block
+        return WindowRequest(int(b.attn.num_heads), tuple(int(w) for w in b.window_size),
+                             tuple(int(r) for r in b.input_resolution))
+
+    @torch.no_grad()
+    def load_window_bias(self, logits: torch.Tensor, offsets: Optional[torch.Tensor] = None) -> None:
+        table = self.block.attn.relative_position_bias_table
+        # timm indexes the table by query − key coordinates; the protocol's logits are by key − query offset.
+        flipped = logits.flip(1, 2).permute(1, 2, 0).reshape(table.shape)
+        table.copy_(flipped.to(table))
+        self.offsets = None if offsets is None else offsets.detach().clone()
+
+
+def _block_view(block) -> BlockView:
+    a = block.attn
+    d = a.qkv.out_features // 3
+    return BlockView(module=a, num_heads=int(a.num_heads), scale=float(a.scale), q=(a.qkv, slice(0, d)),
+                     k=(a.qkv, slice(d, 2 * d)), v=(a.qkv, slice(2 * d, 3 * d)), proj=a.proj, q_norm=nn.Identity(),
+                     k_norm=nn.Identity())
+
+
+# --- maps ----------------------------------------------------------------------------------------------------
+def _window_index(block) -> torch.Tensor:
+    """(windows, A): the grid token index at each window position of ``block`` (−1 for padding), after its
+    cyclic shift, in timm's window order."""
+    from timm.models.swin_transformer import window_partition
+    h, w = (int(r) for r in block.input_resolution)
+    idx = torch.arange(h * w, dtype=torch.float64).view(1, h, w, 1)
+    s = tuple(int(v) for v in block.shift_size)
+    if any(s):
+        idx = torch.roll(idx, shifts=(-s[0], -s[1]), dims=(1, 2))
+    wh, ww = (int(v) for v in block.window_size)
+    ph, pw = (wh - h % wh) % wh, (ww - w % ww) % ww
+    idx = nn.functional.pad(idx, (0, 0, 0, pw, 0, ph), value=-1.0)
+    return window_partition(idx, (wh, ww)).reshape(-1, wh * ww).long()
+
+
+def _rel_bias(block) -> torch.Tensor:
+    a = block.attn
+    area = a.window_area
+    return a.relative_position_bias_table[a.relative_position_index.view(-1)].view(area, area, -1).permute(2, 0, 1)
+
+
+def _global(block, probs: torch.Tensor, batch: int) -> torch.Tensor:
+    """Window maps (batch·windows, heads, A, A) scattered into (batch, heads, N, N) on the block's grid."""
+    index = _window_index(block)                                   # (W, A)
+    nw, area = index.shape
+    h, w = (int(r) for r in block.input_resolution)
+    heads = probs.shape[1]
+    probs = probs.reshape(batch, nw, heads, area, area)
+    out = torch.zeros(batch, heads, h * w, h * w, dtype=probs.dtype)
+    for win in range(nw):
+        keep = index[win] >= 0
+        tok = index[win][keep]
+        p = probs[:, win][:, :, keep][:, :, :, keep]
+        out[:, :, tok[:, None], tok[None, :]] = p
+    return out
+
+
+@torch.no_grad()
+def attention_maps(model, images: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+    """Per Swin block, its window attention maps placed on the block's own token grid: (B, heads, N, N) with
+    N = H·W of that stage, zero between tokens of different windows.
+
+    ``images=None``: the maps of the position bias alone (no content; B = 1), with the shifted-window mask:
+    what the impulse init sets. ``images``: the maps of a forward pass (eval mode, restored afterwards)."""
+    bl = blocks(model)
+    if images is None:
+        out = []
+        for b in bl:
+            logits = _rel_bias(b).to(torch.float64)[None]        # (1, heads, A, A)
+            nw = _window_index(b).shape[0]
+            logits = logits.expand(nw, -1, -1, -1)
+            mask = getattr(b, "attn_mask", None)
+            if mask is not None:
+                logits = logits + mask.to(torch.float64)[:, None]
+            out.append(_global(b, logits.softmax(-1), 1))
+        return out
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError("images must be a (B, C, H, W) tensor")
+    captured = []
+    hooks = [b.attn.register_forward_pre_hook(
+        lambda mod, args, kwargs: captured.append((args[0].detach(), kwargs.get("mask", args[1] if len(args) > 1
+                                                                                    else None))), with_kwargs=True)
+        for b in bl]
+    was = model.training
+    model.eval()
+    try:
+        model.forward_features(images)
+    finally:
+        for hk in hooks:
+            hk.remove()
+        model.train(was)
+    out = []
+    for b, (x, mask) in zip(bl, captured):
+        a = b.attn
+        bw, n, c = x.shape
+        qkv = a.qkv(x).reshape(bw, n, 3, a.num_heads, -1).permute(2, 0, 3, 1, 4)
+        logits = (qkv[0] * a.scale) @ qkv[1].transpose(-2, -1) + _rel_bias(b)[None]
+        if mask is not None:
+            nw = mask.shape[0]
+            logits = (logits.view(-1, nw, a.num_heads, n, n) + mask[None, :, None]).view(-1, a.num_heads, n, n)
+        out.append(_global(b, logits.softmax(-1), images.shape[0]))
+    return out
+
+
+def _quality(maps: torch.Tensor, offsets: torch.Tensor, grid) -> dict:
+    """argmax_hit and target_mass over the rows whose target key is in the query's window (map entry > 0)."""
+    h, w = grid
+    r, c = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    r, c = r.reshape(-1), c.reshape(-1)
+    hits, masses, rows = 0, 0.0, 0
+    for head, (dr, dc) in enumerate(offsets.tolist()):
+        tr, tc = r + dr, c + dc
+        inside = (tr >= 0) & (tr < h) & (tc >= 0) & (tc < w)
+        q = torch.nonzero(inside)[:, 0]
+        t = (tr * w + tc)[q]
+        m = maps[0, head, q]
+        # a target in another window (or masked region) has weight 0 (or e^-100): not a valid row
+        valid = m.gather(1, t[:, None])[:, 0] > 1e-20
+        q, t, m = q[valid], t[valid], m[valid]
+        hits += int((m.argmax(1) == t).sum())
+        masses += float(m.gather(1, t[:, None]).sum())
+        rows += len(q)
+    return {"argmax_hit": hits / max(rows, 1), "target_mass": masses / max(rows, 1), "rows": rows}
+
+
+# --- apply ---------------------------------------------------------------------------------------------------
+def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: Optional[int] = None,
+          fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, options: Optional[dict] = None
+          ) -> InitReport:
+    start = time.perf_counter()
+    bl = blocks(model)
+    k = 3 if kernel_size is None else kernel_size
+    gen = torch.Generator().manual_seed(seed)
+    if fit_kwargs:
+        raise ValueError(f"fit_kwargs {sorted(fit_kwargs)} do not apply to a Swin Transformer (no query/key fit; "
+                         f"the window-bias init takes options such as target_mass)")
+    if kind == "":
+        return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start)
+    if kind == "window_bias":
+        if fit_method not in (None, "closed_form"):
+            raise ValueError(f"fit_method {fit_method!r} does not apply to a Swin Transformer's window-bias init")
+        layers = [WindowBias(b) for b in bl]
+        requests = [layer.window_request() for layer in layers]
+        src = strategy.window_bias(layers, requests, gen, seed=seed, kernel_size=k, options=options)
+        maps = attention_maps(model)
+        rows = [dict(s, **_quality(m, layer.offsets, b.input_resolution)) if layer.offsets is not None else dict(s)
+                for s, m, layer, b in zip(src, maps, layers, bl)]
+        return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start, rows, src)
+    if options:
+        raise ValueError(f"options {sorted(options)} do not apply to init {strategy.name!r} on a Swin Transformer")
+    layers = [BlockQKLayer(_block_view(b), tuple(int(v) for v in b.window_size), None) for b in bl]
+    requests = [layer.qk_request(with_pseudo_input=False) for layer in layers]
+    src = strategy.qk(layers, requests, gen, seed=seed, fit_method=fit_method or "closed_form", kernel_size=k,
+                      fit_kwargs=None)
+    return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start,
+                      [{"offsets": layer.offsets} for layer in layers], src)
+
+
+FAMILY = register_family(Family("timm_swin", NAME, matches, ("window_bias", "qk"), apply, attention_maps,
+                                'ia.init_(timm.create_model("swin_tiny_patch4_window7_224", img_size=32, '
+                                'patch_size=2, window_size=4), "impulse")', pseudo_input=False))

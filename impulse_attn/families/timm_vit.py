@@ -1,0 +1,83 @@
+"""timm's ``VisionTransformer`` family as a ``ViTView`` (fused ``qkv`` per block, ``pos_embed``, prefix tokens)."""
+from __future__ import annotations
+
+from .view import BlockView, ViTView, check_view
+
+NAME = "timm ViT"
+
+
+def _timm_classes():
+    try:
+        from timm.layers import Attention
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - timm is a dependency of the setup
+        return None, None
+    return VisionTransformer, Attention
+
+
+def matches(model) -> bool:
+    vit, _ = _timm_classes()
+    return vit is not None and isinstance(model, vit)
+
+
+def view(model, need_pos: bool = True) -> ViTView:
+    """Check that ``model`` is a timm ViT whose tokens are a fixed patch grid; return its view."""
+    vit_cls, attn_cls = _timm_classes()
+    if vit_cls is None or not isinstance(model, vit_cls):
+        raise TypeError(f"model must be a timm VisionTransformer (timm.models.vision_transformer), got "
+                        f"{type(model).__module__}.{type(model).__name__}")
+    if getattr(model, "dynamic_img_size", False):
+        raise ValueError("model was built with dynamic_img_size=True: its token grid (and resampled pos_embed) "
+                         "changes with every input size, while the impulse maps are fitted for one grid")
+    grid = getattr(model.patch_embed, "grid_size", None)
+    if grid is None or len(grid) != 2:
+        raise ValueError("model.patch_embed has no fixed grid_size (built without img_size?): the token grid is "
+                         "unknown")
+    grid = (int(grid[0]), int(grid[1]))
+    n = grid[0] * grid[1]
+    if getattr(model.patch_embed, "num_patches", n) != n:
+        raise ValueError(f"model.patch_embed.num_patches {model.patch_embed.num_patches} != grid "
+                         f"{grid[0]}x{grid[1]}: tokens are not a plain patch grid")
+    dim = int(model.embed_dim)
+    blocks = []
+    for i, blk in enumerate(model.blocks):
+        attn = getattr(blk, "attn", None)
+        if not isinstance(attn, attn_cls):
+            raise TypeError(f"block {i} has no standard timm Attention (got {type(attn).__name__}); blocks with "
+                            f"a fused or parallel attention layout are not supported")
+        if attn.qkv.in_features != dim or attn.qkv.out_features != 3 * dim:
+            raise ValueError(f"block {i}: qkv maps {attn.qkv.in_features} -> {attn.qkv.out_features} with "
+                             f"{attn.num_heads} heads; init_ needs qkv: D -> 3·D with D = heads · head_dim "
+                             f"(D = {dim})")
+        blocks.append(BlockView(module=attn, num_heads=int(attn.num_heads), scale=float(attn.scale),
+                                q=(attn.qkv, slice(0, dim)), k=(attn.qkv, slice(dim, 2 * dim)),
+                                v=(attn.qkv, slice(2 * dim, 3 * dim)), proj=attn.proj, q_norm=attn.q_norm,
+                                k_norm=attn.k_norm))
+    heads = blocks[0].num_heads if blocks else 1
+    prefix = int(model.num_prefix_tokens)
+    v = ViTView(family=NAME, model=model, grid=grid, dim=dim, heads=heads, head_dim=dim // heads, prefix=prefix,
+                pos=model.pos_embed, pos_offset=0 if model.no_embed_class else prefix, blocks=blocks,
+                run=model.forward_features)
+    return check_view(v, need_pos)
+
+
+def grid_of(model) -> tuple:
+    return tuple(int(g) for g in model.patch_embed.grid_size)
+
+
+
+
+def _maps(model, images=None):
+    from . import standard_vit
+    return standard_vit.attention_maps(view(model, need_pos=images is None), images)
+
+
+def _family():
+    from .base import Family, register_family
+    from .standard_apply import standard_apply
+    return register_family(Family("timm_vit", NAME, matches, ("qk",), standard_apply(view, NAME), _maps,
+                                  'ia.init_(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4), '
+                                  '"impulse")'))
+
+
+FAMILY = _family()
