@@ -89,14 +89,16 @@ def test_inits_map_to_init_and_timms_own(init, fit_method):
     elif init == "mimetic":  # query/key/value re-initialized, position embedding untouched
         assert ratio == pytest.approx(1.0) and rec["timm_init"]["method"] == "mimetic" and "fit" not in rec
         assert not torch.equal(model.blocks[0].attn.qkv.weight, plain.blocks[0].attn.qkv.weight)
-    elif init == "random":   # timm's own init, untouched
-        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
-        assert "timm_init" not in rec
-    else:                    # PyTorch's default init of every layer: timm's weight_init='reset'
-        assert rec["timm"]["kwargs"]["weight_init"] == "reset"
-        bound = 64 ** -0.5   # nn.Linear's kaiming-uniform bound for 64 inputs
+    elif init == "random":   # the random strategy: query/key rows U(±sqrt(1/D)), query/key biases zeroed
+        sd, ref = model.state_dict(), plain.state_dict()
+        changed = {k for k in sd if not torch.equal(sd[k], ref[k])}
+        assert changed == {"blocks.0.attn.qkv.weight"}   # (timm's query/key biases start at 0 already)
         w = model.blocks[0].attn.qkv.weight.detach()
-        assert float(w.abs().max()) <= bound and float(w.std()) > 0.5 * bound / 3 ** 0.5
+        assert float(w[:128].abs().max()) <= 64 ** -0.5 and torch.equal(w[128:], plain.blocks[0].attn.qkv.weight[128:])
+        assert "timm_init" not in rec
+    else:                    # default: the model exactly as timm built it
+        assert "weight_init" not in rec["timm"]["kwargs"]
+        assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
 
 
 # --- training ---------------------------------------------------------------------------------------------------
@@ -216,9 +218,9 @@ def _error(argv, capsys, *needles):
 @pytest.mark.parametrize("flags, needles", [
     (["--model", "timm:vit_tiny_patch16_2244"], ["timm has no model 'vit_tiny_patch16_2244'",
                                                  "timm:vit_tiny_patch16_224"]),
-    (["--model", "timm:resnet18"], ["ResNet, not a timm VisionTransformer"]),
-    (["--model", "timm:"], ["--model must be vit, convmixer or timm:<name>"]),
-    (["--model", "vitt"], ["--model must be vit, convmixer or timm:<name>"]),
+    (["--model", "timm:resnet18"], ["ResNet, which no init family handles"]),
+    (["--model", "timm:"], ["--model must be vit, convmixer, timm:<name>"]),
+    (["--model", "vitt"], ["--model must be vit, convmixer, timm:<name>"]),
     (["--alpha", "0.1"], ["--alpha does not apply to the timm model"]),
     (["--head-dim", "16", "--attention", "plain"], ["--attention --head-dim do not apply"]),
     (["--num-heads", "5"], ["--dim 32 is not divisible by --num-heads 5"]),
@@ -245,4 +247,5 @@ def test_help_says_which_flags_apply_to_timm_models(capsys):
     assert "timm:<name>" in text and "--mlp-dim replace the model's own sizes" in text
     assert "(--attention, --mode, --alpha, --scale, --attention-backend, --head-dim, --filters, --freeze, --box-n) " \
            "are refused" in text
-    assert "timm's weight_init='reset'" in text and "--augment timm" in text
+    assert "the model's own init: PyTorch's, timm's or Hugging Face's" in text and "--augment timm" in text
+    assert "hf:<vit, deit" in text and "Swin" in text and "MLP-Mixer" in text

@@ -18,8 +18,11 @@ from typing import Any, Callable, Dict, Optional, Sequence
 from .errors import UserError
 
 MODELS = ("vit", "convmixer")
-# --model timm:<name>: a timm VisionTransformer made by timm.create_model (see factory.build_timm_model).
+# --model timm:<name>: a timm ViT, Swin Transformer or MLP-Mixer made by timm.create_model; --model hf:<name>: a
+# Hugging Face ViT or DeiT (vit, deit, or a config.json) (see factory.build_external_model).
 TIMM_PREFIX = "timm:"
+HF_PREFIX = "hf:"
+EXTERNAL_KINDS = ("timm", "hf")
 OPTIMIZERS = ("adam", "adamw")
 AMP_MODES = ("auto", "on", "off")
 DEVICES = ("auto", "cpu", "cuda")
@@ -31,6 +34,7 @@ MODEL_DEFAULTS = {
     "vit": {"dim": 512, "depth": 6, "kernel_size": 5, "num_heads": 8, "head_dim": 64, "mlp_dim": 512},
     "convmixer": {"dim": 256, "depth": 8, "kernel_size": 3, "num_heads": 8, "head_dim": 64, "mlp_dim": 512},
     "timm": {"kernel_size": 3},
+    "hf": {"kernel_size": 3},
 }
 # Flags of the Simple ViT and the ConvMixer that a timm model has no use for: refused there unless at their
 # defaults (a timm model's head width is --dim / --num-heads).
@@ -108,21 +112,55 @@ def dim_rule(v) -> Optional[str]:
 
 
 def model_kind(name) -> Optional[str]:
-    """"vit", "convmixer" or "timm" for a --model value, None when it is none of them."""
+    """"vit", "convmixer", "timm" or "hf" for a --model value, None when it is none of them."""
     if name in MODELS:
         return name
-    if isinstance(name, str) and name.startswith(TIMM_PREFIX) and name[len(TIMM_PREFIX):].strip():
-        return "timm"
+    for kind, prefix in (("timm", TIMM_PREFIX), ("hf", HF_PREFIX)):
+        if isinstance(name, str) and name.startswith(prefix) and name[len(prefix):].strip():
+            return kind
     return None
 
 
 def timm_name(name: str) -> str:
-    return name[len(TIMM_PREFIX):].strip()
+    """The name after the timm: or hf: prefix."""
+    return name.split(":", 1)[1].strip()
 
 
 def model_rule(v) -> Optional[str]:
-    return None if model_kind(v) else ("must be vit, convmixer or timm:<name> with <name> a timm VisionTransformer "
-                                        "(e.g. timm:vit_tiny_patch16_224)")
+    return None if model_kind(v) else ("must be vit, convmixer, timm:<name> (a timm ViT, Swin or MLP-Mixer, e.g. "
+                                        "timm:vit_tiny_patch16_224) or hf:<vit, deit or a config.json>")
+
+
+def model_kwargs_rule(v) -> Optional[str]:
+    if v is None:
+        return None
+    try:
+        parse_model_kwargs(v)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def parse_model_kwargs(text: Optional[str]) -> dict:
+    """'key=value;key=value' with Python literal values (numbers, tuples, strings) -> dict."""
+    import ast
+    out = {}
+    if not text:
+        return out
+    if not isinstance(text, str):
+        raise ValueError("must be a string of key=value pairs separated by ';'")
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"must be key=value pairs separated by ';' (e.g. 'depths=(2,2);window_size=4'), got "
+                             f"{part.strip()!r}")
+        try:
+            out[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value.strip()
+    return out
 
 
 def probability(v) -> Optional[str]:
@@ -243,12 +281,19 @@ class TrainConfig:
                                     check=lambda v: None if _is_int(v) and 1 <= v <= 10 else
                                     "must be an integer in [1, 10]")
     # model
-    model: str = option("vit", "vit (the Simple ViT), convmixer, or timm:<name>: a timm VisionTransformer made by "
-                        "timm.create_model(name, pretrained=False) (e.g. timm:vit_tiny_patch16_224); for timm models "
+    model: str = option("vit", "vit (the Simple ViT), convmixer, timm:<name> (a timm VisionTransformer, "
+                        "SwinTransformer or MlpMixer made by timm.create_model(name, pretrained=False), e.g. "
+                        "timm:vit_tiny_patch16_224, timm:swin_tiny_patch4_window7_224, timm:mixer_s16_224) or "
+                        "hf:<vit, deit, or a config.json / folder with one> (a Hugging Face ViTForImageClassification "
+                        "or DeiTForImageClassification, built from its config, no download). For timm and hf models "
                         "--image-size, --patch-size, --dim, --depth, --num-heads and --mlp-dim replace the model's own "
-                        "sizes (the ones not given stay timm's), --init and the fit flags apply, and the Simple "
-                        "ViT/ConvMixer flags (--attention, --mode, --alpha, --scale, --attention-backend, --head-dim, "
-                        "--filters, --freeze, --box-n) are refused", "model", check=model_rule)
+                        "sizes (the ones not given stay the model's; Swin: --dim is embed_dim, depths and heads per "
+                        "stage go in --model-kwargs), --init and the fit flags apply, and the Simple ViT/ConvMixer "
+                        "flags (--attention, --mode, --alpha, --scale, --attention-backend, --head-dim, --filters, "
+                        "--freeze, --box-n) are refused", "model", check=model_rule)
+    model_kwargs: Optional[str] = option(None, "more keywords for a timm or hf model, 'key=value;key=value' with "
+                                         "Python literal values (e.g. 'depths=(2,2);num_heads=(2,4);window_size=4' "
+                                         "for a small Swin)", "model", check=model_kwargs_rule, none_means="none")
     patch_size: int = option(2, "patch side in pixels", "model", check=positive)
     grid: Optional[int] = option(None, "expected token grid side (image size / patch size), checked before "
                                  "training; the paper always uses 16", "model", check=positive,
@@ -269,13 +314,15 @@ class TrainConfig:
     mode: str = option("I", "ImpulseAttention query/key input: I α·LN(x)+(1−α)·P, II P only, III free maps",
                        "model", choices=_modes)
     alpha: float = option(0.2, "content weight α of mode I", "model", check=alpha_range)
-    init: str = option("impulse", "query/key init (vit, timm). timm models: impulse and mimetic re-initialize the "
-                       "model made by timm through impulse_attn.timm.init_ (method impulse or mimetic); random keeps "
-                       "timm's own init (truncated normal); default is PyTorch's default init of every layer "
-                       "(timm's weight_init='reset')", "model", choices=_inits)
+    init: str = option("impulse", "init strategy, applied through impulse_attn.init_ to every family: impulse (each "
+                       "head an impulse filter: a query/key fit for vit/timm ViT/hf, the relative position bias for "
+                       "Swin, a bank of shifts in the token MLP for MLP-Mixer), mimetic, random (query/key U(±sqrt(1/D))), "
+                       "official (the structured-init paper's own closed form; timm/hf ViTs), default (the model's "
+                       "own init: PyTorch's, timm's or Hugging Face's), or any registered strategy; one that does not "
+                       "apply to the model is refused", "model", choices=_inits)
     kernel_size: Optional[int] = option(None, "impulse window k (vit, timm) or depthwise filter size (convmixer)",
                                         "model", check=odd_positive,
-                                        none_means="5 for vit, 3 for convmixer and timm")
+                                        none_means="5 for vit, 3 for convmixer, timm and hf")
     scale: Optional[float] = option(None, "softmax scale of the attention", "model", check=positive_float,
                                     none_means="the fit's scale for impulse init, head_dim^-0.5 otherwise")
     fit_method: str = option("closed_form", "impulse fit: closed form (instant) or the published iterative Adam "
@@ -295,8 +342,12 @@ class TrainConfig:
     fit_backend: str = option("auto", "where the iterative fit runs (auto: the compiled extension when built)",
                               "model", choices=_fit_backends)
     target_mass: Optional[float] = option(None, "closed-form fit sharpness: mean attention mass on the target "
-                                          "token", "model", check=unit_open,
-                                          none_means="0.1 for vit (docs/RESULTS.md), 0.3 for timm")
+                                          "token; for a Swin, the mass its window bias puts on the target of an "
+                                          "interior query", "model", check=unit_open,
+                                          none_means="each family's measured default: 0.1 for vit, 0.3 for timm and "
+                                          "hf ViTs, 0.5 for Swin (docs/RESULTS.md, 'Every family')")
+    mix_gain: Optional[float] = option(None, "MLP-Mixer impulse init: gain of the token MLP's shift bank", "model",
+                                       check=positive_float, none_means="1.0 (docs/RESULTS.md, 'Every family')")
     attention_backend: str = option("auto", "attention implementation (auto: the fastest that gives the "
                                     "reference's result here)", "model", choices=_attention_backends)
     filters: str = option("learned", "ConvMixer depthwise filters: learned from PyTorch's init, or a filter bank",
@@ -435,7 +486,7 @@ class TrainConfig:
             raise UserError(f"--dim must be a multiple of 4 for the 2D sin-cos encoding, got {c.dim}",
                             f"use {c.dim - c.dim % 4 or 4}")
         c._check_not_applicable()
-        uses_timm = [flag for flag, on in (("--model " + c.model, c.kind == "timm"), ("--augment timm",
+        uses_timm = [flag for flag, on in (("--model " + c.model, c.kind in EXTERNAL_KINDS), ("--augment timm",
                      c.augment == "timm"), ("--mixup/--cutmix", c.mixes), ("--smoothing", c.smoothing > 0),
                      ("--model-ema", c.model_ema)) if on]
         if uses_timm:
@@ -444,9 +495,9 @@ class TrainConfig:
             except ImportError:
                 raise UserError(f"{', '.join(uses_timm)} need{'s' if len(uses_timm) == 1 else ''} the timm package",
                                 "pip install 'timm>=1.0'") from None
-        if c.kind == "timm":
-            from .factory import check_timm_name
-            check_timm_name(timm_name(c.model))
+        if c.kind in EXTERNAL_KINDS:
+            from .factory import check_external_name
+            check_external_name(c)
             if c.dim is not None and c.num_heads is not None and c.dim % c.num_heads:
                 raise UserError(f"--dim {c.dim} is not divisible by --num-heads {c.num_heads} (a timm ViT's head "
                                 f"width is dim / heads)", "change one of them")
@@ -471,7 +522,7 @@ class TrainConfig:
             flags = " ".join(flag_name(fields_by_name()[n]) for n in names)
             raise UserError(f"{flags} {'does' if len(names) == 1 else 'do'} not apply {why}", fix)
 
-        if self.kind == "timm":
+        if self.kind in EXTERNAL_KINDS:
             bad = changed(NOT_FOR_TIMM)
             if bad:
                 refuse(bad, f"to the timm model {self.model} (only to the Simple ViT or the ConvMixer)",
@@ -480,6 +531,9 @@ class TrainConfig:
             raise UserError(f"--fit-method official (the structured-init paper's closed form) is for timm models, "
                             f"not --model {self.model}", "use --fit-method closed_form or iterative, or --model "
                             "timm:<name>")
+        if self.model_kwargs is not None and self.kind not in EXTERNAL_KINDS:
+            refuse(["model_kwargs"], f"to --model {self.model} (only to timm:<name> and hf:<name> models)",
+                   "use the size flags, or drop it")
         bad = changed(("auto_augment", "reprob"))
         if bad and self.augment != "timm":
             refuse(bad, f"to --augment {self.augment}", "use --augment timm, or drop them")

@@ -17,6 +17,7 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from ..models import ConvMixer, SimpleViT
+from .config import parse_model_kwargs, timm_name
 from .errors import UserError
 
 
@@ -59,124 +60,271 @@ def _plain(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-# --- timm models --------------------------------------------------------------------------------------------
+# --- timm and Hugging Face models ----------------------------------------------------------------------------
+TIMM_FAMILIES = {"VisionTransformer": "timm_vit", "SwinTransformer": "timm_swin", "MlpMixer": "timm_mixer"}
+
+
 def _timm():
     try:
         import timm
-        from timm.models.vision_transformer import VisionTransformer
     except ImportError:
         raise UserError("--model timm:<name> needs the timm package", "pip install 'timm>=1.0'") from None
-    return timm, VisionTransformer
+    return timm
 
 
 @functools.lru_cache(maxsize=None)
 def _timm_defaults(name: str) -> dict:
     """The registered model's class and default sizes, read from a copy built on the meta device (no memory,
     no weights)."""
-    timm, vit_cls = _timm()
+    timm = _timm()
     try:
         with torch.device("meta"):
             model = timm.create_model(name, pretrained=False)
     except Exception as e:  # noqa: BLE001 - a registered model that cannot be built this way
         return {"error": f"timm could not create {name} ({type(e).__name__}: {str(e).splitlines()[0][:120]})"}
-    out = {"class": f"{type(model).__module__}.{type(model).__name__}", "vit": isinstance(model, vit_cls)}
-    if out["vit"]:
+    cls = type(model).__name__
+    out = {"class": f"{type(model).__module__}.{cls}", "family": TIMM_FAMILIES.get(cls)}
+    if out["family"] == "timm_vit":
         blk = model.blocks[0]
         out.update(embed_dim=int(model.embed_dim), depth=len(model.blocks), num_heads=int(blk.attn.num_heads),
                    mlp_dim=int(blk.mlp.fc1.out_features) if hasattr(blk.mlp, "fc1") else None)
+    elif out["family"] == "timm_mixer":
+        blk = model.blocks[0]
+        n = int(model.stem.num_patches)
+        out.update(embed_dim=int(model.embed_dim), depth=len(model.blocks), num_patches=n,
+                   patch_size=int(model.stem.patch_size[0]),
+                   mlp_ratio=(blk.mlp_tokens.fc1.out_features / int(model.embed_dim),
+                              blk.mlp_channels.fc1.out_features / int(model.embed_dim)),
+                   block_class=type(blk).__name__)
+    elif out["family"] == "timm_swin":
+        out.update(embed_dim=int(model.embed_dim))
     return out
 
 
 def check_timm_name(name: str) -> dict:
-    """Refuse, before any work, a name timm's registry does not know or that is not a VisionTransformer."""
-    timm, _ = _timm()
+    """Refuse, before any work, a name timm's registry does not know or that no init family handles."""
+    timm = _timm()
     if not timm.is_model(name):
-        near = difflib.get_close_matches(name, timm.list_models(module="vision_transformer"), n=3, cutoff=0.6)
+        near = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
         raise UserError(f"--model timm:{name}: timm has no model {name!r}",
                         f"try {', '.join('timm:' + n for n in near)}" if near else
                         "list them with python -c \"import timm; print(timm.list_models('vit_*'))\"")
     info = _timm_defaults(name)
     if "error" in info:
-        raise UserError(f"--model timm:{name}: {info['error']}", "choose another timm VisionTransformer")
-    if not info["vit"]:
-        raise UserError(f"--model timm:{name} is a {info['class']}, not a timm VisionTransformer",
-                        "use a model of timm's vision_transformer family, e.g. timm:vit_tiny_patch16_224")
+        raise UserError(f"--model timm:{name}: {info['error']}", "choose another timm model")
+    if info["family"] is None:
+        raise UserError(f"--model timm:{name} is a {info['class']}, which no init family handles",
+                        "use a timm VisionTransformer, SwinTransformer (v1) or MlpMixer, e.g. "
+                        "timm:vit_tiny_patch16_224, timm:swin_tiny_patch4_window7_224, timm:mixer_s16_224")
+    if info["family"] == "timm_mixer" and info.get("block_class") != "MixerBlock":
+        raise UserError(f"--model timm:{name} has {info['block_class']} blocks (ResMLP/gMLP), not MixerBlock",
+                        "use a timm mixer_* model")
     return info
+
+
+HF_NAMES = ("vit", "deit")
+
+
+def _hf_config(name: str, kwargs: dict):
+    """A transformers ViT/DeiT config: for "vit"/"deit" with ``kwargs``, or read from a local config.json."""
+    try:
+        import transformers
+    except ImportError:
+        raise UserError("--model hf:<name> needs the transformers package", "pip install transformers") from None
+    from pathlib import Path
+    if name in HF_NAMES:
+        cls = transformers.ViTConfig if name == "vit" else transformers.DeiTConfig
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"--model hf:{name}: {e}", "check --model-kwargs") from None
+    path = Path(name)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise UserError(f"--model hf:{name} is neither {' nor '.join(HF_NAMES)} nor a config.json (no download is "
+                        f"made)", "use hf:vit, hf:deit or hf:<folder with config.json>")
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(str(path.parent if path.name == "config.json" else path),
+                                                      local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises assorted errors for an unreadable config
+        raise UserError(f"--model hf:{name}: transformers could not read {path} ({type(e).__name__})",
+                        "pass a ViT or DeiT config.json") from None
+    if cfg.model_type not in HF_NAMES:
+        raise UserError(f"--model hf:{name} is a {cfg.model_type!r} config", "use a ViT or DeiT config")
+    for k, v in kwargs.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def check_external_name(config) -> None:
+    """--model timm:<name> or hf:<name>: the name is known and its family handled, before any work."""
+    c = config.resolved()
+    name = timm_name(c.model)
+    if c.kind == "timm":
+        info = check_timm_name(name)
+        if info["family"] == "timm_vit" and c.dim is not None and c.num_heads is not None and c.dim % c.num_heads:
+            raise UserError(f"--dim {c.dim} is not divisible by --num-heads {c.num_heads} (a timm ViT's head "
+                            f"width is dim / heads)", "change one of them")
+    else:
+        _hf_config(name, {})
+        if c.dim is not None and c.num_heads is not None and c.dim % c.num_heads:
+            raise UserError(f"--dim {c.dim} is not divisible by --num-heads {c.num_heads}", "change one of them")
+    if c.mix_gain is not None and not (c.kind == "timm" and check_timm_name(name)["family"] == "timm_mixer"):
+        raise UserError("--mix-gain applies to timm MLP-Mixer models only", "drop it")
 
 
 def timm_kwargs(config, num_classes: int, image_size: int, channels: int) -> dict:
     """timm.create_model keywords of a config: the size flags that were given replace the model's own."""
-    from .config import timm_name
     c = config.resolved()
     info = check_timm_name(timm_name(c.model))
     kw = dict(pretrained=False, num_classes=num_classes, img_size=image_size, patch_size=c.patch_size,
               in_chans=channels)
     if c.dim is not None:
         kw["embed_dim"] = c.dim
-    if c.depth is not None:
-        kw["depth"] = c.depth
-    if c.num_heads is not None:
-        kw["num_heads"] = c.num_heads
-    if c.mlp_dim is not None:
-        width = c.dim if c.dim is not None else info["embed_dim"]
-        ratio = c.mlp_dim / width
-        if int(width * ratio) != c.mlp_dim:  # timm sizes the MLP as int(dim * mlp_ratio)
-            ratio = (c.mlp_dim + 0.5) / width
-        kw["mlp_ratio"] = ratio
-    if c.init == "default":
-        kw["weight_init"] = "reset"  # PyTorch's default init of every layer
+    if info["family"] == "timm_vit":
+        if c.depth is not None:
+            kw["depth"] = c.depth
+        if c.num_heads is not None:
+            kw["num_heads"] = c.num_heads
+        if c.mlp_dim is not None:
+            width = c.dim if c.dim is not None else info["embed_dim"]
+            ratio = c.mlp_dim / width
+            if int(width * ratio) != c.mlp_dim:  # timm sizes the MLP as int(dim * mlp_ratio)
+                ratio = (c.mlp_dim + 0.5) / width
+            kw["mlp_ratio"] = ratio
+    elif info["family"] == "timm_mixer":
+        if c.depth is not None:
+            kw["num_blocks"] = c.depth
+        if c.mlp_dim is not None:
+            kw["mlp_ratio"] = (info["mlp_ratio"][0], c.mlp_dim / (c.dim or info["embed_dim"]))
+    else:
+        bad = [flag for flag, v in (("--depth", c.depth), ("--num-heads", c.num_heads), ("--mlp-dim", c.mlp_dim))
+               if v is not None]
+        if bad:
+            raise UserError(f"{' '.join(bad)} do not size a Swin Transformer (its depths and heads are per stage)",
+                            "pass --model-kwargs 'depths=(2,2);num_heads=(2,4)' instead")
+    kw.update(parse_model_kwargs(c.model_kwargs))
     return kw
 
 
-def _timm_fit_kwargs(c, fit_kwargs: Optional[dict]) -> dict:
-    kwargs = dict(fit_kwargs or {})
-    if c.fit_method in ("closed_form", "iterative"):
-        for key, value in _fit_kwargs(c).items():
-            if key != "offsets":  # a timm model's offsets are impulse_attn.timm's (the structured-init order)
-                kwargs.setdefault(key, value)
-    return kwargs
+def _create_timm(c, kw: dict):
+    timm = _timm()
+    name = timm_name(c.model)
+    if check_timm_name(name)["family"] == "timm_mixer":
+        # timm's mixer entry points fix patch_size, num_blocks and embed_dim: build the class with the defaults
+        # read from the registered model, and the given sizes in their place.
+        from timm.models.mlp_mixer import MlpMixer
+        info = _timm_defaults(name)
+        args = dict(embed_dim=info["embed_dim"], num_blocks=info["depth"], mlp_ratio=info["mlp_ratio"])
+        args.update({k: v for k, v in kw.items() if k != "pretrained"})
+        return MlpMixer(**args)
+    return timm.create_model(name, **kw)
 
 
-def build_timm_model(config, num_classes: int, image_size: int, channels: int = 3, fit_kwargs: Optional[dict] = None,
-                     qk_init: bool = True) -> Tuple[torch.nn.Module, dict]:
-    """A timm VisionTransformer for ``config`` and its init record. ``--init impulse``/``mimetic`` re-initialize
-    it in place with ``impulse_attn.timm.init_`` (seeded by ``config.seed``) unless ``qk_init`` is False."""
-    from .config import timm_name
+class HFClassifier(torch.nn.Module):
+    """A Hugging Face image classifier whose forward takes images and returns logits, like every other model the
+    loop trains; ``hf`` is the transformers model."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.hf(pixel_values=images).logits
+
+
+def hf_kwargs(config, num_classes: int, image_size: int, channels: int) -> dict:
     c = config.resolved()
-    timm, _ = _timm()
-    kw = timm_kwargs(c, num_classes, image_size, channels)
-    try:
-        model = timm.create_model(timm_name(c.model), **kw)
-    except (AssertionError, ValueError, TypeError, RuntimeError) as e:
-        shown = {k: v for k, v in kw.items() if k != "pretrained"}
-        raise UserError(f"timm could not create {timm_name(c.model)} with {shown} ({type(e).__name__}: "
-                        f"{(str(e).splitlines() or [''])[0][:160]})", "change the size flags") from None
-    if c.mlp_dim is not None and model.blocks[0].mlp.fc1.out_features != c.mlp_dim:  # pragma: no cover
-        raise UserError(f"--mlp-dim {c.mlp_dim} cannot be expressed as a timm mlp_ratio of --dim",
-                        "use a multiple of --dim")
-    record: dict = {"timm": {"name": timm_name(c.model), "kwargs": _plain({k: v for k, v in kw.items()}),
-                             "class": f"{type(model).__module__}.{type(model).__name__}"}}
-    if c.init in ("impulse", "mimetic") and qk_init:
-        from .. import timm as iat
-        fit = c.fit_method if c.init == "impulse" else ("official" if c.fit_method == "official" else "closed_form")
+    kw = dict(image_size=image_size, patch_size=c.patch_size, num_channels=channels, num_labels=num_classes)
+    for key, value in (("hidden_size", c.dim), ("num_hidden_layers", c.depth), ("num_attention_heads", c.num_heads),
+                       ("intermediate_size", c.mlp_dim)):
+        if value is not None:
+            kw[key] = value
+    kw.update(parse_model_kwargs(c.model_kwargs))
+    return kw
+
+
+def _init_options(c, family: str) -> Tuple[Optional[str], dict, dict]:
+    """fit_method, fit_kwargs and options of ``impulse_attn.init_`` for a timm/hf model of ``family``."""
+    if family == "timm_swin":
+        return None, {}, ({"target_mass": c.target_mass} if c.target_mass is not None else {})
+    if family == "timm_mixer":
+        return None, {}, ({"gain": c.mix_gain} if c.mix_gain is not None else {})
+    fit_kwargs = {}
+    if c.init == "impulse" and c.fit_method in ("closed_form", "iterative"):
+        fit_kwargs = {k: v for k, v in _fit_kwargs(c).items() if k != "offsets"}  # offsets: the paper's order
+    return (c.fit_method if c.init in ("impulse", "mimetic") else None), fit_kwargs, {}
+
+
+def build_external_model(config, num_classes: int, image_size: int, channels: int = 3,
+                         fit_kwargs: Optional[dict] = None, qk_init: bool = True) -> Tuple[torch.nn.Module, dict]:
+    """A timm or Hugging Face model for ``config`` and its init record. The init (``config.init``, seeded by
+    ``config.seed``) goes through ``impulse_attn.init_``; ``default`` keeps the model's own init, and
+    ``qk_init=False`` skips the init (ranks other than 0 under torchrun)."""
+    from ..families import family_of, init_
+    c = config.resolved()
+    name = timm_name(c.model)
+    if c.kind == "timm":
+        kw = timm_kwargs(c, num_classes, image_size, channels)
         try:
-            report = iat.init_(model, method=c.init, fit=fit, kernel_size=c.kernel_size, seed=c.seed,
-                               **(_timm_fit_kwargs(c, fit_kwargs) if c.init == "impulse" else {}))
+            model = _create_timm(c, kw)
+        except (AssertionError, ValueError, TypeError, RuntimeError) as e:
+            shown = {k: v for k, v in kw.items() if k != "pretrained"}
+            raise UserError(f"timm could not create {name} with {shown} ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:160]})", "change the size flags") from None
+        if c.mlp_dim is not None and hasattr(model, "blocks") and hasattr(model.blocks[0], "mlp") and \
+                model.blocks[0].mlp.fc1.out_features != c.mlp_dim:  # pragma: no cover
+            raise UserError(f"--mlp-dim {c.mlp_dim} cannot be expressed as a timm mlp_ratio of --dim",
+                            "use a multiple of --dim")
+        record: dict = {"timm": {"name": name, "kwargs": _plain(kw), "class": f"{type(model).__module__}."
+                                 f"{type(model).__name__}"}}
+        target = model
+    else:
+        kw = hf_kwargs(c, num_classes, image_size, channels)
+        cfg = _hf_config(name, kw)
+        import transformers
+        cls = transformers.ViTForImageClassification if cfg.model_type == "vit" else \
+            transformers.DeiTForImageClassification
+        try:
+            target = cls(cfg)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise UserError(f"transformers could not create {cls.__name__} with {kw} ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:160]})", "change the size flags") from None
+        model = HFClassifier(target)
+        record = {"hf": {"name": name, "config": _plain(kw), "class": cls.__name__}}
+    family = family_of(target).name
+    record["family"] = family
+    if qk_init and c.init != "default":
+        fit_method, fkw, options = _init_options(c, family)
+        if c.init == "impulse" and fit_method == "official":
+            init_name, fit_method = "official", None
+        else:
+            init_name = c.init
+        fkw.update(fit_kwargs or {})
+        try:
+            report = init_(target, init_name, seed=c.seed, kernel_size=c.kernel_size, fit_method=fit_method,
+                           fit_kwargs=fkw or None, **options)
         except (ValueError, TypeError) as e:
-            raise UserError(f"impulse_attn.timm.init_ refused {timm_name(c.model)}: {str(e).splitlines()[0]}",
-                            "change the model or its flags (see docs/timm.md)") from None
-        d = report.as_dict()
-        record["timm_init"] = _plain({k: v for k, v in d.items() if k not in ("blocks", "fit_report", "offsets")})
-        if c.init == "impulse":
-            record["offsets"] = d["offsets"]
-            record["fit"] = {"mse": report.mse, "uniform_mse": report.uniform_mse, "argmax_hit": report.argmax_hit,
-                             "target_mass": report.target_mass, "seconds": report.fit_seconds,
-                             "method": f"timm/{fit}", "blocks": len(report.blocks),
-                             "backend": report.blocks[0].backend if report.blocks else ""}
-            record["fit_summary"] = (f"timm/{fit} on LN(pos_embed), mean over {len(report.blocks)} blocks: mse "
-                                     f"{report.mse:.5f} (uniform {report.uniform_mse:.5f}), argmax hit "
+            raise UserError(f"impulse_attn.init_ refused {c.model} with --init {c.init}: {str(e).splitlines()[0]}",
+                            "change the model, the init or its flags (see docs/families.md)") from None
+        record["offsets"] = [None if o is None else o.tolist() for o in report.offsets]
+        record["init_report"] = str(report)
+        src = report.source
+        from ..families.standard_vit import TimmInitReport
+        if isinstance(src, TimmInitReport):
+            d = src.as_dict()
+            record["timm_init"] = _plain({k: v for k, v in d.items() if k not in ("blocks", "fit_report", "offsets")})
+        if report.layers and report.layers[0].get("argmax_hit") is not None:
+            record["fit"] = {"argmax_hit": report.argmax_hit, "target_mass": report.target_mass,
+                             "seconds": report.seconds, "method": f"{family}/{init_name}",
+                             "blocks": len(report.layers)}
+            if isinstance(src, TimmInitReport):
+                record["fit"].update(mse=src.mse, uniform_mse=src.uniform_mse, method=f"timm/{src.fit}",
+                                     backend=src.blocks[0].backend if src.blocks else "")
+            record["fit_summary"] = (f"{family}/{init_name}, mean over {len(report.layers)} layers: argmax hit "
                                      f"{report.argmax_hit:.3f}, target mass {report.target_mass:.3f}, "
-                                     f"{report.fit_seconds:.2f} s")
+                                     f"{report.seconds:.2f} s")
     return model, record
 
 
@@ -205,8 +353,8 @@ def build_model(config, num_classes: int, image_size: int, channels: int = 3,
     start = time.perf_counter()
     extra: dict = {}
     try:
-        if c.kind == "timm":
-            model, extra = build_timm_model(c, num_classes, image_size, channels, fit_kwargs, qk_init=qk_init)
+        if c.kind in ("timm", "hf"):
+            model, extra = build_external_model(c, num_classes, image_size, channels, fit_kwargs, qk_init=qk_init)
         elif c.model == "vit":
             kwargs = dict(fit_kwargs or {})
             if c.init == "impulse":
@@ -288,17 +436,36 @@ class AttentionProbe:
 
 
 def attention_probe(model: torch.nn.Module, init: Optional[dict] = None) -> AttentionProbe:
-    """The probe of a Simple ViT (its own ``attention_maps``) or a timm ViT (``impulse_attn.timm.attention_maps``;
-    offsets from the init record). Anything else is a UserError."""
+    """The probe of any init family's model (``impulse_attn.attention_maps``): a Simple ViT, a timm or Hugging Face
+    ViT, a Swin Transformer (the blocks of its first stage, which share the full token grid), an MLP-Mixer (its
+    token MLPs' maps per round of shifts). Offsets come from the run's init record. Anything else is a UserError."""
+    from ..families import attention_maps, family_of
     if isinstance(model, SimpleViT):
         return AttentionProbe(tuple(model.grid_size),
                               [getattr(layer, "impulse_offsets", None) for layer in model.attention_layers()],
                               model.attention_maps, "vit")
-    if type(model).__module__.startswith("timm."):
-        from .. import timm as iat
-        depth = len(model.blocks)
-        offs = (init or {}).get("offsets")
-        offsets = [torch.as_tensor(o) for o in offs] if offs else [None] * depth
-        return AttentionProbe(tuple(int(g) for g in model.patch_embed.grid_size), offsets,
-                              lambda x: iat.attention_maps(model, x), "timm")
-    raise UserError(f"a {type(model).__name__} has no attention maps", "inspect a ViT run (vit or timm:<name>)")
+    target = model.hf if isinstance(model, HFClassifier) else model
+    try:
+        fam = family_of(target)
+    except TypeError:
+        raise UserError(f"a {type(model).__name__} has no attention maps",
+                        "inspect a ViT, Swin or MLP-Mixer run (vit, timm:<name> or hf:<name>)") from None
+    offs = (init or {}).get("offsets")
+    if fam.name == "timm_swin":
+        from ..families import timm_swin
+        first = [b for b in timm_swin.blocks(target)]
+        grid = tuple(int(r) for r in first[0].input_resolution)
+        keep = [i for i, b in enumerate(first) if tuple(int(r) for r in b.input_resolution) == grid]
+        offsets = [torch.as_tensor(offs[i]) if offs and offs[i] is not None else None for i in keep]
+        return AttentionProbe(grid, offsets, lambda x: [attention_maps(target, x)[i] for i in keep], fam.name)
+    if fam.name == "timm_mixer":
+        from ..families.timm_mixer import grid_of
+        grid = grid_of(target)
+    elif fam.name == "hf_vit":
+        from ..families.hf_vit import view
+        grid = view(target, need_pos=False).grid
+    else:
+        grid = tuple(int(g) for g in target.patch_embed.grid_size)
+    depth = len(attention_maps(target)) if fam.name != "timm_vit" else len(target.blocks)
+    offsets = [torch.as_tensor(o) if o is not None else None for o in offs] if offs else [None] * depth
+    return AttentionProbe(grid, offsets, lambda x: attention_maps(target, x), fam.name)

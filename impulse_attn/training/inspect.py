@@ -62,9 +62,9 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
     except (UserError, TypeError, KeyError):
         raise UserError(f"checkpoint {run / CHECKPOINT} holds no readable run settings",
                         "inspect a run written by this version of impulse-attn") from None
-    if cfg.kind not in ("vit", "timm"):
+    if cfg.kind not in ("vit", "timm", "hf"):
         raise UserError(f"{run} trained a {cfg.model}, which has no attention maps",
-                        "inspect a ViT run (--model vit or timm:<name>)")
+                        "inspect a ViT, Swin or MLP-Mixer run (--model vit, timm:<name> or hf:<name>)")
     if not isinstance(images, int) or images < 1:
         raise UserError(f"--images must be a positive integer, got {images!r}", "pass e.g. --images 64")
     data = build_datasets(cfg)
