@@ -460,10 +460,11 @@ def _compute(view: ViTView, method: str, fit: str, kernel_size: int, seed: Optio
                          "use weight_init='reset' (PyTorch default init, the public code's setting) instead")
     grid_var = pos[0, view.pos_offset:].to(torch.float64).var(dim=-1, unbiased=False)
     if float(grid_var.mean()) < LN_EPS:
-        raise ValueError(f"model.pos_embed (times pos_scale) is (nearly) constant over channels (mean variance "
-                         f"{float(grid_var.mean()):.1e} < LayerNorm eps {LN_EPS}): its layer norm, the fit's "
-                         f"pseudo-input, carries no position. Was it left uninitialized? (timm versions that build "
-                         f"parameters with torch.empty do so under weight_init='skip'; use weight_init='reset'.)")
+        raise ValueError(f"the position embedding (times pos_scale) is (nearly) constant over channels (mean "
+                         f"variance {float(grid_var.mean()):.1e} < LayerNorm eps {LN_EPS}): its layer norm, the fit's "
+                         f"pseudo-input, carries no position. Was it left uninitialized or at zero? (timm under "
+                         f"weight_init='skip' and transformers' DeiT leave it so: draw it first, e.g. "
+                         f"torch.nn.init.trunc_normal_(pos, std=0.02), or use timm's weight_init='reset'.)")
     x = pseudo_input(view, pos=pos, dtype=torch.float64)
     rank, ratio = pinv_rank(x, hd)
     offsets = official_offsets(heads, kernel_size)

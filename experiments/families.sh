@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Every family (docs/RESULTS.md, "Every family"): the family's own default init vs impulse (default fit) vs
+# mimetic where it applies, on ../shared/data/cifar10-mini at 25 and 100 images per class, the data-efficiency
+# study's protocol (800 steps, AdamW 1e-3, wd 0.05, batch 128, flip-crop), 3 seeds paired by seed, val/ reported.
+# Models sized to train in a few minutes each on 2 CPU cores, all on an 8x8 token grid (patch 4 on 32x32).
+# (The Simple ViT's rows are the study's own runs: bash experiments/data_efficiency.sh.)
+#
+#   bash experiments/families.sh                       # everything (resumes/reuses finished runs)
+#   FAMILIES="swin mixer" SIZES=25 SEEDS=0 bash experiments/families.sh
+#   python experiments/families.py                     # the tables from the runs that exist
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-runs/families}
+DATA=${DATA:-../shared/data/cifar10-mini}
+SEEDS=${SEEDS:-"0 1 2"}
+SIZES=${SIZES:-"25 100"}
+STEPS=${STEPS:-800}
+FAMILIES=${FAMILIES:-"timm_vit hf_vit swin mixer"}
+OPT="--optimizer adamw --lr 1e-3 --weight-decay 0.05 --batch-size 128 --eval-batch-size 500 --steps $STEPS"
+declare -A MODEL=(
+  [timm_vit]="--model timm:vit_tiny_patch16_224 --image-size 32 --patch-size 4 --dim 64 --depth 4 --num-heads 4 --mlp-dim 128"
+  [hf_vit]="--model hf:vit --image-size 32 --patch-size 4 --dim 64 --depth 4 --num-heads 4 --mlp-dim 128"
+  [swin]="--model timm:swin_tiny_patch4_window7_224 --image-size 32 --patch-size 4 --dim 32 --model-kwargs depths=(2,2);num_heads=(2,4);window_size=4"
+  [mixer]="--model timm:mixer_s16_224 --image-size 32 --patch-size 4 --dim 64 --depth 4 --model-kwargs mlp_ratio=(1.0,4.0)"
+)
+declare -A INITS=(
+  [timm_vit]="own:init=default impulse:init=impulse mimetic:init=mimetic"
+  [hf_vit]="own:init=default impulse:init=impulse mimetic:init=mimetic"
+  [swin]="own:init=default impulse:init=impulse mimetic:init=mimetic"
+  [mixer]="own:init=default impulse:init=impulse"
+)
+for seed in $SEEDS; do
+  for n in $SIZES; do
+    epochs=$(( (STEPS * 128 + n * 10 - 1) / (n * 10) ))
+    every=$(( epochs / 4 > 0 ? epochs / 4 : 1 ))
+    for fam in $FAMILIES; do
+      # shellcheck disable=SC2086
+      $PY -m impulse_attn.cli compare --dataset folder --data-dir "$DATA" --per-class "$n" --augment flip-crop \
+          ${MODEL[$fam]} $OPT --eval-every "$every" --no-progress --seeds "$seed" --out "$OUT/$fam/pc$n" \
+          --title "$fam, $n images per class, $STEPS steps" --variants ${INITS[$fam]}
+    done
+  done
+done
