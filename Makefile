@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.impulse_attn-installed
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
-DEV_DEPS := numpy scipy tqdm matplotlib pytest pytest-benchmark hypothesis ninja pybind11 "timm>=1.0"
+DEV_DEPS := numpy scipy tqdm matplotlib pytest pytest-benchmark hypothesis ninja pybind11 "timm>=1.0" "transformers>=4.40"
 
 # The CUDA toolkit, when present, is compiled against (torch's build looks in /usr/local otherwise).
 ifneq ($(wildcard /usr/local/cuda/bin/nvcc),)
