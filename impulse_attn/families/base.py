@@ -103,3 +103,25 @@ def family_of(model) -> Family:
             return fam
     raise TypeError(f"no init family knows a {type(model).__module__}.{type(model).__name__}; supported: "
                     f"{', '.join(f.label for f in _FAMILIES.values())}")
+
+
+@torch.no_grad()
+def capture_inputs(model: torch.nn.Module, modules, run: Callable, images: torch.Tensor,
+                   read: Callable = lambda args, kwargs: args[0].detach()) -> list:
+    """Run ``run(images)`` in eval mode (restored afterwards) and return, per module of ``modules`` in call order,
+    ``read(args, kwargs)`` of its input: how the families read the tokens their layers see."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be a (B, C, H, W) tensor, got "
+                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    captured: list = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, kwargs: captured.append(read(args, kwargs)),
+                                         with_kwargs=True) for m in modules]
+    was = model.training
+    model.eval()
+    try:
+        run(images)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    return captured

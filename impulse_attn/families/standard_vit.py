@@ -234,22 +234,9 @@ def attention_maps(view: ViTView, images: Optional[torch.Tensor] = None, *, dtyp
     if images is None:
         x = pseudo_input(view, dtype=torch.float64 if dtype is None else dtype)[None]
         return [_block_probs(blk, x, dtype)[1] for blk in view.blocks]
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError(f"images must be a (B, C, H, W) tensor, got "
-                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
-    captured: List[torch.Tensor] = []
-    hooks = [blk.module.register_forward_pre_hook(
-        lambda mod, args, kwargs, blk=blk: captured.append(blk.tokens_from_hook(args, kwargs)), with_kwargs=True)
-        for blk in view.blocks]
-    model = view.model
-    was_training = model.training
-    model.eval()
-    try:
-        view.run(images)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
+    from .base import capture_inputs
+    captured = capture_inputs(view.model, [blk.module for blk in view.blocks], view.run, images,
+                              lambda args, kwargs: view.blocks[0].tokens_from_hook(args, kwargs))
     p = view.prefix
     return [_block_probs(blk, x, dtype)[1][..., p:, p:] for blk, x in zip(view.blocks, captured)]
 

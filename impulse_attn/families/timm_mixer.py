@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..init.protocol import TokenMixRequest
 from ..init.registry import Strategy
-from .base import Family, InitReport, register_family
+from .base import Family, InitReport, capture_inputs, register_family
 
 NAME = "timm MLP-Mixer"
 
@@ -88,19 +88,7 @@ def token_mixing_maps(model, images: Optional[torch.Tensor] = None) -> List[torc
     if images is None:
         inputs = [None] * len(bl)
     else:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4:
-            raise ValueError("images must be a (B, C, H, W) tensor")
-        inputs = []
-        hooks = [b.mlp_tokens.register_forward_pre_hook(lambda mod, args: inputs.append(args[0].detach()))
-                 for b in bl]
-        was = model.training
-        model.eval()
-        try:
-            model.forward_features(images)
-        finally:
-            for hk in hooks:
-                hk.remove()
-            model.train(was)
+        inputs = capture_inputs(model, [b.mlp_tokens for b in bl], model.forward_features, images)
     out = []
     for b, x in zip(bl, inputs):
         fc1, fc2 = b.mlp_tokens.fc1, b.mlp_tokens.fc2

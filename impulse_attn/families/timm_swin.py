@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..init.protocol import WindowRequest
 from ..init.registry import Strategy
 from .adapters import BlockQKLayer
-from .base import Family, InitReport, register_family
+from .base import Family, InitReport, capture_inputs, register_family
 from .view import BlockView
 
 NAME = "timm Swin Transformer"
@@ -146,21 +146,9 @@ def attention_maps(model, images: Optional[torch.Tensor] = None) -> List[torch.T
                 logits = logits + mask.to(torch.float64)[:, None]
             out.append(_global(b, logits.softmax(-1), 1))
         return out
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        raise ValueError("images must be a (B, C, H, W) tensor")
-    captured = []
-    hooks = [b.attn.register_forward_pre_hook(
-        lambda mod, args, kwargs: captured.append((args[0].detach(), kwargs.get("mask", args[1] if len(args) > 1
-                                                                                    else None))), with_kwargs=True)
-        for b in bl]
-    was = model.training
-    model.eval()
-    try:
-        model.forward_features(images)
-    finally:
-        for hk in hooks:
-            hk.remove()
-        model.train(was)
+    captured = capture_inputs(model, [b.attn for b in bl], model.forward_features, images,
+                              lambda args, kwargs: (args[0].detach(),
+                                                    kwargs.get("mask", args[1] if len(args) > 1 else None)))
     out = []
     for b, (x, mask) in zip(bl, captured):
         a = b.attn
