@@ -27,8 +27,7 @@ What ``structured_init_(view, method="impulse")`` changes (all blocks, one batch
   default init, the fork's ``weight_init='skip'``) the bias·key term of the logits depends on that sign, so
   only float32 reproduces the fork's maps exactly.
 - ``"closed_form"`` (default): this package's closed form, ``fitting.fit_impulse(method="closed_form",
-  pseudo_input=X)``: separable row+column target logits, scale calibrated to a mean target mass (the family's
-  default, ``DEFAULT_FIT``: chosen by measurement, docs/RESULTS.md "Every family").
+  pseudo_input=X)``: separable row+column target logits, scale calibrated to a mean target mass (``DEFAULT_FIT``).
 - ``"iterative"``: the published Adam recipe through ``fit_impulse(method="iterative", backend="auto")``.
 
 ``method="mimetic"`` is the public code's mimetic baseline (Trockman & Kolter 2023): per head Q Kᵀ = the best
@@ -105,8 +104,8 @@ VPROJ_ALPHA, VPROJ_BETA, VPROJ_SIGN = 0.4, 0.4, -1
 #: ``get_ortho_like(D, -inf, 0.7, 0.7, 1)``: mimetic query·key = 0.7·Z + 0.7·I, one draw per head.
 MIMETIC_ALPHA, MIMETIC_BETA, MIMETIC_SIGN = 0.7, 0.7, 1
 
-#: The closed form's settings on a standard ViT unless given (docs/RESULTS.md, "Every family": the setting that
-#: measured best on val/ for the timm ViT).
+#: The closed form's settings on a standard ViT unless given: still the earlier timm default (scale 0.1, impulse
+#: target at mass 0.3); the per-family measurement that should replace it is open (docs/RESULTS.md, "Every family").
 DEFAULT_FIT = {"scale": 0.1, "target": "impulse", "target_mass": 0.3}
 
 # fit_impulse arguments that init_ sets from the model; a user value would contradict it.

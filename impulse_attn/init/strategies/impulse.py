@@ -20,9 +20,10 @@ from ..registry import Strategy, register_strategy
 # The closed form's defaults in a model: a local, soft map (docs/RESULTS.md, "Why the closed form lagged the
 # recipe"). fit_impulse itself keeps the published values (target "impulse", mass 0.3).
 CLOSED_FORM_DEFAULTS = {"target": "laplace", "target_mass": 0.1}
-#: Window-bias defaults (Swin): mass on the target key of an interior query (docs/RESULTS.md, "Every family").
+#: Window-bias defaults (Swin): mass on the target key of an interior query (a design choice; the per-family
+#: measurement is open, docs/RESULTS.md "Every family").
 WINDOW_DEFAULTS = {"target_mass": 0.5}
-#: Token-mixing defaults (MLP-Mixer): the gain of the shift bank (docs/RESULTS.md, "Every family").
+#: Token-mixing defaults (MLP-Mixer): the gain of the shift bank (a design choice, not yet measured).
 TOKEN_MIX_DEFAULTS = {"gain": 1.0}
 
 
