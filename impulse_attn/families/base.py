@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import torch
 
 from ..init.registry import LAYER_KINDS, Strategy
+from ..targets import impulse_targets, valid_rows
 
 
 @dataclass
@@ -55,7 +56,7 @@ class InitReport:
 class Family:
     """name: the registry key; label: for messages; matches(model); kinds: the layer kinds it can expose, in the
     order it prefers them; apply(model, strategy, kind, **settings) -> InitReport; maps(model, images) -> per
-    layer (B, heads, N, N) maps on its token grid; grid(model) -> the grid of the first layer's maps."""
+    layer (B, heads, N, N) maps on its token grid."""
 
     name: str
     label: str
@@ -63,7 +64,6 @@ class Family:
     kinds: Tuple[str, ...]
     apply: Callable[..., InitReport]
     maps: Callable[..., List[torch.Tensor]]
-    usage: str                       # the one-line call, for docs and errors
     pseudo_input: bool = True        # its query/key layers have a positional pseudo-input (Swin's have none)
 
     def kind_for(self, strategy: Strategy) -> str:
@@ -125,3 +125,16 @@ def capture_inputs(model: torch.nn.Module, modules, run: Callable, images: torch
             h.remove()
         model.train(was)
     return captured
+
+
+def offset_quality(maps: torch.Tensor, offsets: torch.Tensor, grid, keep: Callable, share: Callable) -> dict:
+    """How impulse-like the maps (1, heads, N, N) of one layer are: over the rows whose target (token + head offset)
+    is on the grid and that ``keep(rows, target_weight)`` accepts, the share whose argmax is the target
+    (``argmax_hit``) and the mean ``share(rows, target_weight)`` (``target_mass``)."""
+    target = impulse_targets(offsets, grid).argmax(-1)                        # (heads, N)
+    m = maps[0].to(torch.float64)
+    weight = m.gather(-1, target[..., None])[..., 0]
+    ok = valid_rows(offsets, grid) & keep(m, weight)
+    rows = max(int(ok.sum()), 1)
+    return {"argmax_hit": int(((m.argmax(-1) == target) & ok).sum()) / rows,
+            "target_mass": float((share(m, weight) * ok).sum()) / rows, "rows": int(ok.sum())}

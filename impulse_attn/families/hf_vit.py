@@ -73,23 +73,15 @@ def view(model, need_pos: bool = True) -> ViTView:
     blocks = [_block(layer, i) for i, layer in enumerate(_layers(base))]
     dim = int(base.config.hidden_size)
     heads = blocks[0].num_heads if blocks else 1
-    v = ViTView(family=NAME, model=model, grid=grid, dim=dim, heads=heads, head_dim=dim // heads, prefix=prefix,
+    v = ViTView(model=model, grid=grid, dim=dim, heads=heads, head_dim=dim // heads, prefix=prefix,
                 pos=emb.position_embeddings, pos_offset=prefix, blocks=blocks,
                 run=lambda images: base(pixel_values=images))
     return check_view(v, need_pos)
 
 
-def _maps(model, images=None):
-    from . import standard_vit
-    return standard_vit.attention_maps(view(model, need_pos=images is None), images)
-
-
 def _family():
-    from .base import Family, register_family
-    from .standard_apply import standard_apply
-    return register_family(Family("hf_vit", NAME, matches, ("qk",), standard_apply(view, NAME), _maps,
-                                  'ia.init_(ViTForImageClassification(ViTConfig(image_size=32, patch_size=4)), '
-                                  '"impulse")'))
+    from .standard_apply import standard_family
+    return standard_family("hf_vit", NAME, matches, view)
 
 
 FAMILY = _family()

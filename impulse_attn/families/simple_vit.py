@@ -39,5 +39,4 @@ def maps(model: SimpleViT, images=None):
     return model.attention_maps(images)
 
 
-FAMILY = register_family(Family("simple_vit", NAME, matches, ("qk",), apply, maps,
-                                'ia.init_(ia.SimpleViT(image_size=32, patch_size=4, dim=128, depth=4), "impulse")'))
+FAMILY = register_family(Family("simple_vit", NAME, matches, ("qk",), apply, maps))

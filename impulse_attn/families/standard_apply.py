@@ -14,7 +14,7 @@ from ..init.apply import initialize_qk_
 from ..init.registry import Strategy
 from . import standard_vit
 from .adapters import BlockQKLayer
-from .base import InitReport
+from .base import Family, InitReport, register_family
 from .view import ViTView
 
 ENGINE_METHODS = ("impulse", "official", "mimetic")
@@ -54,3 +54,10 @@ def standard_apply(view_of: Callable[..., ViTView], label: str) -> Callable[...,
         return InitReport(label, strategy.name, seed, kind, time.perf_counter() - start,
                           [{"offsets": layer.offsets} for layer in layers], src)
     return apply
+
+
+def standard_family(name: str, label: str, matches: Callable, view_of: Callable[..., ViTView]) -> Family:
+    """Register a standard-ViT family: its init through ``standard_apply``, its maps through the engine."""
+    def maps(model, images=None):
+        return standard_vit.attention_maps(view_of(model, need_pos=images is None), images)
+    return register_family(Family(name, label, matches, ("qk",), standard_apply(view_of, label), maps))

@@ -87,7 +87,7 @@ from ..fitting.structured import (LN_EPS, NOISE_BOUNDS, NOISE_SCALE, NOISE_STD, 
                                  layer_norm_rows, numpy_uniform, official_logits, official_offsets, official_qk,
                                  official_qk_float32, ortho_like, pinv_rank)
 from ..targets import impulse_targets, valid_rows
-from .view import ViTView
+from .view import ViTView, tokens_from_hook
 
 __all__ = ["structured_init_", "attention_maps", "pseudo_input", "DEFAULT_FIT", "official_offsets", "TimmInitReport", "METHODS", "FITS",
            "IMPULSE_SCALES", "MIMETIC_SCALES", "VPROJ_ALPHA", "VPROJ_BETA", "MIMETIC_ALPHA", "MIMETIC_BETA"]
@@ -234,8 +234,7 @@ def attention_maps(view: ViTView, images: Optional[torch.Tensor] = None, *, dtyp
         x = pseudo_input(view, dtype=torch.float64 if dtype is None else dtype)[None]
         return [_block_probs(blk, x, dtype)[1] for blk in view.blocks]
     from .base import capture_inputs
-    captured = capture_inputs(view.model, [blk.module for blk in view.blocks], view.run, images,
-                              lambda args, kwargs: view.blocks[0].tokens_from_hook(args, kwargs))
+    captured = capture_inputs(view.model, [blk.module for blk in view.blocks], view.run, images, tokens_from_hook)
     p = view.prefix
     return [_block_probs(blk, x, dtype)[1][..., p:, p:] for blk, x in zip(view.blocks, captured)]
 

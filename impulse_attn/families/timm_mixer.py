@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..init.protocol import TokenMixRequest
 from ..init.registry import Strategy
-from .base import Family, InitReport, capture_inputs, register_family
+from .base import Family, InitReport, capture_inputs, offset_quality, register_family
 
 NAME = "timm MLP-Mixer"
 
@@ -109,24 +109,9 @@ def token_mixing_maps(model, images: Optional[torch.Tensor] = None) -> List[torc
 
 
 def _quality(maps: torch.Tensor, offsets: torch.Tensor, grid) -> dict:
-    """Per round: over tokens whose target (token + offset) is on the grid and that the round covers, the share
-    whose largest input is the target, and the target's share of the row's absolute weight."""
-    h, w = grid
-    r, c = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    r, c = r.reshape(-1), c.reshape(-1)
-    hits, mass, rows = 0, 0.0, 0
-    for k, (dr, dc) in enumerate(offsets.tolist()):
-        tr, tc = r + dr, c + dc
-        inside = (tr >= 0) & (tr < h) & (tc >= 0) & (tc < w)
-        m = maps[0, k]
-        covered = m.abs().sum(1) > 0
-        q = torch.nonzero(inside & covered)[:, 0]
-        t = (tr * w + tc)[q]
-        rowm = m[q]
-        hits += int((rowm.argmax(1) == t).sum())
-        mass += float((rowm.gather(1, t[:, None])[:, 0] / rowm.abs().sum(1)).sum())
-        rows += len(q)
-    return {"argmax_hit": hits / max(rows, 1), "target_mass": mass / max(rows, 1), "rows": rows}
+    """Per round (a "head"), over the tokens the round covers: the target's share of the row's absolute weight."""
+    return offset_quality(maps, offsets, grid, keep=lambda m, t: m.abs().sum(-1) > 0,
+                          share=lambda m, t: t / m.abs().sum(-1).clamp(min=1e-300))
 
 
 def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: Optional[int] = None,
@@ -151,5 +136,4 @@ def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: O
 
 
 FAMILY = register_family(Family("timm_mixer", NAME, matches, ("token_mix",), apply, token_mixing_maps,
-                                'ia.init_(timm.models.mlp_mixer.MlpMixer(img_size=32, patch_size=4, '
-                                'embed_dim=128, num_blocks=4), "impulse")', pseudo_input=False))
+                                pseudo_input=False))

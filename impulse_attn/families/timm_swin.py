@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..init.protocol import WindowRequest
 from ..init.registry import Strategy
 from .adapters import BlockQKLayer
-from .base import Family, InitReport, capture_inputs, register_family
+from .base import Family, InitReport, capture_inputs, offset_quality, register_family
 from .view import BlockView
 
 NAME = "timm Swin Transformer"
@@ -163,24 +163,9 @@ def attention_maps(model, images: Optional[torch.Tensor] = None) -> List[torch.T
 
 
 def _quality(maps: torch.Tensor, offsets: torch.Tensor, grid) -> dict:
-    """argmax_hit and target_mass over the rows whose target key is in the query's window (map entry > 0)."""
-    h, w = grid
-    r, c = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    r, c = r.reshape(-1), c.reshape(-1)
-    hits, masses, rows = 0, 0.0, 0
-    for head, (dr, dc) in enumerate(offsets.tolist()):
-        tr, tc = r + dr, c + dc
-        inside = (tr >= 0) & (tr < h) & (tc >= 0) & (tc < w)
-        q = torch.nonzero(inside)[:, 0]
-        t = (tr * w + tc)[q]
-        m = maps[0, head, q]
-        # a target in another window (or masked region) has weight 0 (or e^-100): not a valid row
-        valid = m.gather(1, t[:, None])[:, 0] > 1e-20
-        q, t, m = q[valid], t[valid], m[valid]
-        hits += int((m.argmax(1) == t).sum())
-        masses += float(m.gather(1, t[:, None]).sum())
-        rows += len(q)
-    return {"argmax_hit": hits / max(rows, 1), "target_mass": masses / max(rows, 1), "rows": rows}
+    """Over the rows whose target key is in the query's window: a target in another window (or in a region the
+    shifted-window mask separates) has weight 0 (or e^-100)."""
+    return offset_quality(maps, offsets, grid, keep=lambda m, t: t > 1e-20, share=lambda m, t: t)
 
 
 # --- apply ---------------------------------------------------------------------------------------------------
@@ -217,5 +202,4 @@ def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: O
 
 
 FAMILY = register_family(Family("timm_swin", NAME, matches, ("window_bias", "qk"), apply, attention_maps,
-                                'ia.init_(timm.create_model("swin_tiny_patch4_window7_224", img_size=32, '
-                                'patch_size=2, window_size=4), "impulse")', pseudo_input=False))
+                                pseudo_input=False))

@@ -55,7 +55,7 @@ def view(model, need_pos: bool = True) -> ViTView:
                                 k_norm=attn.k_norm))
     heads = blocks[0].num_heads if blocks else 1
     prefix = int(model.num_prefix_tokens)
-    v = ViTView(family=NAME, model=model, grid=grid, dim=dim, heads=heads, head_dim=dim // heads, prefix=prefix,
+    v = ViTView(model=model, grid=grid, dim=dim, heads=heads, head_dim=dim // heads, prefix=prefix,
                 pos=model.pos_embed, pos_offset=0 if model.no_embed_class else prefix, blocks=blocks,
                 run=model.forward_features)
     return check_view(v, need_pos)
@@ -67,17 +67,9 @@ def grid_of(model) -> tuple:
 
 
 
-def _maps(model, images=None):
-    from . import standard_vit
-    return standard_vit.attention_maps(view(model, need_pos=images is None), images)
-
-
 def _family():
-    from .base import Family, register_family
-    from .standard_apply import standard_apply
-    return register_family(Family("timm_vit", NAME, matches, ("qk",), standard_apply(view, NAME), _maps,
-                                  'ia.init_(timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4), '
-                                  '"impulse")'))
+    from .standard_apply import standard_family
+    return standard_family("timm_vit", NAME, matches, view)
 
 
 FAMILY = _family()

@@ -52,18 +52,13 @@ class BlockView:
         if b is not None:
             b.zero_()
 
-    def tokens_from_hook(self, args, kwargs) -> torch.Tensor:
-        x = args[0] if args else kwargs.get("hidden_states")
-        return x.detach()
-
 
 @dataclass
 class ViTView:
-    """family: a label for reports; grid (H, W); dim; heads, head_dim; prefix: class/register/distillation tokens
+    """grid (H, W); dim; heads, head_dim; prefix: class/register/distillation tokens
     before the grid tokens; pos: the position embedding parameter (1, T, D) or None; pos_offset: its rows before
     the grid's (0 when prefix tokens get no position); run: images → the model's forward (maps are read by hooks)."""
 
-    family: str
     model: nn.Module
     grid: Tuple[int, int]
     dim: int
@@ -115,3 +110,9 @@ def check_view(view: ViTView, need_pos: bool) -> ViTView:
                          f"{view.pos_offset} embedded prefix tokens needs (1, {view.n + view.pos_offset}, {dim}): "
                          f"it does not match the patch grid")
     return view
+
+
+def tokens_from_hook(args, kwargs) -> torch.Tensor:
+    """The tokens an attention module was called with (first positional argument, or ``hidden_states=``)."""
+    x = args[0] if args else kwargs.get("hidden_states")
+    return x.detach()

@@ -43,9 +43,6 @@ class Strategy:
         choice(kind, "kind", LAYER_KINDS)
         return getattr(self, kind)
 
-    def applies_to(self, kind: str) -> bool:
-        return self.keeps_model or self.handler(kind) is not None
-
 
 _REGISTRY: Dict[str, Strategy] = {}
 

@@ -161,16 +161,18 @@ def check_external_name(config) -> None:
     """--model timm:<name> or hf:<name>: the name is known and its family handled, before any work."""
     c = config.resolved()
     name = timm_name(c.model)
+    family = None
     if c.kind == "timm":
         info = check_timm_name(name)
-        if info["family"] == "timm_vit" and c.dim is not None and c.num_heads is not None and c.dim % c.num_heads:
+        family = info["family"]
+        if family == "timm_vit" and c.dim is not None and c.num_heads is not None and c.dim % c.num_heads:
             raise UserError(f"--dim {c.dim} is not divisible by --num-heads {c.num_heads} (a timm ViT's head "
                             f"width is dim / heads)", "change one of them")
     else:
         _hf_config(name, {})
         if c.dim is not None and c.num_heads is not None and c.dim % c.num_heads:
             raise UserError(f"--dim {c.dim} is not divisible by --num-heads {c.num_heads}", "change one of them")
-    if c.mix_gain is not None and not (c.kind == "timm" and check_timm_name(name)["family"] == "timm_mixer"):
+    if c.mix_gain is not None and family != "timm_mixer":
         raise UserError("--mix-gain applies to timm MLP-Mixer models only", "drop it")
 
 
@@ -211,11 +213,11 @@ def timm_kwargs(config, num_classes: int, image_size: int, channels: int) -> dic
 def _create_timm(c, kw: dict):
     timm = _timm()
     name = timm_name(c.model)
-    if check_timm_name(name)["family"] == "timm_mixer":
+    info = _timm_defaults(name)
+    if info["family"] == "timm_mixer":
         # timm's mixer entry points fix patch_size, num_blocks and embed_dim: build the class with the defaults
         # read from the registered model, and the given sizes in their place.
         from timm.models.mlp_mixer import MlpMixer
-        info = _timm_defaults(name)
         args = dict(embed_dim=info["embed_dim"], num_blocks=info["depth"], mlp_ratio=info["mlp_ratio"])
         args.update({k: v for k, v in kw.items() if k != "pretrained"})
         return MlpMixer(**args)
@@ -453,19 +455,17 @@ def attention_probe(model: torch.nn.Module, init: Optional[dict] = None) -> Atte
     offs = (init or {}).get("offsets")
     if fam.name == "timm_swin":
         from ..families import timm_swin
-        first = [b for b in timm_swin.blocks(target)]
+        first = timm_swin.blocks(target)
         grid = tuple(int(r) for r in first[0].input_resolution)
         keep = [i for i, b in enumerate(first) if tuple(int(r) for r in b.input_resolution) == grid]
         offsets = [torch.as_tensor(offs[i]) if offs and offs[i] is not None else None for i in keep]
         return AttentionProbe(grid, offsets, lambda x: [attention_maps(target, x)[i] for i in keep], fam.name)
     if fam.name == "timm_mixer":
         from ..families.timm_mixer import grid_of
-        grid = grid_of(target)
-    elif fam.name == "hf_vit":
-        from ..families.hf_vit import view
-        grid = view(target, need_pos=False).grid
+        grid, depth = grid_of(target), len(target.blocks)
     else:
-        grid = tuple(int(g) for g in target.patch_embed.grid_size)
-    depth = len(attention_maps(target)) if fam.name != "timm_vit" else len(target.blocks)
+        from ..families import hf_vit, timm_vit
+        view = (hf_vit if fam.name == "hf_vit" else timm_vit).view(target, need_pos=False)
+        grid, depth = view.grid, view.depth
     offsets = [torch.as_tensor(o) if o is not None else None for o in offs] if offs else [None] * depth
     return AttentionProbe(grid, offsets, lambda x: attention_maps(target, x), fam.name)

@@ -27,6 +27,13 @@ WINDOW_DEFAULTS = {"target_mass": 0.5}
 TOKEN_MIX_DEFAULTS = {"gain": 1.0}
 
 
+def _options(defaults: dict, given: Optional[dict], what: str) -> dict:
+    unknown = sorted(set(given or {}) - set(defaults))
+    if unknown:
+        raise ValueError(f"options {unknown} do not apply to {what} (known: {sorted(defaults)})")
+    return {**defaults, **(given or {})}
+
+
 def impulse_qk(layers, requests, generator, *, seed: int, fit_method: str, kernel_size: int,
                fit_kwargs: Optional[dict]):
     from ...fitting import fit_impulse
@@ -62,10 +69,7 @@ def impulse_window_bias(layers, requests, generator, *, seed: int, kernel_size: 
                         ) -> List[dict]:
     """Per layer: fresh offsets (a random order of the k×k window), the bias table at the impulse logit that puts
     ``target_mass`` on the target key of an interior query."""
-    opts = {**WINDOW_DEFAULTS, **(options or {})}
-    unknown = sorted(set(opts) - set(WINDOW_DEFAULTS))
-    if unknown:
-        raise ValueError(f"options {unknown} do not apply to window biases (known: {sorted(WINDOW_DEFAULTS)})")
+    opts = _options(WINDOW_DEFAULTS, options, "window biases")
     out = []
     for layer, r in zip(layers, requests):
         half = kernel_size // 2
@@ -83,10 +87,7 @@ def impulse_token_mix(layers, requests, generator, *, seed: int, kernel_size: in
                       ) -> List[dict]:
     """Per layer: round offsets in a fresh random order of the k×k window (every offset used once there are k²
     rounds), the token MLP set to that bank of shifts."""
-    opts = {**TOKEN_MIX_DEFAULTS, **(options or {})}
-    unknown = sorted(set(opts) - set(TOKEN_MIX_DEFAULTS))
-    if unknown:
-        raise ValueError(f"options {unknown} do not apply to token-mixing MLPs (known: {sorted(TOKEN_MIX_DEFAULTS)})")
+    opts = _options(TOKEN_MIX_DEFAULTS, options, "token-mixing MLPs")
     out = []
     for layer, r in zip(layers, requests):
         if kernel_size // 2 >= max(r.grid):
@@ -94,7 +95,7 @@ def impulse_token_mix(layers, requests, generator, *, seed: int, kernel_size: in
         n = r.grid[0] * r.grid[1]
         rounds = -(-r.hidden // n)
         offsets = window_permutation_offsets(rounds, kernel_size, generator)
-        w1, b1, w2, b2, anchors, unit_offsets = impulse_token_mlp(r.grid, r.hidden, offsets, opts["gain"])
+        w1, b1, w2, b2, _, _ = impulse_token_mlp(r.grid, r.hidden, offsets, opts["gain"])
         layer.load_token_mix(w1, b1, w2, b2, offsets)
         out.append({"offsets": offsets, "gain": opts["gain"], "rounds": rounds})
     return out
