@@ -11,6 +11,7 @@
 #                                                      # becomes the family's default in the code)
 #   bash experiments/families.sh                       # everything (resumes/reuses finished runs)
 #   FAMILIES="swin mixer" SIZES=25 SEEDS=0 bash experiments/families.sh
+#   LABELS="own mimetic" bash experiments/families.sh  # only these inits (e.g. those that do not wait for SWEEP)
 #   python experiments/families.py                     # the tables from the runs that exist
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,10 +58,15 @@ for seed in $SEEDS; do
   for n in $SIZES; do
     epochs=$(( (STEPS * 128 + n * 10 - 1) / (n * 10) ))
     for fam in $FAMILIES; do
+      variants=()
+      for v in ${INITS[$fam]}; do
+        if [ -z "${LABELS:-}" ] || [[ " $LABELS " == *" ${v%%:*} "* ]]; then variants+=("$v"); fi
+      done
+      [ ${#variants[@]} -gt 0 ] || continue
       # shellcheck disable=SC2086
       $PY -m impulse_attn.cli compare --dataset folder --data-dir "$DATA" --per-class "$n" --augment flip-crop \
           ${MODEL[$fam]} $OPT --eval-every "$epochs" --no-progress --seeds "$seed" --out "$OUT/$fam/pc$n" \
-          --title "$fam, $n images per class, $STEPS steps" --variants ${INITS[$fam]}
+          --title "$fam, $n images per class, $STEPS steps" --variants "${variants[@]}"
     done
   done
 done

@@ -131,3 +131,19 @@ def test_mechanism_figure(tmp_path):
           "recipe": [{"seed": 0, "val_acc": [0.25, 0.35, 0.42], "final": 0.42},
                      {"seed": 1, "val_acc": [0.27, 0.33, 0.40], "final": 0.40}]}
     assert mechanism_table.plot(by, tmp_path / "m.png").stat().st_size > 0
+
+
+def test_families_table_pairs_each_init_with_the_familys_own_by_seed(tmp_path):
+    import families
+    root = tmp_path / "families"
+    for seed, (own, imp) in enumerate([(0.30, 0.33), (0.32, 0.33)]):
+        _run(root / "swin", 25, "own", seed, own)
+        _run(root / "swin", 25, "impulse", seed, imp)
+    _run(root / "swin", 25, "impulse", 5, 0.90)          # no own run of seed 5: not paired
+    _run(root / "mixer", 100, "impulse", 0, 0.40)         # no own run at all
+    text = families.table(root)
+    rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()[2:]}
+    assert "| 2 | 31.0 ± 1.4 |" in rows[("swin", "25", "own")]
+    assert rows[("swin", "25", "impulse")].rstrip().endswith("| +2.0 ± 1.4 |")
+    assert rows[("mixer", "100", "impulse")].rstrip().endswith("| — |")
+    assert list(rows)[0] == ("mixer", "100", "impulse")     # families in name order, own init first within one
