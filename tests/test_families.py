@@ -300,3 +300,30 @@ def test_a_new_strategy_file_reaches_every_family_and_the_command_line():
         path.unlink()
     assert res.returncode == 0 and "reached every family" in res.stdout, res.stderr[-2000:]
     assert "constant_probe" not in INIT_STRATEGIES      # this process never imported it
+
+
+# --- the command line -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model_flags", [
+    ["--model", "timm:swin_tiny_patch4_window7_224", "--dim", "8",
+     "--model-kwargs", "depths=(2,);num_heads=(2,);window_size=4"],
+    ["--model", "timm:mixer_s16_224", "--dim", "16", "--depth", "2", "--model-kwargs", "mlp_ratio=(1.0,2.0)"],
+    ["--model", "hf:vit", "--dim", "64", "--depth", "1", "--num-heads", "4", "--mlp-dim", "32"],
+], ids=["swin", "mixer", "hf_vit"])
+def test_train_then_inspect_shows_the_maps_at_init(tmp_path, model_flags):
+    from impulse_attn import cli
+    out = tmp_path / "run"
+    flags = ["--dataset", "synthetic", "--synthetic-train", "32", "--synthetic-test", "16", "--image-size", "16",
+             "--patch-size", "2", *model_flags, "--init", "impulse", "--epochs", "1", "--batch-size", "16",
+             "--no-progress", "--out", str(out)]
+    assert cli.main(["train", *flags]) == 0
+    assert cli.main(["inspect", str(out), "--images", "4", "--out", str(tmp_path / "insp")]) == 0
+    import json
+    rows = json.loads((tmp_path / "insp" / "inspect.json").read_text())["heads"]
+    assert rows and (tmp_path / "insp" / "maps.png").stat().st_size > 0
+    if model_flags[1].startswith("hf:"):
+        # a ViT's maps on images also hold content and the class token; the fit's own record is on LN(pos)
+        run = json.loads((out / "run.json").read_text())
+        assert run["init"]["fit"]["argmax_hit"] > 0.9 and len(rows) == 4   # (at dim 32, 2 heads: 0.62)
+    else:
+        # Swin's bias and the Mixer's shift bank: every head's (round's) best single offset is its impulse offset
+        assert all(r["init"]["best_offset"] == r["init"]["target_offset"] for r in rows), rows

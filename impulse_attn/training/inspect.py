@@ -100,7 +100,8 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
     out = Path(out) if out is not None else run
     out.mkdir(parents=True, exist_ok=True)
     from ..plots import plot_maps_before_after
-    title = (f"{run.name}: init {cfg.init}" + (f" ({cfg.fit_method})" if cfg.init == "impulse" else "") +
+    fitted = cfg.init == "impulse" and probe_init.family in ("vit", "timm_vit", "hf_vit")  # a query/key fit
+    title = (f"{run.name}: init {cfg.init}" + (f" ({cfg.fit_method})" if fitted else "") +
              f", epoch {state['epoch']}; attention of query ({qr},{qc}) averaged over {len(x)} images")
     picture = plot_maps_before_after([m.mean(0) for m in before], [m.mean(0) for m in after], grid,
                                      qr * grid[1] + qc, out / "maps.png", rows=rows, title=title)
