@@ -345,9 +345,9 @@ class TrainConfig:
                                           "token; for a Swin, the mass its window bias puts on the target of an "
                                           "interior query", "model", check=unit_open,
                                           none_means="each family's default: 0.1 for vit (measured), 0.3 for timm and "
-                                          "hf ViTs, 0.5 for Swin (not yet measured per family: docs/RESULTS.md)")
+                                          "hf ViTs, 0.7 for Swin (docs/RESULTS.md, 'Every family')")
     mix_gain: Optional[float] = option(None, "MLP-Mixer impulse init: gain of the token MLP's shift bank", "model",
-                                       check=positive_float, none_means="1.0 (not yet measured: docs/RESULTS.md)")
+                                       check=positive_float, none_means="2.0, chosen on val/ (docs/RESULTS.md, 'Every family')")
     attention_backend: str = option("auto", "attention implementation (auto: the fastest that gives the "
                                     "reference's result here)", "model", choices=_attention_backends)
     filters: str = option("learned", "ConvMixer depthwise filters: learned from PyTorch's init, or a filter bank",
