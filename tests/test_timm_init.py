@@ -213,7 +213,7 @@ def test_default_fit_gives_impulse_maps(key):
         hit = (m.argmax(-1) == target.argmax(-1)) & valid
         assert hit.sum() / valid.sum() > 0.9, b
         mass = (m * target).sum(-1)[valid].mean()
-        assert mass > 10.0 / n, b                                   # uniform puts 1/N on the target
+        assert mass > 4.0 / n, b        # uniform puts 1/N on the target (the default fit aims at mass 0.1)
         assert report.blocks[b].argmax_hit == pytest.approx(float(hit.sum() / valid.sum()))
         assert report.blocks[b].target_mass == pytest.approx(float(mass), abs=1e-9)
     # the weights are the fit's Q, K rescaled for timm's softmax scale: the model's maps are the fitted maps

@@ -344,8 +344,8 @@ class TrainConfig:
     target_mass: Optional[float] = option(None, "closed-form fit sharpness: mean attention mass on the target "
                                           "token; for a Swin, the mass its window bias puts on the target of an "
                                           "interior query", "model", check=unit_open,
-                                          none_means="each family's default: 0.1 for vit (measured), 0.3 for timm and "
-                                          "hf ViTs, 0.7 for Swin (docs/RESULTS.md, 'Every family')")
+                                          none_means="each family's default, chosen on val/: 0.1 for vit, timm and "
+                                          "hf ViTs, 0.7 for Swin (docs/RESULTS.md)")
     mix_gain: Optional[float] = option(None, "MLP-Mixer impulse init: gain of the token MLP's shift bank", "model",
                                        check=positive_float, none_means="2.0, chosen on val/ (docs/RESULTS.md, 'Every family')")
     attention_backend: str = option("auto", "attention implementation (auto: the fastest that gives the "
