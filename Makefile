@@ -44,13 +44,13 @@ bench: setup
 clean:
 	rm -rf build *.egg-info impulse_attn/*.so .pytest_cache .benchmarks
 
-# The GPU acceptance run (docs/gpu-check.md): the system Python ($(PYTHON)), no venv, no downloads, under 10 minutes
-# on one H100; one report (GPU_CHECK_REPORT, default docs/gpu-check-report.md). DRY_RUN=1: the same stages on the
-# CPU, the GPU untouched. GPU_CHECK_STAGES=experiment: the 8-minute init experiment, added to the same report.
+# The GPU acceptance run (docs/gpu-check.md): the system Python ($(PYTHON)), no venv, no downloads, at most 6 minutes
+# on one H200, build included. Writes report.md, figures.json and gpu-check.log to GPU_CHECK_OUT (default: $OUT when
+# set, else runs/gpu-check), rewritten after every stage. DRY_RUN=1: the same stages on the CPU, the GPU untouched.
 # The CUDA build uses every core unless MAX_JOBS is given.
 GPU_CHECK_JOBS ?= $(if $(filter file,$(origin MAX_JOBS)),$(shell nproc 2>/dev/null || echo 4),$(MAX_JOBS))
 DRY_RUN ?=
 
 .PHONY: gpu-check
 gpu-check:
-	MAX_JOBS=$(GPU_CHECK_JOBS) $(PYTHON) benchmarks/gpu_check.py $(if $(filter 1 yes true on,$(DRY_RUN)),--dry-run)
+	MAX_JOBS=$(GPU_CHECK_JOBS) $(PYTHON) -m benchmarks.gpu_check $(if $(filter 1 yes true on,$(DRY_RUN)),--dry-run)

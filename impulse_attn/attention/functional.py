@@ -1,6 +1,7 @@
 """Scaled dot-product attention through one switch: every attention layer calls ``attention`` here.
 
-The backend is decided next to the op (``attention.backends``): "reference", "sdpa", "triton", or "auto".
+The backend is decided and run next to the op (``attention.backends``): "reference", "sdpa", "triton", or "auto".
+This module imports ``backends``; ``backends`` never imports this module.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import backends
-from .backends import ATTENTION_BACKENDS
+from .backends import ATTENTION_BACKENDS, run_backend
 from .reference import attention_probs, reference_attention
 
 __all__ = ["attention", "shared_map_attention", "reference_attention", "attention_probs", "ATTENTION_BACKENDS",
@@ -33,16 +34,6 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
 
 
-def run_backend(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Run one named backend (no checks, no choice)."""
-    if name == "reference":
-        return reference_attention(q, k, v, scale)
-    if name == "sdpa":
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    from .triton_flash import flash_attention
-    return flash_attention(q, k, v, scale)
-
-
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, backend: str = "auto") -> torch.Tensor:
     """Non-causal attention softmax(scale · q kᵀ) v. q, k (B, H, N, d), v (B, H, N, dv) -> (B, H, N, dv).
 
@@ -58,9 +49,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, b
         raise ValueError(f"v must match q in batch size, got v {tuple(v.shape)} and q {tuple(q.shape)}")
     if q.shape[0] == 0:
         return v.new_empty(v.shape)
-    if backend != "auto":
-        backends.require(backend, q, k, v)
-    return run_backend(backends.resolve(backend, q), q, k, v, scale)
+    return run_backend(backends.choose(backend, q, k, v), q, k, v, scale)
 
 
 def shared_map_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,

@@ -15,8 +15,9 @@ log2(e) folded into the scale, except for float64, which uses exp so that no flo
 Inputs may be non-contiguous: every (batch, head, row) stride is passed to the kernels; a non-unit stride of the
 head dim is made contiguous first (the kernels assume unit stride there so loads vectorize).
 
-Configs: on CUDA the kernels are autotuned over a small space suited to ViT shapes (N ≤ 257, d = 64). One config can
-be pinned with ``pinned_config(...)`` or the environment variable IMPULSE_ATTN_TRITON_CONFIG, e.g.
+Configs: on CUDA the kernels are autotuned over a small space per dtype class (``TUNING_SPACE``, pruned for sm_90 at
+ViT shapes by the rule written above it). One config can be pinned with ``pinned_config(...)`` or the environment
+variable IMPULSE_ATTN_TRITON_CONFIG, e.g.
 ``"BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=3"``; under the interpreter (TRITON_INTERPRET=1) a 16×16 config is
 always pinned, as autotuning there would only time numpy.
 """
@@ -36,7 +37,7 @@ from torch.library import triton_op, wrap_triton
 from triton.runtime.interpreter import InterpretedFunction
 
 __all__ = ["flash_attention", "flash_attention_with_lse", "unavailable_reason", "pinned_config", "active_config",
-           "MAX_HEAD_DIM", "CONFIG_ENV"]
+           "tuning_space", "TUNING_SPACE", "MAX_HEAD_DIM", "CONFIG_ENV"]
 
 MAX_HEAD_DIM = 128
 CONFIG_ENV = "IMPULSE_ATTN_TRITON_CONFIG"
@@ -297,22 +298,38 @@ def _configs(pairs) -> list:
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s) for bm, bn, w, s in pairs]
 
 
-# ViT: N ≤ 257 (so 1-3 query blocks of 128 or 2-5 of 64), d = 64, B·H in the hundreds to thousands, so the grid
-# fills the GPU at any block size; the space trades tile reuse against the waste of the masked tail block.
-# Tiles that do not fit shared memory (fp32, d = 128) are skipped by the autotuner.
-_FWD_CONFIGS = _configs([(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 4, 3),
-                         (64, 32, 4, 3), (128, 128, 8, 2), (64, 128, 4, 2)])
-# dK/dV: BLOCK_N keys owned, BLOCK_M queries streamed. dQ: BLOCK_M queries owned, BLOCK_N keys streamed.
-_DKDV_CONFIGS = _configs([(32, 64, 4, 2), (32, 64, 4, 3), (64, 64, 4, 2), (64, 64, 8, 3), (32, 128, 8, 2),
-                          (64, 128, 8, 2), (16, 64, 4, 3)])
-_DQ_CONFIGS = _configs([(64, 32, 4, 2), (64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 8, 3), (128, 32, 8, 2),
-                        (128, 64, 8, 2), (64, 16, 4, 3)])
+# The tuning space, pruned to what sm_90 (H100/H200) needs at ViT shapes, by this rule:
+# - Shapes: N ≤ 257 and d ≤ 128 with B·H in the hundreds to thousands, so the grid fills the GPU's 132 SMs at any
+#   block size; a config only trades tile reuse against the waste of the masked tail block.
+# - The owned axis (queries in the forward and dQ, keys in dK/dV) is 64 or 128 rows; 128 rows get 8 warps (two
+#   warpgroups of the 64-row wgmma), 64 rows get 4. The streamed axis is 32 or 64.
+# - num_stages = 2: the streamed loop makes at most 5 trips at N ≤ 257, so a deeper pipeline only costs shared
+#   memory and compile time.
+# - float16/bfloat16 (tensor cores): three configs per kernel, the largest tile 128×64 (fits shared memory at
+#   d = 128). float32 with input_precision "ieee" runs on the FMA units, where a tile's registers, not shared
+#   memory, are the limit and compile time grows with the tile's area: two configs per kernel, tiles ≤ 64×64.
+# That is 9 compiled configs per 16-bit dtype and 6 for float32 per (N, d) key, instead of 22.
+# dK/dV: BLOCK_N keys owned, BLOCK_M queries streamed. dQ and forward: BLOCK_M queries owned, BLOCK_N streamed.
+TUNING_SPACE = {
+    "16-bit": dict(fwd=_configs([(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)]),
+                   dkdv=_configs([(32, 64, 4, 2), (64, 64, 4, 2), (64, 128, 8, 2)]),
+                   dq=_configs([(64, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2)])),
+    "float32": dict(fwd=_configs([(64, 32, 4, 2), (64, 64, 4, 2)]),
+                    dkdv=_configs([(32, 64, 4, 2), (64, 64, 4, 2)]),
+                    dq=_configs([(64, 32, 4, 2), (64, 64, 4, 2)])),
+}
 _KEY = ["N", "HEAD_DIM", "BASE2", "PRECISION"]
 # Decided once, at import, as Triton decides it when it defines the kernels above.
 _INTERPRETER = isinstance(_attn_fwd, InterpretedFunction)
-_fwd_tuned = triton.autotune(_FWD_CONFIGS, key=_KEY)(_attn_fwd)
-_dkdv_tuned = triton.autotune(_DKDV_CONFIGS, key=_KEY)(_attn_bwd_dkdv)
-_dq_tuned = triton.autotune(_DQ_CONFIGS, key=_KEY)(_attn_bwd_dq)
+_KERNELS = dict(fwd=_attn_fwd, dkdv=_attn_bwd_dkdv, dq=_attn_bwd_dq)
+# One autotuner per (kernel, dtype class): each tunes only its own space, and torch.compile sees plain autotuners.
+_TUNED = {(name, space): triton.autotune(configs[name], key=_KEY)(kernel)
+          for space, configs in TUNING_SPACE.items() for name, kernel in _KERNELS.items()}
+
+
+def tuning_space(dtype: torch.dtype) -> str:
+    """The name of the config space the autotuner searches for inputs of ``dtype``."""
+    return "16-bit" if dtype in (torch.float16, torch.bfloat16) else "float32"
 
 
 def _parse_config(text: str) -> dict:
@@ -377,14 +394,14 @@ def _skip_launch(t: torch.Tensor) -> bool:
     return _INTERPRETER and is_fake(t)
 
 
-def _launch(tuned, kernel, grid, args: tuple, meta: dict) -> None:
+def _launch(name: str, grid, args: tuple, meta: dict) -> None:
     if _skip_launch(args[0]):
         return
     cfg = active_config()
     if cfg is None:
-        wrap_triton(tuned)[grid](*args, **meta)
+        wrap_triton(_TUNED[name, tuning_space(args[0].dtype)])[grid](*args, **meta)
     else:
-        wrap_triton(kernel)[grid](*args, **meta, **cfg)
+        wrap_triton(_KERNELS[name])[grid](*args, **meta, **cfg)
 
 
 # --------------------------------------------------------------------------------------------------- checks
@@ -501,7 +518,7 @@ def _flash_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) 
     def grid(m):
         return (triton.cdiv(n, m["BLOCK_M"]) * bsz * heads,)
 
-    _launch(_fwd_tuned, _attn_fwd, grid,
+    _launch("fwd", grid,
             (q, k, v, o, lse, qk_scale, *_strides(q), *_strides(k), *_strides(v), *_strides(o), heads, n), meta)
     return o, lse
 
@@ -534,10 +551,10 @@ def _flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
         return (triton.cdiv(n, m["BLOCK_M"]) * bsz * heads,)
 
     common = (*_strides(q), *_strides(k), *_strides(v), *_strides(grad_out))
-    _launch(_dkdv_tuned, _attn_bwd_dkdv, grid_keys,
+    _launch("dkdv", grid_keys,
             (q, k, v, grad_out, lse, delta, dk, dv, qk_scale, scale, *common, *_strides(dk), *_strides(dv),
              heads, n), meta)
-    _launch(_dq_tuned, _attn_bwd_dq, grid_queries,
+    _launch("dq", grid_queries,
             (q, k, v, grad_out, lse, delta, dq, qk_scale, scale, *common, *_strides(dq), heads, n), meta)
     return dq, dk, dv
 

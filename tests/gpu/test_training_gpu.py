@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from impulse_attn import SimpleViT
-from impulse_attn.attention import functional
+from impulse_attn.attention import backends as attention_backends, functional
 from impulse_attn.attention.reference import reference_attention
 
 CUDA = torch.cuda.is_available()
@@ -101,7 +101,8 @@ def _per_sample_losses(model, backend, x, y, exact=False) -> torch.Tensor:
     rows = []
     with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
         if exact:
-            mp.setattr(functional, "reference_attention", _exact_attention)
+            mp.setattr(functional, "reference_attention", _exact_attention)          # shared maps (II, III)
+            mp.setattr(attention_backends, "reference_attention", _exact_attention)  # per-sample maps (I)
         # Modes II/III with "triton": the shared-map path warns that it applies the map through sdpa.
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(STEPS):

@@ -3,8 +3,11 @@
 Tolerance: every element of O, dQ, dK, dV within the bound of the rounding-error model in tests/error_model.py
 (γ_m = m·eps per dot of length m, float32 accumulation, operands the kernel forms rounded to the input dtype at
 float16/bfloat16, the final rounding to the dtype), against float64 truth from the same rounded inputs. The bound
-depends only on the inputs, not on how accurate cuBLAS happens to be. float32 runs with input_precision="ieee"
-(TF32 off), so the fp32 checks stay meaningful. Kernels run with one pinned config (the autotuner would compile
+depends only on the inputs, not on how accurate cuBLAS happens to be. And each output as a whole within 1.5× the
+error of the kernel's own roundings (``error_model.norm_bounds``), a bound below 1% at 16-bit dtypes: a test
+scales one output by 1.01 and must see it fail. The float64 truth is computed on the GPU. float32 runs with
+input_precision="ieee" (TF32 off), so the fp32 checks stay meaningful. Kernels run with one pinned config (the
+autotuner would compile
 every config for every shape); one test autotunes, and one checks every config of the tuning space.
 """
 import sys
@@ -14,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/error_model.py
-from error_model import assert_within, attention_bounds  # noqa: E402
+from error_model import assert_norm_within, assert_within, attention_bounds, norm_bounds  # noqa: E402
 
 if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU: the compiled Triton kernels are tested in tests/test_triton_attention.py through the "
@@ -24,9 +27,8 @@ from impulse_attn.attention import triton_flash as ta  # noqa: E402  (an import 
 if ta._INTERPRETER:
     pytest.skip("TRITON_INTERPRET=1 is set: this module tests the compiled kernels", allow_module_level=True)
 
-DTYPES = [torch.float16, torch.float32]
-if torch.cuda.get_device_capability()[0] >= 8:
-    DTYPES.insert(1, torch.bfloat16)
+# bfloat16 first: what training runs, so a stage cut short has checked it.
+DTYPES = ([torch.bfloat16] if torch.cuda.get_device_capability()[0] >= 8 else []) + [torch.float16, torch.float32]
 NAMES = ("out", "dq", "dk", "dv")
 
 
@@ -51,16 +53,21 @@ def out_and_grads(fn, q, k, v, scale, grad_out):
     return (out, *torch.autograd.grad(out, (q, k, v), grad_out))
 
 
-def check(b, h, n, d, scale, dtype, seed=0):
+def check(b, h, n, d, scale, dtype, seed=0, mutate=None):
+    """The kernel against float64 truth on the GPU; ``mutate`` = (output index, factor) scales that output first."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     q, k, v, go = (torch.randn(b, h, n, d, generator=g, device="cuda", dtype=torch.float64) for _ in range(4))
     low = [t.to(dtype) for t in (q, k, v, go)]
     rounded = [t.double() for t in low]
     truth = out_and_grads(explicit, *rounded[:3], scale, rounded[3])
-    got = out_and_grads(ta.flash_attention, *low[:3], scale, low[3])
+    got = list(out_and_grads(ta.flash_attention, *low[:3], scale, low[3]))
+    if mutate is not None:
+        got[mutate[0]] = got[mutate[0]] * mutate[1]
     bounds = attention_bounds(*rounded[:3], scale, rounded[3], dtype)
-    for name, gt, t, bound in zip(NAMES, got, truth, bounds):
+    norms = norm_bounds(*rounded[:3], scale, rounded[3], dtype, truth)
+    for name, gt, t, bound, norm in zip(NAMES, got, truth, bounds, norms):
         assert gt.dtype == dtype and torch.isfinite(gt).all(), f"{name}: unwritten (NaN) or non-finite elements"
+        assert_norm_within(name, gt, t, norm)
         assert_within(name, gt, t, bound)
 
 
@@ -90,9 +97,17 @@ def test_short_and_long_sequences(n):
     check(2, 2, n, 64, 0.125, torch.float16, seed=n)
 
 
+@pytest.mark.parametrize("which", range(4), ids=NAMES)
+@pytest.mark.parametrize("dtype", DTYPES[:-1], ids=str)   # the 16-bit ones
+def test_a_one_percent_error_fails(dtype, which):
+    check(4, 8, 197, 64, 0.125, dtype, seed=3)                     # the kernel passes ...
+    with pytest.raises(AssertionError, match=NAMES[which]):       # ... and 1% off does not
+        check(4, 8, 197, 64, 0.125, dtype, seed=3, mutate=(which, 1.01))
+
+
 def _all_configs():
     seen = {}
-    for c in ta._FWD_CONFIGS + ta._DKDV_CONFIGS + ta._DQ_CONFIGS:
+    for c in (c for space in ta.TUNING_SPACE.values() for configs in space.values() for c in configs):
         key = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
         seen[key] = key
     return list(seen)
