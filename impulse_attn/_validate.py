@@ -2,13 +2,15 @@
 
 Every public function calls these before doing any work, so bad input fails with a message that names the
 argument and what was expected instead of a shape error deep inside a matmul. Integers may be Python or numpy
-integers (anything with ``__index__`` that is not a bool).
+integers (anything with ``__index__`` that is not a bool); booleans may be Python or numpy bools, nothing else
+(a string such as "no" is truthy, and an int is too easily a slip).
 """
 from __future__ import annotations
 
 import math
 import operator
 import os
+from collections.abc import Mapping
 from typing import Iterable, Optional, Tuple
 
 import torch
@@ -26,6 +28,88 @@ def as_int(value, name: str) -> int:
         return operator.index(value)
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}") from None
+
+
+def as_bool(value, name: str) -> bool:
+    """A bool from a Python or numpy bool; strings, ints, None and everything else are refused."""
+    if isinstance(value, bool):
+        return value
+    if type(value).__name__ == "bool" and type(value).__module__ == "numpy":  # numpy.bool_ (numpy not imported)
+        return bool(value)
+    raise TypeError(f"{name} must be a bool (True or False), got {type(value).__name__} {value!r}")
+
+
+MAX_SEED = 2 ** 63 - 1
+
+
+def seed_int(value, name: str = "seed") -> int:
+    """A seed for ``torch.Generator.manual_seed``: a Python or numpy int in [0, 2**63 - 1]."""
+    value = as_int(value, name)
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{name} must be in [0, 2**63 - 1], got {value}")
+    return value
+
+
+def optional_generator(value, name: str = "generator") -> Optional[torch.Generator]:
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"{name} must be a torch.Generator or None, got {type(value).__name__} {value!r}")
+    return value
+
+
+def kwargs_dict(value, name: str) -> dict:
+    """None or a mapping with string keys (keyword arguments passed on), as a new dict."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise TypeError(f"{name} must be a dict of keyword arguments (str keys) or None, got "
+                        f"{type(value).__name__} {value!r}"[:300])
+    return dict(value)
+
+
+def float_dtype(value, name: str = "dtype") -> torch.dtype:
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise TypeError(f"{name} must be a floating-point torch.dtype (e.g. torch.float32), got {value!r}")
+    return value
+
+
+def at_most(value: float, name: str, high: float, why: str) -> float:
+    """Refuse a (validated) number above ``high``: a range that is plainly a mistake."""
+    if value > high:
+        raise ValueError(f"{name} must be <= {high:g} ({why}), got {value:g}")
+    return value
+
+
+def at_least(value: float, name: str, low: float, why: str) -> float:
+    if value < low:
+        raise ValueError(f"{name} must be >= {low:g} ({why}), got {value:g}")
+    return value
+
+
+def float_tensor(t, name: str) -> torch.Tensor:
+    """A floating-point tensor without NaN or Inf."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    return finite_tensor(t, name)
+
+
+def model_input(x, name: str, like: torch.Tensor) -> torch.Tensor:
+    """An input for a module whose parameters are ``like``: a floating-point tensor of the parameters' dtype (any
+    floating dtype under autocast, which casts inside the module) on their device. PyTorch modules do not cast
+    their inputs, so a float64 batch for a float32 model is refused here, by name, not deep inside a matmul."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype} (convert it, e.g. "
+                        f"{name}.float())")
+    if x.device != like.device and like.device.type != "meta":
+        raise ValueError(f"{name} is on {x.device} but the model is on {like.device}: move one of them "
+                         f"(model.to(device) or {name}.to(device))")
+    if x.dtype != like.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(f"{name} has dtype {x.dtype} but the model's parameters are {like.dtype}: cast the input "
+                        f"({name}.to({like.dtype})) or the model (model.to({x.dtype})), or run under torch.autocast")
+    return x
 
 
 def grid_pair(grid_size, name: str = "grid_size") -> Tuple[int, int]:

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._validate import choice, grid_pair, odd_kernel_size, positive_float, positive_int, require_memory
+from .._validate import (as_bool, choice, grid_pair, kwargs_dict, model_input, odd_kernel_size, positive_float,
+                         positive_int, require_memory, seed_int)
 from ..init import INIT_STRATEGIES, QKRequest, default_scale, initialize_qk_
 from ..targets import sincos_2d
 from .functional import ATTENTION_BACKENDS, attention
@@ -38,6 +39,11 @@ class QKAttention(nn.Module):
         self.fit_method = choice(fit_method, "fit_method", FIT_METHODS)
         self.attention_backend = choice(attention_backend, "attention_backend", ATTENTION_BACKENDS)
         positive_float(dropout, "dropout", allow_zero=True)
+        if dropout > 1:
+            raise ValueError(f"dropout must be in [0, 1], got {dropout}")
+        prenorm, defer_init = as_bool(prenorm, "prenorm"), as_bool(defer_init, "defer_init")
+        seed = seed_int(seed)
+        fit_kwargs = kwargs_dict(fit_kwargs, "fit_kwargs")
         self._check_sizes()
         dim_in = self._qk_dim_in()
         inner = self.num_heads * self.head_dim
@@ -110,8 +116,9 @@ class QKAttention(nn.Module):
 
     def _check_tokens(self, x: torch.Tensor) -> None:
         n = self.grid_size[0] * self.grid_size[1]
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] != n or x.shape[2] != self.dim:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        model_input(x, "x", self.to_v.weight)
+        if x.dim() != 3 or x.shape[1] != n or x.shape[2] != self.dim:
+            shape = tuple(x.shape)
             raise ValueError(f"x must have shape (batch, N={n}, dim={self.dim}) for grid {self.grid_size}, got "
                              f"{shape}")
 
@@ -152,7 +159,9 @@ class ImpulseAttention(QKAttention):
     init: "impulse" (fitted to random k×k impulse maps), "mimetic", "random" or "default" (PyTorch's).
     scale: softmax scale; default 0.1 for impulse init (the fit's scale; "auto"-scaled for the iterative fit at
     widths other than the paper's, see ``init.default_scale``), head_dim^-0.5 otherwise.
-    fit_method: "closed_form" (instant, default) or "iterative" (the published Adam recipe); fit_kwargs go to
+    fit_method: "closed_form" (instant at the paper's sizes, default; refused with a ValueError above
+    ``fitting.closed_form.MAX_CLOSED_FORM_WORK``, e.g. mode "III" on grids above about 45×45, whose N×N identity
+    pseudo-input costs an N³ SVD per head) or "iterative" (the published Adam recipe); fit_kwargs go to
     ``fit_impulse`` (e.g. steps, backend, target, target_mass; not scale: that is the layer's ``scale``).
     The fit for mode I is made on (1 − α)·P, the positional part of the input the layer really sees.
     prenorm: apply LayerNorm to x inside the layer (as the paper's backbone does); False when the surrounding
@@ -230,7 +239,7 @@ class ImpulseAttention(QKAttention):
             if self.mode == "I" and self.alpha > 0:
                 raise ValueError("x is required for the attention map in mode 'I' with alpha > 0")
             n = self.grid_size[0] * self.grid_size[1]
-            x = torch.zeros(1, n, self.dim, device=self.pos.device)
+            x = torch.zeros(1, n, self.dim, device=self.pos.device, dtype=self.to_v.weight.dtype)
         return super().attention_map(x)
 
     def extra_repr(self) -> str:

@@ -22,6 +22,7 @@ from typing import List, Optional
 
 import torch
 
+from .._validate import choice, kwargs_dict, odd_kernel_size, seed_int
 from ..init.registry import get_strategy
 from . import hf_vit, simple_vit, timm_mixer, timm_swin, timm_vit  # noqa: F401  (each registers its family)
 from .base import Family, InitReport, families, family_of
@@ -48,8 +49,12 @@ def init_(model: torch.nn.Module, method: str = "impulse", *, seed: int = 0, ker
         TypeError: a model no family knows. ValueError: a strategy that does not apply to the family, or
         settings it does not take (one line, before anything changes).
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    seed = seed_int(seed)
+    if kernel_size is not None:
+        kernel_size = odd_kernel_size(kernel_size)
+    if fit_method is not None:
+        choice(fit_method, "fit_method", ("closed_form", "iterative", "official"))
+    fit_kwargs = kwargs_dict(fit_kwargs, "fit_kwargs") or None
     fam = family_of(model)
     strategy = get_strategy(method)
     kind = fam.kind_for(strategy)

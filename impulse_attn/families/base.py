@@ -7,6 +7,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from .._validate import model_input
 from ..init.registry import LAYER_KINDS, Strategy
 from ..targets import impulse_targets, valid_rows
 
@@ -113,6 +114,9 @@ def capture_inputs(model: torch.nn.Module, modules, run: Callable, images: torch
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be a (B, C, H, W) tensor, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+    param = next(model.parameters(), None)
+    if param is not None:
+        model_input(images, "images", param)
     captured: list = []
     hooks = [m.register_forward_pre_hook(lambda mod, args, kwargs: captured.append(read(args, kwargs)),
                                          with_kwargs=True) for m in modules]

@@ -81,7 +81,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from .._validate import choice, odd_kernel_size
+from .._validate import as_bool, choice, float_dtype, float_tensor, odd_kernel_size, positive_float, seed_int
 from ..fitting.report import FitReport
 from ..fitting.structured import (LN_EPS, NOISE_BOUNDS, NOISE_SCALE, NOISE_STD, OFFSET_ORDER_3x3, TARGET_LOGIT,
                                  layer_norm_rows, numpy_uniform, official_logits, official_offsets, official_qk,
@@ -192,7 +192,8 @@ def pseudo_input(view: ViTView, pos: Optional[torch.Tensor] = None, dtype=torch.
     affine parameters and eps 1e-5 (``F.layer_norm`` default, as the public code). ``pos`` overrides the model's
     embedding (used by the init before it writes the scaled embedding).
     """
-    pos = view.pos if pos is None else pos
+    float_dtype(dtype)
+    pos = view.pos if pos is None else float_tensor(pos, "pos")
     grid_pos = pos.detach()[0, view.pos_offset:].to(device="cpu", dtype=dtype)
     return layer_norm_rows(grid_pos, LN_EPS)
 
@@ -231,6 +232,8 @@ def attention_maps(view: ViTView, images: Optional[torch.Tensor] = None, *, dtyp
     - ``images=None``: the maps on the pseudo-input X = LN(grid position embedding) (B = 1, no prefix tokens):
       what the impulse fit shapes, the map a block would show for an image with no content.
     """
+    if dtype is not None:
+        float_dtype(dtype)
     if images is None:
         x = pseudo_input(view, dtype=torch.float64 if dtype is None else dtype)[None]
         return [_block_probs(blk, x, dtype)[1] for blk in view.blocks]
@@ -263,9 +266,7 @@ def _impulse_quality(maps: torch.Tensor, logits: torch.Tensor, offsets: torch.Te
 def _check_scale(value, name: str) -> Optional[float]:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+    return positive_float(value, name)
 
 
 def structured_init_(view: ViTView, method: str = "impulse", *, kernel_size: int = 3, fit: str = "closed_form",
@@ -304,14 +305,13 @@ def structured_init_(view: ViTView, method: str = "impulse", *, kernel_size: int
     start = time.perf_counter()
     choice(method, "method", METHODS)
     choice(fit, "fit", FITS)
-    odd_kernel_size(kernel_size)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__} {seed!r}")
+    kernel_size = odd_kernel_size(kernel_size)
+    if seed is not None:
+        seed = seed_int(seed)
     if seed is None and method == "impulse" and fit != "official":
         raise ValueError("seed=None (the global generators, as the public code) is only for fit='official' or "
                          "method='mimetic'; give an int seed")
-    if not isinstance(vproj, bool):
-        raise TypeError(f"vproj must be a bool, got {vproj!r}")
+    vproj = as_bool(vproj, "vproj")
     if qk_bias is not None:
         choice(qk_bias, "qk_bias", ("keep", "zero"))
     if compute_dtype not in (None, torch.float32, torch.float64):

@@ -6,6 +6,8 @@ from typing import Dict, Tuple
 
 import torch
 
+from .._validate import float_tensor, positive_float
+
 
 @dataclass(frozen=True)
 class BankReport:
@@ -26,6 +28,8 @@ def bank_report(bank: torch.Tensor, tol: float = 1e-8) -> BankReport:
     if not isinstance(bank, torch.Tensor) or bank.dim() != 3 or bank.shape[1] != bank.shape[2]:
         shape = tuple(bank.shape) if isinstance(bank, torch.Tensor) else type(bank).__name__
         raise ValueError(f"bank must be a tensor of shape (F, k, k), got {shape}")
+    float_tensor(bank, "bank")
+    tol = positive_float(tol, "tol")
     f, k, _ = bank.shape
     flat = bank.reshape(f, k * k).double()
     s = torch.linalg.svdvals(flat)

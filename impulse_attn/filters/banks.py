@@ -6,7 +6,8 @@ from typing import Optional
 
 import torch
 
-from .._validate import choice, odd_kernel_size, positive_float, positive_int
+from .._validate import (choice, float_dtype, odd_kernel_size, optional_generator, positive_float, positive_int,
+                         require_memory, seed_int)
 
 BANKS = ("random", "softmax", "impulse", "box", "gaussian")
 
@@ -25,8 +26,16 @@ def filter_bank(kind: str, num_filters: int, kernel_size: int = 3, *, box_n: Opt
         ``"gaussian"`` an isotropic Gaussian blob (std ``sigma``) at a random centre of the window, sum 1.
     """
     choice(kind, "kind", BANKS)
-    positive_int(num_filters, "num_filters")
+    num_filters = positive_int(num_filters, "num_filters")
     k = odd_kernel_size(kernel_size)
+    seed = seed_int(seed)
+    optional_generator(generator)
+    float_dtype(dtype)
+    if kind == "box" and box_n is not None:
+        positive_int(box_n, "box_n")
+    if kind == "gaussian":
+        positive_float(sigma, "sigma")
+    require_memory(32 * num_filters * k * k, f"a bank of {num_filters} {k}x{k} filters", "use fewer filters")
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
     kk = k * k

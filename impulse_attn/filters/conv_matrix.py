@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import grid_pair
+from .._validate import float_tensor, grid_pair, require_memory
 
 
 def conv_as_attention(weight: torch.Tensor, grid) -> torch.Tensor:
@@ -14,8 +14,7 @@ def conv_as_attention(weight: torch.Tensor, grid) -> torch.Tensor:
     conv2d is a cross-correlation: output(r, c) = Σ w[a, b]·x(r + a − k//2, c + b − k//2)).
     Returns (N, N) or (F, N, N), in the weight's dtype.
     """
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    float_tensor(weight, "weight")
     single = weight.dim() == 2
     if single:
         weight = weight[None]
@@ -25,6 +24,8 @@ def conv_as_attention(weight: torch.Tensor, grid) -> torch.Tensor:
     k = weight.shape[-1]
     half = k // 2
     n = h * w
+    require_memory(weight.shape[0] * n * n * weight.element_size(), f"{weight.shape[0]} {n}x{n} matrices",
+                   "use a smaller grid", weight.device)
     rows = torch.arange(h, device=weight.device).repeat_interleave(w)
     cols = torch.arange(w, device=weight.device).repeat(h)
     out = torch.zeros(weight.shape[0], n, n, dtype=weight.dtype, device=weight.device)

@@ -13,6 +13,12 @@ directions, then produces logits of 1e3 and more (training diverges). Keeping si
 
 β is found by bisection so that the mean attention mass on the target over valid rows equals ``target_mass``
 (default 0.3, as soft as the iterative recipe's maps), unless ``logit_scale`` fixes β directly.
+
+Size limit: an SVD of an m×n matrix costs about m·n·min(m, n) operations, and the closed form takes one of the
+pseudo-input (N×D) and one of the kept k×k core per head (k: the singular values of X kept, at most min(N, D); the
+sin-cos encoding keeps 15-25, the identity of mode "III" keeps all N). Either total above
+``MAX_CLOSED_FORM_WORK`` (2**35, about a minute of CPU time) is refused with a ValueError before that SVD starts:
+mode "III" on grids above about 45×45 tokens, or many heads on grids above about 32×32.
 """
 from __future__ import annotations
 
@@ -20,6 +26,25 @@ import math
 from typing import Optional
 
 import torch
+
+#: The most SVD work (the sum of m·n·min(m, n) over the SVDs taken) a closed-form fit may do: about a minute of CPU.
+MAX_CLOSED_FORM_WORK = 2 ** 35
+
+_ADVICE = ("use method='iterative' (its cost grows like N²·D per step, not N³), fewer heads or layers per call, or a "
+           "smaller grid (mode 'III' fits an N×N identity pseudo-input: N = H·W tokens)")
+
+
+def check_closed_form_work(n: int, d: int, matrices: int = 0, k: int = 0) -> None:
+    """Refuse a closed form whose SVD of the N×D pseudo-input, or whose ``matrices`` SVDs of the kept k×k core,
+    exceed ``MAX_CLOSED_FORM_WORK``."""
+    if n * d * min(n, d) > MAX_CLOSED_FORM_WORK:
+        raise ValueError(f"the closed form takes an SVD of the {n} x {d} pseudo-input (about {n * d * min(n, d):.2g} "
+                         f"operations), over its limit of MAX_CLOSED_FORM_WORK = {MAX_CLOSED_FORM_WORK:.2g} (about a "
+                         f"minute of CPU time): {_ADVICE}")
+    if matrices * k ** 3 > MAX_CLOSED_FORM_WORK:
+        raise ValueError(f"the closed form takes {matrices} SVDs of {k} x {k} matrices (one per head; {k} = the rank "
+                         f"kept of the pseudo-input), about {matrices * k ** 3:.2g} operations, over its limit of "
+                         f"MAX_CLOSED_FORM_WORK = {MAX_CLOSED_FORM_WORK:.2g} (about a minute of CPU time): {_ADVICE}")
 
 
 def _projector(x: torch.Tensor, rtol: float):
@@ -45,7 +70,9 @@ def fit_closed_form(x: torch.Tensor, logit_targets: torch.Tensor, hard_targets: 
     ``noise_std`` adds truncated-normal noise off the target to L (the 2505.19985 code's b·Z term), which
     breaks ties between heads that share an offset.
     """
+    check_closed_form_work(*x.shape)
     uk, sk, vk = _projector(x, pinv_rtol)
+    check_closed_form_work(1, 1, logit_targets[..., 0, 0].numel(), sk.numel())
     lt = logit_targets.to(torch.float64)
     # Row-constant shifts do not change a softmax; removing the row mean keeps A small.
     lt = lt - lt.mean(dim=-1, keepdim=True)

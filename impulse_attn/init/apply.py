@@ -5,9 +5,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from .._validate import choice
+from .._validate import choice, kwargs_dict, odd_kernel_size, seed_int
 from .protocol import QKLayer
 from .registry import INIT_STRATEGIES, get_strategy
+
+FIT_METHODS = ("closed_form", "iterative")
 
 
 def default_scale(init: str, fit_method: str, num_heads: int, dim_in: int, head_dim: int) -> float:
@@ -35,6 +37,10 @@ def initialize_qk_(layers: Sequence[QKLayer], strategy: str, *, seed: int = 0, f
     Layers with equal requests are fitted together (one batched fit, fresh offsets per layer).
     """
     choice(strategy, "init", INIT_STRATEGIES)
+    seed = seed_int(seed)
+    choice(fit_method, "fit_method", FIT_METHODS)
+    kernel_size = odd_kernel_size(kernel_size)
+    fit_kwargs = kwargs_dict(fit_kwargs, "fit_kwargs")
     strat = get_strategy(strategy)
     layers = list(layers)
     if strat.keeps_model or not layers:

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import torch
 
-from .._validate import choice, require_memory
+from .._validate import choice, require_memory, seed_int
 from .protocol import QKLayer, VProjLayer
 
 VALUE_INITS = ("default", "mimetic")
@@ -34,6 +34,7 @@ def initialize_vproj_(layers: Sequence[QKLayer], strategy: str, *, seed: int = 0
     """Initialize the value and output projections of attention ``layers`` in place: "default" leaves PyTorch's
     init, "mimetic" sets value-then-projection to ≈ 0.4·Z − 0.4·I (``mimetic_vproj``), fresh per layer."""
     choice(strategy, "value_init", VALUE_INITS)
+    seed = seed_int(seed)
     if strategy == "default":
         return
     gen = torch.Generator().manual_seed(seed + 7919)  # not the query/key init's stream

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .._validate import choice, odd_kernel_size, positive_int, require_memory
+from .._validate import as_bool, choice, model_input, odd_kernel_size, positive_int, require_memory, seed_int
 from .common import check_backbone
 from ..filters import BANKS, filter_bank
 
@@ -38,7 +38,13 @@ class ConvMixer(nn.Module):
                                                   depth=depth, channels=channels)
         odd_kernel_size(kernel_size)
         choice(filters, "filters", FILTER_INITS)
-        require_memory(16 * (depth * (dim * kernel_size ** 2 + dim * dim + 6 * dim) + channels * ph * pw * dim),
+        freeze = as_bool(freeze, "freeze")
+        seed = seed_int(seed)
+        if box_n is not None:
+            positive_int(box_n, "box_n")
+        # parameters with gradients and Adam moments, and the activations of one image (with their gradients)
+        require_memory(16 * (depth * (dim * kernel_size ** 2 + dim * dim + 6 * dim) + channels * ph * pw * dim)
+                       + 8 * (channels * ih * iw + 6 * depth * dim * grid[0] * grid[1]),
                        f"a ConvMixer of dim {dim}, depth {depth}", "use a smaller model")
         if freeze and filters == "learned":
             raise ValueError("freeze=True needs a filter bank (filters in "
@@ -66,6 +72,7 @@ class ConvMixer(nn.Module):
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(dim, num_classes))
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
+        model_input(img, "img", self.head[-1].weight)
         if img.dim() != 4 or img.shape[1] != self.channels or tuple(img.shape[-2:]) != self.image_size:
             raise ValueError(f"img must have shape (batch, {self.channels}, {self.image_size[0]}, "
                              f"{self.image_size[1]}), got {tuple(img.shape)}")

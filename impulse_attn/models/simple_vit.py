@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from .._validate import choice, require_memory
+from .._validate import as_int, choice, kwargs_dict, model_input, require_memory, seed_int
 from .common import check_backbone
 from ..attention import ImpulseAttention, ViTAttention
 from ..init import VALUE_INITS, initialize_qk_, initialize_vproj_
@@ -61,8 +61,9 @@ class SimpleViT(nn.Module):
                                                   channels=channels, mlp_dim=mlp_dim, num_heads=num_heads,
                                                   head_dim=head_dim)
         choice(attention, "attention", ATTENTIONS)
-        if isinstance(dim, bool) or not isinstance(dim, int) and not hasattr(dim, "__index__"):
-            raise TypeError(f"dim must be an int, got {type(dim).__name__} {dim!r}")
+        dim = as_int(dim, "dim")
+        seed = seed_int(seed)
+        fit_kwargs = kwargs_dict(fit_kwargs, "fit_kwargs")
         if dim < 8 or dim % 4 != 0:
             raise ValueError(f"dim must be a multiple of 4 and >= 8 (2D sin-cos encoding), got {dim}")
         require_memory(self._estimate_bytes(dim, depth, num_heads, head_dim, mlp_dim, channels, (ph, pw), grid),
@@ -103,6 +104,7 @@ class SimpleViT(nn.Module):
         ``value_init`` ("default": PyTorch's; "mimetic": value-then-projection ≈ 0.4·Z − 0.4·I, as the later
         versions of the method do). Returns the fit results."""
         choice(value_init, "value_init", VALUE_INITS)
+        seed = seed_int(seed)
         self.init = init
         self.fit_results = initialize_qk_(self.attention_layers(), init, seed=seed, fit_method=fit_method,
                                           kernel_size=kernel_size, fit_kwargs=fit_kwargs)
@@ -119,6 +121,7 @@ class SimpleViT(nn.Module):
             layer.attention_backend = attention_backend
 
     def tokens(self, img: torch.Tensor) -> torch.Tensor:
+        model_input(img, "img", self.head.weight)
         if img.dim() != 4 or img.shape[1] != self.channels or tuple(img.shape[-2:]) != self.image_size:
             raise ValueError(f"img must have shape (batch, {self.channels}, {self.image_size[0]}, "
                              f"{self.image_size[1]}), got {tuple(img.shape)}")

@@ -5,7 +5,8 @@ from typing import Optional, Sequence, Tuple
 
 import torch
 
-from .._validate import grid_pair, odd_kernel_size, positive_int
+from .._validate import (float_dtype, grid_pair, odd_kernel_size, optional_generator, positive_int, require_memory,
+                         seed_int)
 
 
 def kernel_fits_grid(kernel_size: int, grid_size) -> None:
@@ -22,10 +23,13 @@ def draw_offsets(num_heads: int, kernel_size: int = 5, generator: Optional[torch
 
     Returns a long tensor (num_heads, 2) with entries in ``[-(k//2), k//2]``.
     """
-    positive_int(num_heads, "num_heads")
-    odd_kernel_size(kernel_size)
+    num_heads = positive_int(num_heads, "num_heads")
+    kernel_size = odd_kernel_size(kernel_size)
+    optional_generator(generator)
+    seed = 0 if seed is None else seed_int(seed)
+    require_memory(32 * num_heads, f"offsets for {num_heads} heads", "use fewer heads")
     if generator is None:
-        generator = torch.Generator().manual_seed(0 if seed is None else seed)
+        generator = torch.Generator().manual_seed(seed)
     flat = torch.randint(0, kernel_size * kernel_size, (num_heads,), generator=generator)
     half = kernel_size // 2
     return torch.stack((flat // kernel_size - half, flat % kernel_size - half), dim=1)
@@ -64,7 +68,10 @@ def impulse_targets(offsets, grid_size, dtype=torch.float32, device=None) -> tor
     """
     offsets = check_offsets(offsets)
     h, w = grid_pair(grid_size)
+    float_dtype(dtype)
     n = h * w
+    require_memory(offsets.shape[0] * n * n * dtype.itemsize, f"{offsets.shape[0]} impulse maps of {n}x{n}",
+                   "use fewer heads or a smaller grid", device)
     rows = torch.arange(h).repeat_interleave(w)
     cols = torch.arange(w).repeat(h)
     heads = offsets.shape[0]

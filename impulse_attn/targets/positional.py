@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validate import grid_pair, positive_float, positive_int
+from .._validate import float_dtype, grid_pair, positive_float, positive_int, require_memory
 
 
 def sincos_2d(grid_size, dim: int, temperature: float = 10000.0, dtype=torch.float32,
@@ -16,8 +16,11 @@ def sincos_2d(grid_size, dim: int, temperature: float = 10000.0, dtype=torch.flo
     h, w = grid_pair(grid_size)
     dim = positive_int(dim, "dim")
     temperature = positive_float(temperature, "temperature")
+    float_dtype(dtype)
     if dim % 4 != 0 or dim < 8:
         raise ValueError(f"dim must be a multiple of 4 and >= 8 for the 2D sin-cos encoding, got {dim}")
+    require_memory(h * w * dim * (16 + dtype.itemsize), f"the sin-cos encoding of a {h}x{w} grid of width {dim}",
+                   "use a smaller grid or width", device)
     y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
                           indexing="ij")
     omega = torch.arange(dim // 4, dtype=torch.float64) / (dim // 4 - 1)

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ..._validate import positive_float
 from ...filters.token_mixing import impulse_token_mlp
 from ...targets.window import logit_for_mass, window_bias_logits, window_permutation_offsets
 from ..registry import Strategy, register_strategy
@@ -59,7 +60,7 @@ def impulse_qk(layers, requests, generator, *, seed: int, fit_method: str, kerne
                 raise ValueError("impulse init fits layers with equal settings in one batch; their pseudo-inputs "
                                  "differ")
         res = fit_impulse(r.num_heads, r.grid_size, kernel_size, r.dim_in, r.head_dim, method=fit_method,
-                          seed=seed + gi, layers=len(idx), pseudo_input=x, alpha=r.alpha, scale=r.scale, **kwargs)
+                          seed=(seed + gi) % 2 ** 63, layers=len(idx), pseudo_input=x, alpha=r.alpha, scale=r.scale, **kwargs)
         for n, j in enumerate(idx):
             layers[j].load_qk(res.q[n], res.k[n], res.offsets[n])
         results.append(res)
@@ -71,6 +72,7 @@ def impulse_window_bias(layers, requests, generator, *, seed: int, kernel_size: 
     """Per layer: fresh offsets (a random order of the k×k window), the bias table at the impulse logit that puts
     ``target_mass`` on the target key of an interior query."""
     opts = _options(WINDOW_DEFAULTS, options, "window biases")
+    opts["target_mass"] = positive_float(opts["target_mass"], "target_mass")
     out = []
     for layer, r in zip(layers, requests):
         half = kernel_size // 2
@@ -89,6 +91,7 @@ def impulse_token_mix(layers, requests, generator, *, seed: int, kernel_size: in
     """Per layer: round offsets in a fresh random order of the k×k window (every offset used once there are k²
     rounds), the token MLP set to that bank of shifts."""
     opts = _options(TOKEN_MIX_DEFAULTS, options, "token-mixing MLPs")
+    opts["gain"] = positive_float(opts["gain"], "gain")
     out = []
     for layer, r in zip(layers, requests):
         if kernel_size // 2 >= max(r.grid):
