@@ -4,11 +4,11 @@
 //                                state (Q, K, moments), returns the new state and each head's loss
 //   impulse_attn::fit_gradients  one forward/backward: d loss / d Q, K and the loss (parity tests)
 //
-// Both take the pseudo-input in factored form X = A·B (A: N×basis, B: basis×D; impulse_attn/kernels/fit_ext.py
-// builds it from an SVD). CPU kernels (float32, float64) run heads in parallel with at::parallel_for; the CUDA
-// kernel (float32) is compiled in when the extension is built with nvcc (WITH_CUDA). Fake (meta) implementations
-// are registered from Python (fit_ext.py) with torch.library.register_fake. Every argument is validated here, once,
-// with TORCH_CHECK, before any kernel runs.
+// Both take the pseudo-input in factored form X = A·B (A: N×basis, B: basis×D; impulse_attn/fitting/reduced.py's
+// factor_basis builds it from an SVD). CPU kernels (float32, float64) run heads in parallel with at::parallel_for;
+// the CUDA kernel (float32) is compiled in when the extension is built with nvcc (WITH_CUDA). Fake (meta)
+// implementations are registered from Python (impulse_attn/fitting/compiled.py) with torch.library.register_fake.
+// Every argument is validated here, once, with TORCH_CHECK, before any kernel runs.
 //
 // Both ops take an optional trailing `plan` (default -1): the CUDA launch shape to force (fit_plan.h's kShapes;
 // -1 lets the planner choose). The CPU ops check it and ignore it.
@@ -322,7 +322,7 @@ std::tuple<Tensor, Tensor, Tensor> fit_gradients_cuda(const Tensor& a, const Ten
 // The schema's defaults are spelled by fit_constants.h's macros, the same tokens as the constants the C++ code
 // uses; the asserts pin the values the Python side (fitting.reduced.ADAM_BETAS, ADAM_EPS) relies on.
 static_assert(impulse_fit::kAdamBeta1 == 0.9 && impulse_fit::kAdamBeta2 == 0.999 && impulse_fit::kAdamEps == 1e-8,
-              "Adam defaults changed: update the schema consumers (fit_ext.py's fakes, reduced.ADAM_BETAS)");
+              "Adam defaults changed: update the schema consumers (fitting/compiled.py's fakes, reduced.ADAM_BETAS)");
 static_assert(impulse_fit::kPlanBest == -1 && impulse_fit::kLossHeadsDefault == 0, "schema defaults changed");
 
 TORCH_LIBRARY(impulse_attn, m) {

@@ -35,8 +35,12 @@ def load(runs: Path) -> dict:
             s = json.loads(run.read_text())
             variant = labels.get(run.parent.parent.name, run.parent.parent.name)
             seed = int(run.parent.name[4:])
+            if "val" not in s.get("final", {}):
+                raise SystemExit(f"{run}: the run has no final val accuracy (its splits: "
+                                 f"{sorted(s.get('final', {}))}); the study compares inits on val, so every run must "
+                                 f"evaluate on a val split (rerun it with one, or move it out of {runs})")
             out.setdefault(size, {}).setdefault(variant, {})[seed] = {
-                "val": s["final"].get("val", s["final_acc"]), "test": s["final"].get("test"),
+                "val": s["final"]["val"], "test": s["final"].get("test"),
                 "epochs": s["epochs"], "seconds": s.get("train_seconds")}
     return out
 

@@ -9,7 +9,7 @@ Layers, lowest first; a module imports only from its own layer or lower ones (te
     attention            the attention op (reference, SDPA, Triton) and the attention layers
     models, timm, families  SimpleViT, ConvMixer; the method on timm and Hugging Face models (one init_)
     analysis, plots      reading attention maps; pictures
-    training, data       data, the loop, checkpoints, comparisons, inspection
+    training             data, the loop, checkpoints, comparisons, inspection
     backends, cli, demo, __main__  what is available here; the `impulse-attn` command and its demo
 """
 from .attention import ImpulseAttention, ViTAttention

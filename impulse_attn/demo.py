@@ -66,16 +66,27 @@ def _paper_fit_seconds() -> float:
     return time.perf_counter() - start
 
 
-def _verdict(runs: dict) -> str:
-    """One line: how the impulse init compares with random init, seed by seed (same seed, same data order)."""
-    gains = [i.final_acc - r.final_acc for i, r in zip(runs["impulse"], runs["random"])]
-    mean = 100 * statistics.fmean(gains)
-    per_seed = ", ".join(f"{100 * g:+.1f}" for g in gains)
-    if all(g > 0 for g in gains):
-        return f"impulse init ends ahead of random init by {mean:+.1f} points on average (per seed: {per_seed})."
-    if all(g < 0 for g in gains):
-        return f"impulse init ends behind random init by {mean:+.1f} points on average (per seed: {per_seed})."
-    return f"impulse and random init end level within the seed spread (per seed: {per_seed})."
+def verdict(random_acc: Sequence[float], impulse_acc: Sequence[float]) -> str:
+    """One line comparing the impulse init with random init from final accuracies (fractions in [0, 1]), one per
+    seed, paired by seed (same seed, same data order).
+
+    The gain is impulse minus random per seed; the seed spread is the sample standard deviation of those gains
+    (0 with one seed). The impulse init is "ahead" when the mean gain exceeds the spread, "behind" when it is below
+    minus the spread, and the two are "level" when the mean gain lies within ± the spread.
+    """
+    if len(random_acc) != len(impulse_acc) or not random_acc:
+        raise ValueError(f"need one accuracy per seed for each init, got {len(random_acc)} random and "
+                         f"{len(impulse_acc)} impulse")
+    gains = [100 * (i - r) for i, r in zip(impulse_acc, random_acc)]
+    mean = statistics.fmean(gains)
+    spread = statistics.stdev(gains) if len(gains) > 1 else 0.0
+    per_seed = ", ".join(f"{g:+.1f}" for g in gains)
+    stats = f"mean {mean:+.1f} ± {spread:.1f} points over {len(gains)} seeds; per seed: {per_seed}"
+    if mean > spread:
+        return f"impulse init ends ahead of random init by {mean:.1f} points ({stats})."
+    if mean < -spread:
+        return f"impulse init ends behind random init by {-mean:.1f} points ({stats})."
+    return f"impulse and random init end level within the seed spread ({stats})."
 
 
 def run_demo(out, seeds: Sequence[int] = SEEDS, progress: bool = True, log: Callable[[str], None] = print,
@@ -119,11 +130,11 @@ def run_demo(out, seeds: Sequence[int] = SEEDS, progress: bool = True, log: Call
     variants = [parse_variant(name) for name in INITS]
     res = run_compare(base, variants, list(seeds), out, title=f"demo: query/key init, {where}",
                       log=(lambda s: None) if not progress else log)
-    verdict = _verdict(res.runs)
+    line = verdict([r.final_acc for r in res.runs["random"]], [r.final_acc for r in res.runs["impulse"]])
     split = res.runs["random"][0].split
     log(f"\n2. Little data, many epochs ({split} accuracy in %, mean ± std over seeds):\n")
     log(res.table)
-    log(f"\n   {verdict}\n   The study behind this regime (5 data sizes, a larger model): docs/RESULTS.md.")
+    log(f"\n   {line}\n   The study behind this regime (5 data sizes, a larger model): docs/RESULTS.md.")
 
     # 3. speed and fast paths
     seconds = _paper_fit_seconds()
@@ -135,4 +146,4 @@ def run_demo(out, seeds: Sequence[int] = SEEDS, progress: bool = True, log: Call
         f"  fitted maps     {fit_png}\n  runs            {out}/<init>/seed<k>/ (metrics.jsonl, checkpoint.pt; "
         f"`impulse-attn inspect {out}/impulse/seed{seeds[0]}` draws a run's maps)\n"
         f"done in {time.perf_counter() - t0:.0f} s")
-    return {"table": res.table_path, "curves": res.curves_path, "fit": fit_png, "verdict": verdict}
+    return {"table": res.table_path, "curves": res.curves_path, "fit": fit_png, "verdict": line}

@@ -1,3 +1,4 @@
+import contextlib
 import os
 from pathlib import Path
 
@@ -17,3 +18,48 @@ def cifar_mini() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data/cifar10-mini is not present")
     return SHARED_DATA
+
+
+# --- helpers shared by the test modules (import them: ``from conftest import quiet``) ---------------------------
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Torch on one thread inside the block: tiny models gain nothing from a second thread, and on a shared
+    2-core machine idle OpenMP threads spin."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """A module on one torch thread: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    with single_thread():
+        yield
+
+
+#: the per-epoch numbers two identical runs must agree on
+SCORES = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+
+
+def scores(history, keys=SCORES):
+    return [{k: r[k] for k in keys if k in r} for r in history]
+
+
+def quiet(_msg):
+    """A ``log`` that drops every line."""
+
+
+def run_config(base: dict, tmp_path: Path, name: str = "run", **kw):
+    """``TrainConfig(**base)`` writing to ``tmp_path / name``, with ``kw`` overriding."""
+    from impulse_attn.training import TrainConfig
+    return TrainConfig(**{**base, "out": str(tmp_path / name), **kw})
+
+
+def snapshot(folder: Path) -> dict:
+    """{file name: bytes} of the files directly in ``folder``."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}

@@ -132,7 +132,6 @@ def test_a_right_attention_kernel_passes_the_probe(monkeypatch):
 
 def test_the_choice_is_made_once_per_device_and_dtype(monkeypatch):
     calls = []
-    real = attention_backends.unavailable_reason
     monkeypatch.setitem(attention_backends.AUTO_ORDER, "cpu", ("triton", "sdpa"))
     monkeypatch.setattr(attention_backends, "unavailable_reason", lambda *a: calls.append(a[0]) or "planted: no")
     q, k, v = _qkv()
@@ -140,7 +139,12 @@ def test_the_choice_is_made_once_per_device_and_dtype(monkeypatch):
         attention(q, k, v, 0.25)
     attention(q.double(), k.double(), v.double(), 0.25)
     assert calls == ["triton", "triton"]        # float32 once, float64 once
-    assert real is not None
+    # the refused kernel fell through to the next in the order, and that is what is remembered
+    assert attention_backends.resolve("auto", q) == "sdpa" and len(calls) == 2
+    # the remembered decision is what kept it to one check: forgotten, the next call checks again
+    attention_backends.reset()
+    attention(q, k, v, 0.25)
+    assert calls == ["triton"] * 3
 
 
 def test_an_explicit_attention_backend_that_cannot_run_says_why(monkeypatch):

@@ -16,6 +16,8 @@ from PIL import Image
 from impulse_attn.training import TrainConfig, UserError, build_datasets, train
 from impulse_attn.training import data as data_mod
 
+from conftest import single_thread
+
 tvd = pytest.importorskip("torchvision.datasets")  # third-party; every module of ours is imported above
 
 
@@ -31,10 +33,8 @@ def _no_network(monkeypatch):
         raise AssertionError("a test tried to download a dataset")
     monkeypatch.setattr(urllib.request, "urlopen", refuse)
     monkeypatch.setattr(tv_utils, "_urlretrieve", refuse)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with single_thread():
+        yield
 
 
 def _md5(path: Path) -> str:

@@ -52,6 +52,15 @@ def test_study_table_pairs_gains_by_seed(study):
     assert data_efficiency.plot(results, study / "fig.png").stat().st_size > 0
 
 
+def test_a_run_without_val_accuracy_is_refused_not_read_from_another_split(study):
+    # the study compares on val; a run evaluated on test alone must stop the table, not pass its test accuracy off
+    d = study / "pc25" / "impulse_closed_form" / "seed5"
+    d.mkdir(parents=True)
+    (d / "summary.json").write_text(json.dumps({"final": {"test": 0.9}, "final_acc": 0.9, "epochs": 400}))
+    with pytest.raises(SystemExit, match=r"seed5.*no final val accuracy.*\['test'\]"):
+        data_efficiency.load(study)
+
+
 def test_pick_size_takes_the_largest_mean_gain_and_the_smaller_size_on_ties(study):
     results = data_efficiency.load(study)
     results[25]["impulse (closed form)"] = results[25].pop("impulse_closed_form")

@@ -1,8 +1,9 @@
 """impulse_attn.timm on stock timm VisionTransformers: official reproduction, default fit, mimetic, refusals, training.
 
 The reference for fit="official" is re-derived here in float64 from the public code (the timm fork's
-``post_init_weights('impulse')``, ``impulse_init`` and ``get_ortho_like``), with timm's own ``trunc_normal_`` on
-a freshly seeded global torch generator and numpy's legacy generator: it shares no code with the module.
+``post_init_weights('impulse')``, ``impulse_init`` and ``get_ortho_like``), with torch's ``trunc_normal_`` (whose
+draws the golden run of that code carries, tests/test_golden.py) on a freshly seeded global torch generator and
+numpy's legacy generator: it shares no code with the module.
 
 Error model (u = 2^-24, the unit round-off of float32; models' weights are float32):
 
@@ -25,7 +26,6 @@ import math
 import numpy as np
 import pytest
 import timm
-import timm.layers
 import torch
 
 import impulse_attn.timm as iat
@@ -87,7 +87,7 @@ def official_reference(model, seed):
         torch.manual_seed(seed)
         for _ in model.blocks:
             tmp = torch.rand_like(target)
-            timm.layers.trunc_normal_(tmp, std=0.6)
+            torch.nn.init.trunc_normal_(tmp, std=0.6)
             w = 1000.0 * target.double().numpy() + 3.0 * tmp.double().numpy() * (target.numpy() == 0)
             per_head = []
             for i in range(heads):

@@ -18,6 +18,8 @@ from impulse_attn.training.factory import timm_kwargs
 from impulse_attn.training.inspect import inspect_run
 from impulse_attn.training.metrics import read_metrics
 
+from conftest import quiet, run_config, scores, single_thread
+
 timm = pytest.importorskip("timm")  # a test dependency (Makefile); everything of ours is imported above
 
 NAME = "timm:vit_tiny_patch16_224"
@@ -25,32 +27,22 @@ NAME = "timm:vit_tiny_patch16_224"
 TINY = dict(dataset="synthetic", synthetic_train=96, synthetic_test=32, synthetic_classes=2, image_size=16,
             patch_size=2, model=NAME, dim=64, depth=1, num_heads=4, mlp_dim=128, epochs=2, batch_size=16, lr=3e-3,
             progress=False)
-SCORES = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 TINY_FLAGS = ["--dataset", "synthetic", "--synthetic-train", "32", "--synthetic-test", "16", "--synthetic-classes",
               "2", "--image-size", "16", "--patch-size", "2", "--model", NAME, "--dim", "32", "--depth", "1",
               "--num-heads", "4", "--mlp-dim", "64", "--epochs", "1", "--batch-size", "16", "--no-progress"]
 
 
+
+
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
+def _one_thread_no_fit_notes():
+    with single_thread(), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the fit's "no better than uniform" note at tiny sizes
         yield
-    torch.set_num_threads(before)
 
 
 def _cfg(tmp_path, name="run", **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, "out": str(tmp_path / name), **kw})
-
-
-def _quiet(_msg):
-    pass
-
-
-def _scores(history):
-    return [{k: r[k] for k in SCORES if k in r} for r in history]
+    return run_config(TINY, tmp_path, name, **kw)
 
 
 # --- building ---------------------------------------------------------------------------------------------------
@@ -103,7 +95,7 @@ def test_inits_map_to_init_and_timms_own(init, fit_method):
 
 # --- training ---------------------------------------------------------------------------------------------------
 def test_timm_run_trains_writes_files_and_records_the_init(tmp_path):
-    res = train(_cfg(tmp_path), log=_quiet)
+    res = train(_cfg(tmp_path), log=quiet)
     h = res.history
     assert [r["epoch"] for r in h] == [0, 1, 2] and h[2]["train_loss"] < h[1]["train_loss"]
     out = Path(res.out)
@@ -112,7 +104,7 @@ def test_timm_run_trains_writes_files_and_records_the_init(tmp_path):
     assert run["init"]["timm"]["kwargs"]["embed_dim"] == 64
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert "pos_embed" in ckpt["model"] and "blocks.0.attn.qkv.weight" in ckpt["model"]
-    assert _scores(read_metrics(out / "metrics.jsonl")) == _scores(h)
+    assert scores(read_metrics(out / "metrics.jsonl")) == scores(h)
 
 
 class _Killed(Exception):
@@ -122,7 +114,7 @@ class _Killed(Exception):
 def test_timm_resume_with_mixup_smoothing_and_ema_matches_uninterrupted(tmp_path, monkeypatch):
     extra = dict(epochs=3, mixup=0.8, cutmix=1.0, smoothing=0.1, model_ema=True, model_ema_decay=0.9,
                  init="impulse")
-    full = train(_cfg(tmp_path, "full", **extra), log=_quiet)
+    full = train(_cfg(tmp_path, "full", **extra), log=quiet)
     saves = []
     real_save = loop_mod.save_checkpoint
 
@@ -134,13 +126,13 @@ def test_timm_resume_with_mixup_smoothing_and_ema_matches_uninterrupted(tmp_path
     monkeypatch.setattr(loop_mod, "save_checkpoint", save_then_die)
     cfg = _cfg(tmp_path, "cut", **extra)
     with pytest.raises(_Killed):
-        train(cfg, log=_quiet)
+        train(cfg, log=quiet)
     state = load_checkpoint(Path(cfg.out) / "checkpoint.pt")
     assert set(state["ema"]) == set(state["model"])          # the EMA weights travel with the checkpoint
     assert any(not torch.equal(state["ema"][k], state["model"][k]) for k in state["model"])
-    resumed = train(dataclasses.replace(cfg, resume=True), log=_quiet)
+    resumed = train(dataclasses.replace(cfg, resume=True), log=quiet)
     assert saves == [1, 2, 3]
-    assert _scores(resumed.history) == _scores(full.history)
+    assert scores(resumed.history) == scores(full.history)
     a = load_checkpoint(Path(cfg.out) / "checkpoint.pt")
     b = load_checkpoint(Path(full.out) / "checkpoint.pt")
     torch.testing.assert_close(a["ema"], b["ema"], rtol=0, atol=0)
@@ -155,7 +147,7 @@ def test_ema_weights_are_what_is_evaluated(tmp_path, monkeypatch):
         seen.append(model)
         return real(model, *a, **kw)
     monkeypatch.setattr(loop_mod, "evaluate_splits", spy)
-    train(_cfg(tmp_path, epochs=1, model_ema=True, init="random"), log=_quiet)
+    train(_cfg(tmp_path, epochs=1, model_ema=True, init="random"), log=quiet)
     assert len(seen) == 2 and all(not m.training for m in seen)
     state = load_checkpoint(Path(tmp_path / "run") / "checkpoint.pt")
     # the evaluated module is the EMA copy, whose weights lag behind the trained ones (decay 0.9998)
@@ -184,7 +176,7 @@ def test_variants_can_name_a_timm_model():
 
 def test_compare_timm_inits(tmp_path):
     base = TrainConfig(**{**TINY, "epochs": 1, "synthetic_train": 32})
-    res = run_compare(base, [parse_variant("random"), parse_variant("impulse")], [0], tmp_path / "cmp", log=_quiet,
+    res = run_compare(base, [parse_variant("random"), parse_variant("impulse")], [0], tmp_path / "cmp", log=quiet,
                       plot=False)
     text = res.table_path.read_text()
     assert "| random | 1 |" in text and "| impulse | 1 |" in text and NAME in text
@@ -193,8 +185,8 @@ def test_compare_timm_inits(tmp_path):
 
 
 def test_inspect_a_timm_run(tmp_path):
-    train(_cfg(tmp_path, epochs=1), log=_quiet)
-    res = inspect_run(tmp_path / "run", images=4, log=_quiet)
+    train(_cfg(tmp_path, epochs=1), log=quiet)
+    res = inspect_run(tmp_path / "run", images=4, log=quiet)
     data = json.loads((tmp_path / "run" / "inspect.json").read_text())
     assert res.picture.is_file() and len(data["heads"]) == 4 and data["kernel_size"] == 3
     offsets = json.loads((tmp_path / "run" / "run.json").read_text())["init"]["offsets"][0]

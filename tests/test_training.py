@@ -20,34 +20,21 @@ from impulse_attn.training.compare import parse_variant, run_compare, summarize
 from impulse_attn.training.loop import TrainResult, cosine_schedule
 from impulse_attn.training.metrics import MetricsWriter, read_metrics
 
+from conftest import quiet, run_config, scores, snapshot
+
 REPO = Path(__file__).resolve().parents[1]
 # Tiny: an 8x8 token grid, two shapes (bars across and down), 40 steps an epoch; two epochs take about a second.
 TINY = dict(dataset="synthetic", synthetic_train=640, synthetic_test=60, synthetic_classes=2, image_size=16,
             patch_size=2, dim=32, depth=1, num_heads=4, head_dim=8, mlp_dim=64, kernel_size=3, epochs=2, batch_size=16,
             lr=3e-3, progress=False)
 TINY_CM = dict(TINY, model="convmixer", depth=2, kernel_size=3)
-SCORES = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from a second thread, and on a shared 2-core machine idle OpenMP threads spin.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(tmp_path, name="run", **kw) -> TrainConfig:
-    return TrainConfig(**{**TINY, "out": str(tmp_path / name), **kw})
+    return run_config(TINY, tmp_path, name, **kw)
 
 
-def _quiet(_msg):
-    pass
-
-
-def _scores(history):
-    return [{k: r[k] for k in SCORES if k in r} for r in history]
 
 
 @pytest.mark.parametrize("kw", [
@@ -58,13 +45,13 @@ def _scores(history):
 ], ids=lambda kw: "-".join(str(v) for k, v in kw.items() if k in ("model", "init", "attention", "mode", "filters",
                                                                    "freeze")))
 def test_two_epochs_drive_the_loss_down_and_write_files(tmp_path, kw):
-    res = train(_cfg(tmp_path, **kw), log=_quiet)
+    res = train(_cfg(tmp_path, **kw), log=quiet)
     h = res.history
     assert [r["epoch"] for r in h] == [0, 1, 2]
     assert h[2]["train_loss"] < h[1]["train_loss"]
     assert h[2]["test_loss"] < h[0]["test_loss"]                     # learned something that transfers
     out = Path(res.out)
-    assert _scores(read_metrics(out / "metrics.jsonl")) == _scores(h)
+    assert scores(read_metrics(out / "metrics.jsonl")) == scores(h)
     ckpt = load_checkpoint(out / "checkpoint.pt")                     # weights_only=True inside
     assert ckpt["epoch"] == 2 and ckpt["history"][-1]["test_acc"] == h[-1]["test_acc"]
     summary = json.loads((out / "summary.json").read_text())
@@ -76,8 +63,8 @@ def test_two_epochs_drive_the_loss_down_and_write_files(tmp_path, kw):
 
 
 def test_attention_backends_train_alike(tmp_path):
-    ref = train(_cfg(tmp_path, "ref", epochs=1, attention_backend="reference"), log=_quiet)
-    sdpa = train(_cfg(tmp_path, "sdpa", epochs=1, attention_backend="sdpa"), log=_quiet)
+    ref = train(_cfg(tmp_path, "ref", epochs=1, attention_backend="reference"), log=quiet)
+    sdpa = train(_cfg(tmp_path, "sdpa", epochs=1, attention_backend="sdpa"), log=quiet)
     for a, b in zip(ref.history, sdpa.history):
         for k in ("train_loss", "test_loss"):
             if k in a:
@@ -85,11 +72,11 @@ def test_attention_backends_train_alike(tmp_path):
 
 
 def test_seeded_runs_are_reproducible_and_seeds_differ(tmp_path):
-    a = train(_cfg(tmp_path, "a", epochs=1), log=_quiet)
-    b = train(_cfg(tmp_path, "b", epochs=1), log=_quiet)
-    c = train(_cfg(tmp_path, "c", epochs=1, seed=1), log=_quiet)
-    assert _scores(a.history) == _scores(b.history)
-    assert _scores(a.history) != _scores(c.history)
+    a = train(_cfg(tmp_path, "a", epochs=1), log=quiet)
+    b = train(_cfg(tmp_path, "b", epochs=1), log=quiet)
+    c = train(_cfg(tmp_path, "c", epochs=1, seed=1), log=quiet)
+    assert scores(a.history) == scores(b.history)
+    assert scores(a.history) != scores(c.history)
 
 
 class _Killed(Exception):
@@ -97,7 +84,7 @@ class _Killed(Exception):
 
 
 def test_resume_in_process_matches_uninterrupted(tmp_path, monkeypatch):
-    full = train(_cfg(tmp_path, "full", epochs=3, warmup_epochs=1.0, clip_grad=1.0), log=_quiet)
+    full = train(_cfg(tmp_path, "full", epochs=3, warmup_epochs=1.0, clip_grad=1.0), log=quiet)
     saves = []
     real_save = loop_mod.save_checkpoint
 
@@ -109,11 +96,11 @@ def test_resume_in_process_matches_uninterrupted(tmp_path, monkeypatch):
     monkeypatch.setattr(loop_mod, "save_checkpoint", save_then_die)
     cfg = _cfg(tmp_path, "cut", epochs=3, warmup_epochs=1.0, clip_grad=1.0)
     with pytest.raises(_Killed):
-        train(cfg, log=_quiet)
-    resumed = train(dataclasses.replace(cfg, resume=True), log=_quiet)
+        train(cfg, log=quiet)
+    resumed = train(dataclasses.replace(cfg, resume=True), log=quiet)
     assert saves == [1, 2, 3]
-    assert _scores(resumed.history) == _scores(full.history)
-    assert _scores(read_metrics(Path(cfg.out) / "metrics.jsonl")) == _scores(full.history)
+    assert scores(resumed.history) == scores(full.history)
+    assert scores(read_metrics(Path(cfg.out) / "metrics.jsonl")) == scores(full.history)
     torch.testing.assert_close(load_checkpoint(Path(cfg.out) / "checkpoint.pt")["model"],
                                load_checkpoint(Path(full.out) / "checkpoint.pt")["model"], rtol=0, atol=0)
 
@@ -156,12 +143,12 @@ def test_resume_after_sigkill_mid_epoch_matches_uninterrupted(tmp_path):
     assert straight.returncode == 0, straight.stderr
     a, b = read_metrics(metrics), read_metrics(tmp_path / "straight" / "metrics.jsonl")
     assert [r["epoch"] for r in a] == [0, 1, 2, 3]
-    assert _scores(a) == _scores(b)
+    assert scores(a) == scores(b)
 
 
 def test_step_budget_and_eval_every(tmp_path):
     # 640 images in batches of 16: 40 steps an epoch; 100 steps = 2 full epochs and 20 steps of a third.
-    res = train(_cfg(tmp_path, steps=100, eval_every=2, epochs=50), log=_quiet)
+    res = train(_cfg(tmp_path, steps=100, eval_every=2, epochs=50), log=quiet)
     h = res.history
     assert [r["epoch"] for r in h] == [0, 1, 2, 3]
     assert [r["step"] for r in h] == [0, 40, 80, 100]
@@ -184,7 +171,7 @@ def test_folder_data_with_val_selects_on_val_and_reports_test(tmp_path):
                     img.putpixel((j, 3 + i % 8) if ci == 0 else (3 + i % 8, j), (250, 250, 250))
                 img.save(d / f"{i}.png")
     res = train(_cfg(tmp_path, dataset="folder", data_dir=str(root), synthetic_train=1, epochs=2, batch_size=8),
-                log=_quiet)
+                log=quiet)
     assert res.split == "val" and res.metric == "val_acc"
     assert all("val_acc" in r and "test_acc" in r for r in res.history)
     summary = json.loads((Path(res.out) / "summary.json").read_text())
@@ -193,39 +180,35 @@ def test_folder_data_with_val_selects_on_val_and_reports_test(tmp_path):
 
 
 # --- refusing to lose work ------------------------------------------------------------------------------------
-def _snapshot(folder: Path) -> dict:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
-
-
 def test_existing_run_is_not_overwritten(tmp_path):
     cfg = _cfg(tmp_path, epochs=1)
-    train(cfg, log=_quiet)
-    before = _snapshot(Path(cfg.out))
+    train(cfg, log=quiet)
+    before = snapshot(Path(cfg.out))
     with pytest.raises(UserError, match="already holds a run.*--resume"):
-        train(cfg, log=_quiet)
-    assert _snapshot(Path(cfg.out)) == before
+        train(cfg, log=quiet)
+    assert snapshot(Path(cfg.out)) == before
 
 
 def test_mismatched_checkpoint_is_refused_and_kept(tmp_path):
     cfg = _cfg(tmp_path, epochs=1)
-    train(cfg, log=_quiet)
-    before = _snapshot(Path(cfg.out))
+    train(cfg, log=quiet)
+    before = snapshot(Path(cfg.out))
     with pytest.raises(UserError, match=r"other settings \(dim: checkpoint 32, now 48\)"):
-        train(dataclasses.replace(cfg, dim=48, resume=True), log=_quiet)
+        train(dataclasses.replace(cfg, dim=48, resume=True), log=quiet)
     with pytest.raises(UserError, match="patch_size: checkpoint 2, now 4"):
-        train(dataclasses.replace(cfg, patch_size=4, resume=True), log=_quiet)
-    assert _snapshot(Path(cfg.out)) == before
+        train(dataclasses.replace(cfg, patch_size=4, resume=True), log=quiet)
+    assert snapshot(Path(cfg.out)) == before
 
 
 def test_corrupt_checkpoint_is_refused_and_kept(tmp_path):
     cfg = _cfg(tmp_path, epochs=1)
-    train(cfg, log=_quiet)
+    train(cfg, log=quiet)
     ckpt = Path(cfg.out) / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[:200])
-    before = _snapshot(Path(cfg.out))
+    before = snapshot(Path(cfg.out))
     with pytest.raises(UserError, match="corrupt"):
-        train(dataclasses.replace(cfg, resume=True), log=_quiet)
-    assert _snapshot(Path(cfg.out)) == before
+        train(dataclasses.replace(cfg, resume=True), log=quiet)
+    assert snapshot(Path(cfg.out)) == before
 
 
 def test_checkpoint_with_code_is_refused(tmp_path):
@@ -310,15 +293,15 @@ def test_summary_table_reports_reach_and_mean_std():
 def test_compare_writes_table_and_curves_and_reuses_runs(tmp_path):
     base = TrainConfig(**{**TINY, "epochs": 1})
     variants = [parse_variant("random"), parse_variant("impulse")]
-    res = run_compare(base, variants, [0], tmp_path / "cmp", log=_quiet)
+    res = run_compare(base, variants, [0], tmp_path / "cmp", log=quiet)
     assert res.table_path.is_file() and res.curves_path.is_file()
     assert "| impulse | 1 |" in res.table_path.read_text()
     mtime = (tmp_path / "cmp" / "impulse" / "seed0" / "checkpoint.pt").stat().st_mtime_ns
-    again = run_compare(base, variants, [0], tmp_path / "cmp", log=_quiet)
+    again = run_compare(base, variants, [0], tmp_path / "cmp", log=quiet)
     assert again.table == res.table
     assert (tmp_path / "cmp" / "impulse" / "seed0" / "checkpoint.pt").stat().st_mtime_ns == mtime
     with pytest.raises(UserError, match=r"other settings \(lr: there 0.003, now 0.01\)"):
-        run_compare(dataclasses.replace(base, lr=0.01), variants, [0], tmp_path / "cmp", log=_quiet)
+        run_compare(dataclasses.replace(base, lr=0.01), variants, [0], tmp_path / "cmp", log=quiet)
     assert (tmp_path / "cmp" / "impulse" / "seed0" / "checkpoint.pt").stat().st_mtime_ns == mtime
 
 

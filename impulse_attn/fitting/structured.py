@@ -23,7 +23,6 @@ with numpy's legacy generator, split by SVD into L = U S^½ and R = S^½ Vᵀ (L
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -38,9 +37,9 @@ OFFSET_ORDER_3x3 = (4, 1, 5, 3, 7, 0, 2, 6, 8)
 TARGET_LOGIT = 1000.0
 #: Multiplier of the noise Z off the target (``3.0*(tmp-0.0)*(weight==0)``).
 NOISE_SCALE = 3.0
-#: Std of Z (``trunc_normal_(tmp, std=0.6)``, timm's truncated normal).
+#: Std of Z (``trunc_normal_(tmp, std=0.6)``).
 NOISE_STD = 0.6
-#: Truncation bounds of Z: timm's ``trunc_normal_`` defaults a=-2, b=2 are absolute values (about ±3.3 std).
+#: Truncation bounds of Z: ``trunc_normal_``'s defaults a=-2, b=2 are absolute values (about ±3.3 std).
 NOISE_BOUNDS = (-2.0, 2.0)
 #: ``torch.nn.functional.layer_norm`` default eps, used on the pseudo-input (no affine parameters).
 LN_EPS = 1e-5
@@ -84,41 +83,23 @@ def shift_maps(offsets: torch.Tensor, grid_size, dtype=torch.float32) -> torch.T
     return weight
 
 
-def timm_trunc_normal_(tensor: torch.Tensor, mean: float = 0.0, std: float = 1.0, a: float = -2.0,
-                       b: float = 2.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """timm's ``trunc_normal_`` (``timm/layers/weight_init.py``, v1.0.22) with an optional generator.
-
-    Same operations in the same order (uniform in [2l-1, 2u-1], erfinv, scale, shift, clamp), so with
-    ``generator=None`` it consumes the global torch generator exactly as the public code's call does.
-    """
-    def norm_cdf(x):
-        return (1.0 + math.erf(x / math.sqrt(2.0))) / 2.0
-
-    with torch.no_grad():
-        lo = norm_cdf((a - mean) / std)
-        hi = norm_cdf((b - mean) / std)
-        tensor.uniform_(2 * lo - 1, 2 * hi - 1, generator=generator)
-        tensor.erfinv_()
-        tensor.mul_(std * math.sqrt(2.0))
-        tensor.add_(mean)
-        tensor.clamp_(min=a, max=b)
-    return tensor
-
-
 def official_logits(offsets: torch.Tensor, grid_size, generator: Optional[torch.Generator] = None,
                     target_logit: float = TARGET_LOGIT, noise_scale: float = NOISE_SCALE,
                     noise_std: float = NOISE_STD, dtype=torch.float64) -> torch.Tensor:
     """Target logits W (heads, N, N) of one layer: ``target_logit``·T + ``noise_scale``·Z off the target.
 
-    The random stream is the public code's: ``torch.rand_like(weight)`` (drawn and discarded), then timm's
-    ``trunc_normal_(tmp, std=0.6)`` overwriting it, both float32 on the CPU. ``generator=None`` uses (and
+    The random stream is the public code's: ``torch.rand_like(weight)`` (drawn and discarded), then
+    ``trunc_normal_(tmp, std=0.6)`` overwriting it, both float32 on the CPU. The fork's file imports timm's
+    ``trunc_normal_`` (an erfinv sampler), but the tensors its code writes when run (the golden data of
+    tests/test_golden.py) carry the draws of ``torch.nn.init.trunc_normal_`` (normals, out-of-range ones
+    redrawn): we reproduce what the code wrote. ``generator=None`` uses (and
     advances) the global torch generator, as the public code does; call once per layer, in layer order.
     The noise is drawn in float32 as published; the sum is formed in ``dtype`` (float32 reproduces the code's
     rounding bit for bit).
     """
     t = shift_maps(offsets, grid_size, torch.float32)
     tmp = torch.empty_like(t).uniform_(0, 1, generator=generator)          # torch.rand_like(weight)
-    timm_trunc_normal_(tmp, std=noise_std, a=NOISE_BOUNDS[0], b=NOISE_BOUNDS[1], generator=generator)
+    torch.nn.init.trunc_normal_(tmp, std=noise_std, a=NOISE_BOUNDS[0], b=NOISE_BOUNDS[1], generator=generator)
     if dtype == torch.float32:
         return target_logit * t + noise_scale * (tmp - 0.0) * (t == 0)
     t, tmp = t.to(dtype), tmp.to(dtype)
@@ -190,7 +171,8 @@ def numpy_uniform(seed: Optional[int]) -> Callable:
     the ``uniform`` of a fresh ``np.random.RandomState(seed)`` (the same legacy stream, privately seeded)."""
     if seed is None:
         return np.random.uniform
-    return np.random.RandomState(seed).uniform
+    # RandomState takes 32-bit seeds; a larger one (up to 2**63 - 1) is given as two 32-bit words
+    return np.random.RandomState(seed if seed < 2 ** 32 else [seed % 2 ** 32, seed // 2 ** 32]).uniform
 
 
 def ortho_like(dim: int, alpha: float, beta: float, sign: int, uniform: Callable) -> Tuple[np.ndarray, np.ndarray]:
