@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import math
+import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -46,7 +48,16 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _bounded_steps(text: str) -> int:
+    from .training.config import MAX_STEPS
+    v = _positive_int(text)
+    if v > MAX_STEPS:
+        raise argparse.ArgumentTypeError(f"{text} must be at most {MAX_STEPS}")
+    return v
+
+
 def _seeds(text: str) -> List[int]:
+    from .training.config import MAX_SEED
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -55,7 +66,20 @@ def _seeds(text: str) -> List[int]:
         raise argparse.ArgumentTypeError(f"{text!r} names no seed; pass e.g. 0,1,2")
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"{text!r} repeats a seed")
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise argparse.ArgumentTypeError(f"seed {bad[0]} is not an integer in [0, 2**63 - 1]")
     return seeds
+
+
+def _accuracy(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        v = math.nan
+    if not (math.isfinite(v) and 0 <= v <= 1):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1] (an accuracy, e.g. 0.5)")
+    return v
 
 
 def _scale(text: str):
@@ -65,6 +89,11 @@ def _scale(text: str):
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'auto'") from None
+
+
+def _check_out(out, flag: str = "--out"):
+    from .training.config import check_out_path
+    return check_out_path(out, flag)
 
 
 # --- the training flags, shared by train and compare: generated from TrainConfig's fields ---------------------
@@ -102,13 +131,15 @@ def _add_training_flags(p: argparse.ArgumentParser, skip=()) -> None:
         g.add_argument(flag_name(f), **kwargs)
 
 
-def _config_from_args(args, **overrides):
+def _config_from_args(args, applicability: str = "refuse", **overrides):
+    """The TrainConfig of the flags, checked; a flag the chosen model, init or recipe does not use is refused
+    (``compare`` passes "skip" and decides over its variants)."""
     from .training.config import TrainConfig
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values.update(overrides)
     cfg = TrainConfig(**values)
-    cfg.check()
+    cfg.check(applicability)
     return cfg
 
 
@@ -117,6 +148,7 @@ def cmd_train(args) -> int:
     from .training.loop import train
     from .training.distributed import is_main_process
     cfg = _config_from_args(args)
+    _check_out(cfg.out)
     result = train(cfg)
     if is_main_process():  # under torchrun every rank returns the same result; one prints it
         print(f"final {result.split} accuracy {100 * result.final_acc:.2f}% (best {100 * result.best_acc:.2f}%); "
@@ -128,7 +160,8 @@ def cmd_compare(args) -> int:
     from .training.compare import parse_variant, run_compare
     specs = args.variants or args.inits.split(",")
     variants = [parse_variant(s) for s in specs]
-    base = _config_from_args(args)
+    base = _config_from_args(args, applicability="skip")  # run_compare checks what applies, variant by variant
+    _check_out(args.out)
     t0 = time.perf_counter()
     res = run_compare(base, variants, args.seeds, args.out, reach=args.reach, title=args.title)
     from .training.distributed import is_main_process
@@ -141,25 +174,36 @@ def cmd_compare(args) -> int:
 
 def cmd_fit(args) -> int:
     from .fitting import fit_impulse
-    from .training.loop import check_out_dir
+    from .fitting.spec import cli_fields, flag_of
     from .training.metrics import write_json
-    kwargs = dict(method=args.fit_method, seed=args.seed, layers=args.layers, scale=args.scale, alpha=args.alpha,
-                  backend=args.fit_backend, progress=not args.no_progress, steps=args.fit_steps,
-                  target=args.fit_target, target_mass=args.target_mass)
-    out = Path(args.out)
-    check_out_dir(out)
-    try:  # fit_impulse validates every argument before any work; its messages name the argument
-        fit = fit_impulse(args.num_heads, (args.grid, args.grid), args.kernel_size, args.dim, args.head_dim,
-                          **kwargs)
+    given = _fit_arguments(args)
+    out = _check_out(args.out)
+
+    def rejected(e: Exception) -> UserError:
+        text = str(e)  # fit_impulse's messages name the arguments ("dim 7", "steps must ..."): name the flags
+        for f in cli_fields():
+            text = re.sub(rf"(?<![\w-]){f.name}(?=( must| [-\d(]|:))", flag_of(f), text)
+        return UserError(f"fit settings rejected: {text}", "change the flag it names (see impulse-attn fit --help)")
+    import inspect
+    from .fitting.api import fit_impulse as published
+    from .fitting.spec import make_spec
+    full = {k: p.default for k, p in inspect.signature(published).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+    full.update(given)
+    try:  # every argument, validated before any work (what fit_impulse itself does first)
+        make_spec(**{k: full[k] for k in inspect.signature(make_spec).parameters})
+    except (ValueError, TypeError) as e:
+        raise rejected(e) from None
+    try:
+        fit = fit_impulse(**given, progress=not args.no_progress)
     except (ValueError, TypeError, RuntimeError) as e:
-        raise UserError(f"fit settings rejected: {e}", "change the flag it names (see impulse-attn fit --help)"
-                        ) from None
+        raise rejected(e) from None
     out.mkdir(parents=True, exist_ok=True)
     from .plots import plot_fit_result
     from .targets import sincos_2d
-    grid = (args.grid, args.grid)
+    grid = (args.grid_size, args.grid_size)
     png = plot_fit_result(fit, sincos_2d(grid, args.dim) * (1 - args.alpha), grid, out / "fit.png",
-                          title=f"{args.fit_method} fit, {args.num_heads} heads, {args.grid}x{args.grid} grid, "
+                          title=f"{args.method} fit, {args.num_heads} heads, {args.grid_size}x{args.grid_size} grid, "
                                 f"k={args.kernel_size}, D={args.dim}, r={args.head_dim}, scale {fit.scale:g}")
     write_json(out / "report.json", {"settings": {k: v for k, v in vars(args).items() if k != "func"},
                                      "scale": fit.scale, "offsets": fit.offsets.tolist(),
@@ -169,10 +213,62 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def _fit_arguments(args) -> dict:
+    """fit_impulse's arguments from the fit flags; a flag given (not at its default) for a fit method that does not
+    use it is refused."""
+    from .fitting.spec import cli_fields, flag_of
+    from .training.config import fit_defaults
+    defaults = fit_defaults()
+    given = {f.name: getattr(args, f.name) for f in cli_fields()}
+    unused = [flag_of(f) for f in cli_fields() if args.method not in f.metadata["methods"]
+              and given[f.name] != defaults[f.name]]
+    if unused:
+        raise UserError(f"{' '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --fit-method "
+                        f"{args.method}", "drop it, or choose the method that uses it")
+    return {k: v for k, v in given.items()
+            if args.method in next(f for f in cli_fields() if f.name == k).metadata["methods"]}
+
+
+def _fit_value(kind: str, name: str):
+    def parse(text: str):
+        if kind == "scale":
+            return _scale(text)
+        if kind == "optional_float" and text.strip().lower() in ("none", "null"):
+            return None
+        try:
+            return int(text) if kind == "int" else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind == 'int' else 'a number'}"
+                                             ) from None
+    parse.__name__ = name
+    return parse
+
+
+def _add_fit_flags(p: argparse.ArgumentParser) -> None:
+    """The fit flags, generated from FitSpec's fields; defaults are a default model's (``config.fit_defaults``)."""
+    from .fitting.spec import cli_fields, flag_of
+    from .training.config import fit_defaults
+    defaults = fit_defaults()
+    for f in cli_fields():
+        meta, default = f.metadata, defaults[f.name]
+        methods = meta["methods"]
+        only = "" if set(methods) == set(_choices("fitting", "METHODS")) else f" [--fit-method {methods[0]}]"
+        shown = "none" if default is None else default
+        if meta["kind"] == "bool":
+            p.add_argument(flag_of(f), dest=f.name, action="store_false" if default else "store_true",
+                           default=default, help=f"{meta['help']}{only} (default: {'on' if default else 'off'})")
+            continue
+        kwargs = dict(dest=f.name, default=default, help=f"{meta['help']}{only} (default: {shown})")
+        if meta["choices"] is not None:
+            kwargs["choices"] = tuple(meta["choices"]())
+        else:
+            kwargs["type"] = _fit_value(meta["kind"], flag_of(f).lstrip("-"))
+        p.add_argument(flag_of(f), **kwargs)
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
-    from .training.loop import check_out_dir
-    check_out_dir(Path(args.out))
+    _check_out(args.out)
     run_demo(args.out, seeds=args.seeds, progress=not args.no_progress, steps=args.steps, data_dir=args.data_dir)
     return 0
 
@@ -193,6 +289,8 @@ def _query(text: str) -> tuple:
 
 def cmd_inspect(args) -> int:
     from .training.inspect import inspect_run
+    if args.out is not None:
+        _check_out(args.out)
     inspect_run(args.run, images=args.images, query=args.query, out=args.out)
     return 0
 
@@ -227,32 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "the flags, e.g. 'init=impulse,alpha=0.1' 'frozen box:model=convmixer,filters=box,freeze=1' "
                    "(a label before ':' names it)")
     p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds, e.g. 0,1,2")
-    p.add_argument("--reach", type=float, default=None, help="accuracy (0-1) for the 'epochs to reach' column "
+    p.add_argument("--reach", type=_accuracy, default=None, help="accuracy (0-1) for the 'epochs to reach' column "
                    "(default: the lowest final accuracy of the variants)")
     p.add_argument("--title", default="", help="title of the table and the plot")
     p.add_argument("--out", default="runs/compare", help="folder of the runs, results.md and curves.png")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("fit", help="the impulse fit alone: report and a PNG of maps vs targets",
-                       formatter_class=_Help)
-    p.add_argument("--num-heads", type=_positive_int, default=8, help="heads (one offset each)")
-    p.add_argument("--grid", type=_positive_int, default=16, help="token grid side")
-    p.add_argument("--kernel-size", type=int, default=5, help="window k the offsets come from")
-    p.add_argument("--dim", type=int, default=512, help="model width D")
-    p.add_argument("--head-dim", type=_positive_int, default=64, help="head dim r (rank of Q Kᵀ)")
-    p.add_argument("--fit-method", default="closed_form", choices=_choices("fitting", "METHODS"),
-                   help="fit method")
-    p.add_argument("--fit-steps", type=int, default=10000, help="steps of the iterative fit")
-    p.add_argument("--fit-target", default="impulse", choices=_choices("targets", "TARGET_SHAPES"),
-                   help="closed-form target logits around each offset")
-    p.add_argument("--fit-backend", default="auto", choices=_choices("fitting", "FIT_BACKENDS"),
-                   help="iterative fit backend")
-    p.add_argument("--scale", type=_scale, default=0.1, help="softmax scale s, or 'auto' (the published logit "
-                   "budget at any size)")
-    p.add_argument("--alpha", type=float, default=0.0, help="fit on (1−α)·P, Model I's positional part")
-    p.add_argument("--target-mass", type=float, default=0.3, help="closed-form sharpness (mass on the target)")
-    p.add_argument("--layers", type=_positive_int, default=1, help="independent fits (the picture shows the first)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the offsets and the init")
+                       formatter_class=_Help,
+                       description="Fit query/key weights to impulse maps as a model's impulse init does; the "
+                                   "defaults are a default model's (the Simple ViT of the published protocol: 8 "
+                                   "heads, 16x16 grid, k=5, D=512, r=64, 6 layers, alpha 0.2, the closed form). A "
+                                   "flag of the other fit method is refused.")
+    _add_fit_flags(p)
     p.add_argument("--out", default="runs/fit", help="folder for report.json and fit.png")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit)
@@ -274,14 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 "fit's speed at the paper's size.")
     p.add_argument("--out", default=DEMO_DEFAULT_OUT, help="folder of the runs, the table and the pictures")
     p.add_argument("--seeds", type=_seeds, default=[0, 1], help="comma-separated seeds")
-    p.add_argument("--steps", type=_positive_int, default=None, help="optimizer steps per run (default: the demo's "
-                   "300)")
+    p.add_argument("--steps", type=_bounded_steps, default=None, help="optimizer steps per run, at most 10000000 "
+                   "(default: the demo's 300)")
     p.add_argument("--data-dir", default=None, help="an image folder (train/ and val/ or test/ class folders) to run "
                    "on (default: cifar10-mini next to the repository, else CIFAR-10 if it can be downloaded, else "
                    "the built-in shapes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr if file is None else file)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -291,7 +380,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SystemExit as e:  # --help, --version, or a bad flag (already reported on one line)
         return e.code if isinstance(e.code, int) else 2
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.func(args)
     except UserError as e:
         print(f"{PROG} {args.command}: error: {e}", file=sys.stderr)
         return 2

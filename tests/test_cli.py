@@ -55,7 +55,7 @@ def test_every_flag_has_help_showing_its_default(name):
         assert "(default:" in formatter._get_help_string(action), action.option_strings
     if name == "train":
         text = " ".join(sub.format_help().split())
-        assert "training epochs (default: 200)" in text and "peak learning rate (default: 0.0001)" in text
+        assert "training epochs, at most 100000 (default: 200)" in text and "peak learning rate (default: 0.0001)" in text
 
 
 def test_train_defaults_are_the_published_protocol():
@@ -87,8 +87,10 @@ def test_train_and_resume_a_finished_run(tmp_path, capsys):
 
 
 def test_fit_writes_report_and_picture(tmp_path, capsys):
+    # a sharp impulse target on the encoding alone (the fit's defaults are a model's: α 0.2, a soft Laplace map)
     code, stdout, _ = _run(["fit", "--num-heads", "4", "--grid", "8", "--kernel-size", "3", "--dim", "32",
-                            "--head-dim", "8", "--out", str(tmp_path)], capsys)
+                            "--head-dim", "8", "--layers", "1", "--alpha", "0", "--fit-target", "impulse",
+                            "--target-mass", "0.3", "--out", str(tmp_path)], capsys)
     assert code == 0 and "argmax hit" in stdout
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["report"]["argmax_hit"] > 0.9 and len(report["offsets"][0]) == 4

@@ -7,8 +7,8 @@ keys on a digest of all its fields (a field added later can never give a stale h
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -19,9 +19,11 @@ from ..targets import TARGET_SHAPES, check_offsets, cycle_offsets, kernel_fits_g
 METHODS = ("closed_form", "iterative")
 FIT_BACKENDS = ("auto", "reference", "cpp", "cuda")
 RENORM_MODES = ("code", "columns", "none")
-# The compiled op's renorm interval is a C int; steps are int64.
+# The compiled op's renorm interval is a C int.
 MAX_RENORM_EVERY = 2 ** 31 - 1
-MAX_STEPS = 2 ** 62
+# A sane maximum of iterative steps (the published recipe takes 10,000): a typo such as 2**70 is refused instead
+# of running for ever.
+MAX_STEPS = 10_000_000
 
 
 def resolve_scale(scale, dim: int, head_dim: int, num_heads: int) -> float:
@@ -41,38 +43,71 @@ def _unit_interval(value, name: str, closed_low: bool = False) -> float:
     return value
 
 
+OFFSET_ORDERS = ("random", "cycle")
+
+
+def option(help: str, kind: str, flag: Optional[str] = None, methods: Sequence[str] = METHODS,
+           choices: Optional[Callable[[], Sequence[str]]] = None):
+    """A FitSpec field with its command-line face: the ``fit`` command's flags are generated from these.
+
+    ``kind``: how a flag value is read ("int", "float", "optional_float", "str", "bool", "scale": a number or
+    "auto"); ``flag``: the flag (default: --<name>); ``methods``: the fit methods that use it (a flag given for
+    another method is refused); ``choices``: a callable returning the allowed values."""
+    return field(metadata=dict(help=help, kind=kind, flag=flag, methods=tuple(methods), choices=choices))
+
+
+_ITERATIVE = ("iterative",)
+_CLOSED_FORM = ("closed_form",)
+
+
 @dataclass(frozen=True)
 class FitSpec:
     """What to fit. Q, K of every head are (D, head_dim); maps are softmax(scale · X Q Kᵀ Xᵀ) with
     X = (1 − alpha) · pseudo_input (the 2D sin-cos encoding of the grid when ``pseudo_input`` is None)."""
 
-    num_heads: int
-    grid_size: Tuple[int, int]
-    kernel_size: int
-    dim: int
-    head_dim: int
-    method: str
-    layers: int
-    seed: int
-    offsets: Optional[Tuple[Tuple[Tuple[int, int], ...], ...]]   # (layers, heads, 2), or None: drawn from seed
-    scale: float
-    alpha: float
-    pseudo_input: Optional[torch.Tensor]
-    backend: str                 # resolved for the iterative method; "reference" for the closed form
+    num_heads: int = option("heads per layer (one offset each)", "int")
+    grid_size: Tuple[int, int] = option("token grid side", "int", flag="--grid")
+    kernel_size: int = option("odd window k the offsets come from", "int")
+    dim: int = option("model width D", "int")
+    head_dim: int = option("head dim r (rank of Q Kᵀ)", "int")
+    method: str = option("fit method: closed_form (projection + SVD, instant) or iterative (the published Adam "
+                         "recipe)", "str", flag="--fit-method", choices=lambda: METHODS)
+    layers: int = option("independent fits, one per layer, fresh offsets each (the picture shows the first)", "int")
+    seed: int = option("seed of the offsets and the init", "int")
+    # (layers, heads, 2), or None: drawn from seed
+    offsets: Optional[Tuple[Tuple[Tuple[int, int], ...], ...]] = option(
+        "offsets: random (drawn from the seed, fresh for every layer) or cycle (head h takes window position h mod "
+        "k² in every layer)", "str", flag="--fit-offsets", choices=lambda: OFFSET_ORDERS)
+    scale: float = option("softmax scale s, or 'auto' (the published logit budget at any size: 0.1 at D=512, r=64, "
+                          "8 heads)", "scale")
+    alpha: float = option("fit on (1−α)·P: α is Model I's content weight", "float")
+    pseudo_input: Optional[torch.Tensor] = field(metadata={})     # a tensor: the Python API only
+    # resolved for the iterative method; "reference" for the closed form
+    backend: str = option("where the iterative fit runs (auto: the fastest that passes its parity probe)", "str",
+                          flag="--fit-backend", methods=_ITERATIVE, choices=lambda: FIT_BACKENDS)
     # iterative recipe
-    steps: int
-    lr: float
-    renorm_every: int
-    renorm: str
-    dedup: bool
-    tol: Optional[float]
-    check_every: int
+    steps: int = option(f"steps of the iterative fit (at most {MAX_STEPS})", "int", flag="--fit-steps",
+                        methods=_ITERATIVE)
+    lr: float = option("Adam learning rate of the iterative fit", "float", flag="--fit-lr", methods=_ITERATIVE)
+    renorm_every: int = option("renormalize every N steps (0: never)", "int", methods=_ITERATIVE)
+    renorm: str = option("renormalization: code (K's rows, as the public code), columns (as the paper's text) or "
+                         "none", "str", methods=_ITERATIVE, choices=lambda: RENORM_MODES)
+    dedup: bool = option("fit each distinct target once (faster, not the published recipe)", "bool",
+                         methods=_ITERATIVE)
+    tol: Optional[float] = option("stop a head once its loss improves by less than this (relative) over "
+                                  "--check-every steps (not the published recipe)", "optional_float",
+                                  methods=_ITERATIVE)
+    check_every: int = option("steps between the --tol checks", "int", methods=_ITERATIVE)
     # closed form
-    target: str
-    target_mass: float
-    logit_scale: Optional[float]
-    pinv_rtol: float
-    noise_std: float
+    target: str = option("closed-form target logits around each offset: impulse (row match + column match) or "
+                         "laplace (a local blob)", "str", flag="--fit-target", methods=_CLOSED_FORM,
+                         choices=lambda: TARGET_SHAPES)
+    target_mass: float = option("closed-form sharpness: mean attention mass on the target", "float",
+                                methods=_CLOSED_FORM)
+    logit_scale: Optional[float] = option("closed-form logit scale instead of --target-mass", "optional_float",
+                                          methods=_CLOSED_FORM)
+    pinv_rtol: float = option("closed-form pseudo-inverse cutoff (relative)", "float", methods=_CLOSED_FORM)
+    noise_std: float = option("closed-form noise added to break ties", "float", methods=_CLOSED_FORM)
 
     @property
     def tokens(self) -> int:
@@ -83,7 +118,13 @@ class FitSpec:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-OFFSET_ORDERS = ("random", "cycle")
+def cli_fields() -> List[dataclasses.Field]:
+    """The fields that are ``fit`` command flags (all but the pseudo-input tensor), in order."""
+    return [f for f in dataclasses.fields(FitSpec) if "kind" in f.metadata]
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
 def _offsets(offsets, layers: int, num_heads: int, kernel_size: int):
@@ -126,7 +167,7 @@ def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, method, steps, s
     choice(renorm, "renorm", RENORM_MODES)
     steps = positive_int(steps, "steps", minimum=0)
     if steps > MAX_STEPS:
-        raise ValueError(f"steps must be <= 2**62, got {steps}")
+        raise ValueError(f"steps must be <= {MAX_STEPS}, got {steps}")
     lr = positive_float(lr, "lr")
     renorm_every = positive_int(renorm_every, "renorm_every", minimum=0)
     if renorm_every > MAX_RENORM_EVERY:
@@ -155,10 +196,14 @@ def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, method, steps, s
     elif dim % 4 != 0 or dim < 8:
         raise ValueError(f"dim must be a multiple of 4 and >= 8 for the 2D sin-cos pseudo-input, got {dim} (or pass "
                          f"pseudo_input)")
-    # Targets (float32) and, for the closed form, float64 logits and maps of every head are held at once.
-    per_head = n * n * (4 + (24 if method == "closed_form" else 12))
-    require_memory(layers * num_heads * per_head, f"an impulse fit of {layers} x {num_heads} heads on {n} tokens",
-                   "fit fewer heads or layers per call, or a smaller grid")
+    # Targets (float32) and, for the closed form, float64 logits and maps of every head are held at once, with
+    # Q and K of every head (and the iterative fit's Adam moments) and the pseudo-input.
+    per_head = n * n * (4 + (24 if method == "closed_form" else 12)) + dim * head_dim * 8 * (2 if method ==
+                                                                                                "closed_form" else 6)
+    require_memory(layers * num_heads * per_head + n * dim * 8,
+                   f"layers {layers}, num_heads {num_heads}, dim {dim}, head_dim {head_dim}, grid_size {grid}: an "
+                   f"impulse fit of this size",
+                   "fit fewer heads or layers per call, a smaller dim, head_dim or grid")
     return FitSpec(num_heads=num_heads, grid_size=grid, kernel_size=kernel_size, dim=dim, head_dim=head_dim,
                    method=method, layers=layers, seed=seed, offsets=_offsets(offsets, layers, num_heads, kernel_size),
                    scale=scale, alpha=alpha, pseudo_input=pseudo_input, backend=backend, steps=steps, lr=lr,

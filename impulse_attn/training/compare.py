@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .config import TrainConfig, fields_by_name, parse_value
+from .config import TrainConfig, fields_by_name, flag_name, parse_value
 from . import distributed
 from .errors import UserError
 from .loop import TrainResult, resolve_device, train
@@ -95,6 +95,25 @@ def _check_existing(cfg: TrainConfig) -> None:
                         "use another --out for a comparison with new settings")
 
 
+def _check_applicable(base: TrainConfig, variants: Sequence[Variant], configs: Dict[str, TrainConfig]) -> None:
+    """A setting a variant gives that its own model, init or recipe does not use is refused; so is a setting of the
+    base flags that no variant uses (one that some variants use, e.g. --fit-method iterative in a comparison of
+    random and impulse init, is what a comparison is for)."""
+    unused_by = {}
+    for v in variants:
+        for problem in configs[v.label].not_applicable():
+            mine = [f for f in problem.fields if f in v.overrides]
+            if mine:
+                raise UserError(f"variant {v.label!r}: {problem.message}", "drop it from the variant")
+            for f in problem.fields:
+                unused_by.setdefault(f, []).append(problem)
+    for f, problems in unused_by.items():
+        if len(problems) == len(variants):
+            flag = flag_name(fields_by_name()[f])
+            raise UserError(f"{flag} does not apply to any variant ({problems[0].message})",
+                            "drop it, or add a variant that uses it")
+
+
 @dataclass
 class CompareResult:
     out: Path
@@ -149,8 +168,9 @@ def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[
         for seed in seeds:
             cfg = dataclasses.replace(base, **v.overrides, seed=seed, resume=True,
                                       out=str(out / slug(v.label) / f"seed{seed}"))
-            cfg.check()
+            cfg.check("skip")
             configs[(v.label, seed)] = cfg
+    _check_applicable(base, variants, {v.label: configs[(v.label, seeds[0])] for v in variants})
     dist = distributed.setup(resolve_device(base.device).type)  # under torchrun: join the process group now
     dist.decide(lambda: [_check_existing(cfg) for cfg in configs.values()])  # rank 0 reads the run folders
     runs: Dict[str, List[TrainResult]] = {v.label: [] for v in variants}

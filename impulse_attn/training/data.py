@@ -166,8 +166,10 @@ _END_MARKERS = {"JPEG": (b"\xff\xd9", 64), "PNG": (b"IEND", 64)}
 
 
 def check_images(paths: Sequence[str], what: str) -> None:
-    """A cheap check of every image file before training: not empty, an image PIL recognizes (header only), and
-    for JPEG/PNG the format's end marker near the end of the file. The first bad file is a UserError naming it."""
+    """A check of every image file before training: not empty, for JPEG/PNG the format's end marker near the end
+    of the file, and decoded in full by PIL (a file whose header is fine but whose data is damaged, e.g. bytes
+    zeroed inside a JPEG, fails here rather than epochs into a run). The first bad file is a UserError naming
+    it."""
     from PIL import Image, UnidentifiedImageError
     from tqdm.auto import tqdm
     for path in tqdm(paths, desc=f"checking {what} images", disable=len(paths) < 20000, leave=False):
@@ -179,13 +181,20 @@ def check_images(paths: Sequence[str], what: str) -> None:
             else:
                 with Image.open(path) as im:
                     fmt = im.format
-                    im.size  # noqa: B018 (parsed from the header)
                 marker = _END_MARKERS.get(fmt)
                 if marker is not None:
                     with open(path, "rb") as f:
                         f.seek(max(0, size - marker[1]))
                         if marker[0] not in f.read():
                             why = f"the {fmt} data is truncated (no end marker)"
+                if why is None:
+                    try:
+                        with Image.open(path) as im:
+                            im.load()
+                    except UnidentifiedImageError:
+                        raise
+                    except (OSError, ValueError, SyntaxError) as e:  # PIL's decoders raise these for bad data
+                        why = f"the {fmt} data cannot be decoded ({(str(e).splitlines() or [''])[0][:80]})"
         except UnidentifiedImageError:
             why = "not an image PIL can read"
         except OSError as e:
@@ -221,6 +230,10 @@ def _folder_datasets(data_dir: str, image_size: Optional[int], augment: str, cro
                             "move each val image into a folder named after its class (val_annotations.txt lists "
                             "them)")
     train = _folder(root / "train", None, "training folder")
+    if len(train.classes) < 2:
+        raise UserError(f"training folder {root / 'train'} has {len(train.classes)} class folder "
+                        f"({', '.join(train.classes)}); a classifier needs at least 2",
+                        "put each class's images in its own subfolder of train/ (and of val/ or test/)")
     evals = {}
     for eval_root in eval_roots:
         ds = _folder(eval_root, None, f"{eval_root.name} folder")

@@ -7,8 +7,6 @@ query/key init (the impulse fit) runs on rank 0 only and every rank receives its
 """
 from __future__ import annotations
 
-import difflib
-import functools
 import json
 import time
 from dataclasses import dataclass
@@ -17,7 +15,8 @@ from typing import Callable, List, Optional, Tuple
 import torch
 
 from ..models import ConvMixer, SimpleViT
-from .config import parse_model_kwargs, timm_name
+from .config import (HF_NAMES, TIMM_FAMILIES, _hf_config, _timm, _timm_defaults, check_external_name,
+                     check_timm_name, parse_model_kwargs, timm_name)
 from .errors import UserError
 
 
@@ -60,120 +59,7 @@ def _plain(obj):
     return json.loads(json.dumps(obj, default=str))
 
 
-# --- timm and Hugging Face models ----------------------------------------------------------------------------
-TIMM_FAMILIES = {"VisionTransformer": "timm_vit", "SwinTransformer": "timm_swin", "MlpMixer": "timm_mixer"}
-
-
-def _timm():
-    try:
-        import timm
-    except ImportError:
-        raise UserError("--model timm:<name> needs the timm package", "pip install 'timm>=1.0'") from None
-    return timm
-
-
-@functools.lru_cache(maxsize=None)
-def _timm_defaults(name: str) -> dict:
-    """The registered model's class and default sizes, read from a copy built on the meta device (no memory,
-    no weights)."""
-    timm = _timm()
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False)
-    except Exception as e:  # noqa: BLE001 - a registered model that cannot be built this way
-        return {"error": f"timm could not create {name} ({type(e).__name__}: {str(e).splitlines()[0][:120]})"}
-    cls = type(model).__name__
-    out = {"class": f"{type(model).__module__}.{cls}", "family": TIMM_FAMILIES.get(cls)}
-    if out["family"] == "timm_vit":
-        blk = model.blocks[0]
-        out.update(embed_dim=int(model.embed_dim), depth=len(model.blocks), num_heads=int(blk.attn.num_heads),
-                   mlp_dim=int(blk.mlp.fc1.out_features) if hasattr(blk.mlp, "fc1") else None)
-    elif out["family"] == "timm_mixer":
-        blk = model.blocks[0]
-        n = int(model.stem.num_patches)
-        out.update(embed_dim=int(model.embed_dim), depth=len(model.blocks), num_patches=n,
-                   patch_size=int(model.stem.patch_size[0]),
-                   mlp_ratio=(blk.mlp_tokens.fc1.out_features / int(model.embed_dim),
-                              blk.mlp_channels.fc1.out_features / int(model.embed_dim)),
-                   block_class=type(blk).__name__)
-    elif out["family"] == "timm_swin":
-        out.update(embed_dim=int(model.embed_dim))
-    return out
-
-
-def check_timm_name(name: str) -> dict:
-    """Refuse, before any work, a name timm's registry does not know or that no init family handles."""
-    timm = _timm()
-    if not timm.is_model(name):
-        near = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-        raise UserError(f"--model timm:{name}: timm has no model {name!r}",
-                        f"try {', '.join('timm:' + n for n in near)}" if near else
-                        "list them with python -c \"import timm; print(timm.list_models('vit_*'))\"")
-    info = _timm_defaults(name)
-    if "error" in info:
-        raise UserError(f"--model timm:{name}: {info['error']}", "choose another timm model")
-    if info["family"] is None:
-        raise UserError(f"--model timm:{name} is a {info['class']}, which no init family handles",
-                        "use a timm VisionTransformer, SwinTransformer (v1) or MlpMixer, e.g. "
-                        "timm:vit_tiny_patch16_224, timm:swin_tiny_patch4_window7_224, timm:mixer_s16_224")
-    if info["family"] == "timm_mixer" and info.get("block_class") != "MixerBlock":
-        raise UserError(f"--model timm:{name} has {info['block_class']} blocks (ResMLP/gMLP), not MixerBlock",
-                        "use a timm mixer_* model")
-    return info
-
-
-HF_NAMES = ("vit", "deit")
-
-
-def _hf_config(name: str, kwargs: dict):
-    """A transformers ViT/DeiT config: for "vit"/"deit" with ``kwargs``, or read from a local config.json."""
-    try:
-        import transformers
-    except ImportError:
-        raise UserError("--model hf:<name> needs the transformers package", "pip install transformers") from None
-    from pathlib import Path
-    if name in HF_NAMES:
-        cls = transformers.ViTConfig if name == "vit" else transformers.DeiTConfig
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError) as e:
-            raise UserError(f"--model hf:{name}: {e}", "check --model-kwargs") from None
-    path = Path(name)
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise UserError(f"--model hf:{name} is neither {' nor '.join(HF_NAMES)} nor a config.json (no download is "
-                        f"made)", "use hf:vit, hf:deit or hf:<folder with config.json>")
-    try:
-        cfg = transformers.AutoConfig.from_pretrained(str(path.parent if path.name == "config.json" else path),
-                                                      local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - transformers raises assorted errors for an unreadable config
-        raise UserError(f"--model hf:{name}: transformers could not read {path} ({type(e).__name__})",
-                        "pass a ViT or DeiT config.json") from None
-    if cfg.model_type not in HF_NAMES:
-        raise UserError(f"--model hf:{name} is a {cfg.model_type!r} config", "use a ViT or DeiT config")
-    for k, v in kwargs.items():
-        setattr(cfg, k, v)
-    return cfg
-
-
-def check_external_name(config) -> None:
-    """--model timm:<name> or hf:<name>: the name is known and its family handled, before any work."""
-    c = config.resolved()
-    name = timm_name(c.model)
-    family = None
-    if c.kind == "timm":
-        info = check_timm_name(name)
-        family = info["family"]
-        if family == "timm_vit" and c.dim is not None and c.num_heads is not None and c.dim % c.num_heads:
-            raise UserError(f"--dim {c.dim} is not divisible by --num-heads {c.num_heads} (a timm ViT's head "
-                            f"width is dim / heads)", "change one of them")
-    else:
-        _hf_config(name, {})
-        if c.dim is not None and c.num_heads is not None and c.dim % c.num_heads:
-            raise UserError(f"--dim {c.dim} is not divisible by --num-heads {c.num_heads}", "change one of them")
-    if c.mix_gain is not None and family != "timm_mixer":
-        raise UserError("--mix-gain applies to timm MLP-Mixer models only", "drop it")
+# --- timm and Hugging Face models (their names are checked in config) ---------------------------------------
 
 
 def timm_kwargs(config, num_classes: int, image_size: int, channels: int) -> dict:

@@ -37,7 +37,9 @@ class Inspection:
 
 
 def _eval_images(data, count: int) -> torch.Tensor:
+    """``count`` images spread over the evaluation set (all of it when it holds fewer)."""
     ds = data.evals[data.primary]
+    count = min(count, len(ds))
     step = max(1, len(ds) // count)
     return torch.stack([ds[i][0] for i in range(0, step * count, step)[:count] if i < len(ds)])
 
@@ -56,6 +58,9 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
     run = Path(run)
     if not run.is_dir():
         raise UserError(f"run folder {run} does not exist", "pass the --out folder of an impulse-attn train run")
+    if not (run / CHECKPOINT).is_file():
+        raise UserError(f"{run} is not a run folder: it holds no {CHECKPOINT}",
+                        "pass the --out folder of an impulse-attn train run")
     state = load_checkpoint(run / CHECKPOINT, REQUIRED)
     try:
         cfg = TrainConfig.from_dict(state["config"]).resolved()

@@ -34,6 +34,12 @@ WINDOW = 5
 SPLITS = {"train": 1, "test": 2}
 
 
+def synthetic_bytes(n: int, image_size: int) -> int:
+    """About the memory that generating ``n`` images of side ``image_size`` takes at its peak (float32 canvas and
+    the uint8 result, labels and their permutation)."""
+    return n * (3 * image_size * image_size * 5 + 64)
+
+
 def synthetic_shapes(n: int, image_size: int = 32, seed: int = 0, split: str = "train", copies: int = 3,
                      num_classes: int = len(SHAPES)) -> tuple[torch.Tensor, torch.Tensor]:
     """n images (n, 3, S, S) uint8 and labels (n,) int64, balanced over classes, deterministic in (seed, split)."""
@@ -43,6 +49,11 @@ def synthetic_shapes(n: int, image_size: int = 32, seed: int = 0, split: str = "
         raise ValueError(f"num_classes must be in [1, {len(SHAPES)}], got {num_classes}")
     if image_size < WINDOW:
         raise ValueError(f"image_size must be at least {WINDOW} to hold a shape, got {image_size}")
+    if n < 1:
+        raise ValueError(f"n must be a positive integer, got {n}")
+    from .._validate import require_memory
+    require_memory(synthetic_bytes(n, image_size), f"{n} synthetic images of {image_size}x{image_size}",
+                   "generate fewer images")
     gen = torch.Generator().manual_seed(seed * 1_000_003 + SPLITS[split])
     labels = (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
     pixels = torch.tensor(list(SHAPES.values()))[:num_classes]                     # (C, 5, 2)
