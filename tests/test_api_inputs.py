@@ -16,6 +16,8 @@ from impulse_attn import (ConvMixer, ImpulseAttention, SimpleViT, ViTAttention, 
 from impulse_attn.fitting import api as fit_api
 from impulse_attn.fitting import closed_form
 
+from conftest import single_thread
+
 SETTINGS = dict(deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 TINY_FIT = dict(num_heads=2, grid_size=(4, 4), kernel_size=3, dim=16, head_dim=4)
@@ -25,10 +27,8 @@ TINY_FIT = dict(num_heads=2, grid_size=(4, 4), kernel_size=3, dim=16, head_dim=4
 def _small_budget(monkeypatch):
     # Sizes that would not fit are refused by the package's own check, not by the allocator, on any machine.
     monkeypatch.setenv("IMPULSE_ATTN_MEMORY_BUDGET", str(2 * 2 ** 30))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with single_thread():
+        yield
 
 
 def _tiny_vit(**kw):

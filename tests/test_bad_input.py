@@ -21,12 +21,7 @@ TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test",
         "--epochs", "1", "--batch-size", "16", "--lr", "3e-3", "--no-progress"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _error(argv, capsys, *needles):

@@ -26,10 +26,11 @@ from impulse_attn.training.distributed import GlobalBatches
 from impulse_attn.training.loop import epoch_seed
 from impulse_attn.training.metrics import read_metrics
 
+from conftest import scores
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-SCORES = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
 TINY = dict(dataset="synthetic", synthetic_test=20, synthetic_classes=2, image_size=16, patch_size=2, dim=32,
             depth=1, num_heads=4, head_dim=8, mlp_dim=64, kernel_size=3, batch_size=16, lr=3e-3, progress=False,
             device="cpu")
@@ -99,16 +100,7 @@ json.dump(report, open(f"{out}/report-rank{dist.rank}.json", "w"))
 '''
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _scores(history):
-    return [{k: r[k] for k in SCORES if k in r} for r in history]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _torchrun(args, timeout=120, **kw):
@@ -303,7 +295,7 @@ def test_two_process_run_killed_and_resumed_matches_uninterrupted(tmp_path):
     assert straight.returncode == 0, straight.stderr[-3000:]
     a, b = read_metrics(metrics), read_metrics(tmp_path / "straight" / "metrics.jsonl")
     assert [r["epoch"] for r in a] == [0, 1, 2, 3, 4]
-    assert _scores(a) == _scores(b)
+    assert scores(a) == scores(b)
     torch.testing.assert_close(load_checkpoint(killed / "checkpoint.pt")["model"],
                                load_checkpoint(tmp_path / "straight" / "checkpoint.pt")["model"], rtol=0, atol=0)
     run = json.loads((tmp_path / "straight" / "run.json").read_text())

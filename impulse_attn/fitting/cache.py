@@ -4,8 +4,10 @@ An entry's key is the SHA-256 of every input that changes the result (method and
 pseudo-input's bytes, the backend, the package, algorithm and torch versions; ``fitting.api`` assembles them).
 Entries are written atomically (a temporary file in the same directory, then ``os.replace``), so a reader never
 sees half a file; they are read with ``torch.load(weights_only=True)`` (no code runs on load) and checked: the
-stored key, the cache format, every expected tensor's shape and dtype and finiteness. An entry that fails any
-check is reported as corrupt, refitted and overwritten, never trusted. A cache directory that cannot be written
+stored key, the cache format, a SHA-256 over the entry's contents (every tensor's bytes, the metadata: torch.load
+does not check the zip's CRCs, so without it a flipped bit in a stored Q would load silently, as in checkpoints),
+every expected tensor's shape and dtype and finiteness. An entry that fails any check is reported as corrupt (one
+warning), refitted and overwritten atomically, never served. A cache directory that cannot be written
 costs the cache, not the fit (a warning is logged).
 """
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: entries carry a SHA-256 of their contents
 # Bump whenever a fit's numbers change for the same inputs (kernels, defaults, recipe details).
 ALGORITHM_VERSION = 1
 
@@ -35,17 +37,19 @@ def tensor_digest(t: torch.Tensor) -> str:
     return h.hexdigest()
 
 
-def _jsonable(v):
+def _jsonable(v, strict: bool = True):
     if isinstance(v, torch.Tensor):
         return {"tensor": tensor_digest(v)}
     if isinstance(v, float):
         return repr(v)  # exact: 0.1 and 0.1000000001 are different keys
     if isinstance(v, (list, tuple)):
-        return [_jsonable(u) for u in v]
+        return [_jsonable(u, strict) for u in v]
     if isinstance(v, dict):
-        return {str(k): _jsonable(u) for k, u in sorted(v.items())}
+        return {str(k): _jsonable(u, strict) for k, u in sorted(v.items(), key=lambda kv: str(kv[0]))}
     if v is None or isinstance(v, (bool, int, str)):
         return v
+    if not strict:
+        return {type(v).__name__: repr(v)}
     raise TypeError(f"cache key field of unsupported type {type(v).__name__}: {v!r}")
 
 
@@ -53,6 +57,13 @@ def cache_key(fields: Dict) -> str:
     """SHA-256 over the canonical JSON of ``fields`` (tensors by digest, floats exactly)."""
     payload = json.dumps({"format": CACHE_FORMAT, "algorithm": ALGORITHM_VERSION, **_jsonable(fields)},
                          sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def entry_digest(key: str, tensors: Dict[str, torch.Tensor], meta: dict) -> str:
+    """SHA-256 over an entry's key, format, every tensor (name, dtype, shape, bytes) and its metadata."""
+    payload = json.dumps({"format": CACHE_FORMAT, "key": key, "tensors": _jsonable(dict(tensors)),
+                          "meta": _jsonable(meta, strict=False)}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -89,23 +100,27 @@ class FitCache:
             return "not a dict"
         if entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
             return "format or key mismatch"
-        tensors = entry.get("tensors")
-        if not isinstance(tensors, dict):
+        tensors, meta = entry.get("tensors"), entry.get("meta")
+        if not isinstance(tensors, dict) or not all(isinstance(t, torch.Tensor) for t in tensors.values()):
             return "no tensors"
+        if not isinstance(meta, dict):
+            return "meta is not a dict"
+        if entry.get("sha256") != entry_digest(key, tensors, meta):
+            return "its SHA-256 does not match the one stored when it was written"
         for name, (shape, dtype) in expected.items():
             t = tensors.get(name)
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
                 return f"tensor {name!r} missing or of the wrong shape/dtype"
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 return f"tensor {name!r} holds NaN/Inf"
-        if not isinstance(entry.get("meta", {}), dict):
-            return "meta is not a dict"
         return ""
 
     def store(self, key: str, tensors: Dict[str, torch.Tensor], meta: Optional[dict] = None) -> bool:
         """Write atomically; returns False (and logs why) when the directory cannot be written."""
-        entry = {"format": CACHE_FORMAT, "key": key,
-                 "tensors": {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, "meta": meta or {}}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        meta = meta or {}
+        entry = {"format": CACHE_FORMAT, "key": key, "tensors": tensors, "meta": meta,
+                 "sha256": entry_digest(key, tensors, meta)}
         tmp = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)

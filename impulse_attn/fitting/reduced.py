@@ -35,7 +35,7 @@ def factor_basis(x: torch.Tensor, rtol: Optional[float] = None,
 
     A = U_k Σ_k and B = V_kᵀ from the SVD of X in float64, so B has orthonormal rows and B·Q keeps Q's scale.
     The default rtol (1e-8 for float32, 1e-13 for float64) drops only what the working precision cannot see.
-    Inputs are trusted (``fit_ext.factor_basis`` is the checked entry).
+    Inputs are trusted (its callers in ``compiled`` check them).
     """
     if rtol is None:
         rtol = DEFAULT_RTOL[dtype]

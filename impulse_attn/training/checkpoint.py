@@ -11,13 +11,15 @@ import hashlib
 import io
 import os
 import random
+import re
+import stat
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
 
-from .errors import UserError
+from .errors import DamagedCheckpoint, UserError
 
 FORMAT = "impulse-attn-checkpoint"
 VERSION = 2
@@ -39,10 +41,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file)`` on a temp file beside ``path``, then rename it to ``path`` (atomic on POSIX)."""
+def temp_path(path: Path, pid: Optional[int] = None) -> Path:
+    """The temporary file ``atomic_write_bytes`` writes ``path`` through: ``.<name>.tmp-<pid>`` beside it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}.tmp-{os.getpid() if pid is None else pid}")
+
+
+def atomic_write_bytes(path: Path, write) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, then rename it to ``path`` (atomic on POSIX).
+
+    A process killed mid-write (SIGKILL, SIGTERM) leaves the temp file; ``remove_stale_temps`` clears it later."""
+    path = Path(path)
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -53,6 +63,49 @@ def atomic_write_bytes(path: Path, write) -> None:
         if tmp.exists():
             tmp.unlink()
     _fsync_dir(path.parent)
+
+
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.tmp-(?P<pid>[1-9][0-9]{0,9})")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):  # PermissionError: alive, someone else's; anything else: keep the file
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, names: Iterable[str]) -> List[str]:
+    """Remove the temp files that ``atomic_write_bytes`` left in ``folder`` for the files ``names`` when a
+    process died mid-write; returns the names removed.
+
+    Only regular files named ``.<one of names>.tmp-<pid>`` are touched, and only when ``<pid>`` is this process
+    (which is not writing while it calls this: the file is a leftover of an earlier process with the same pid)
+    or no live process: a temp file of another live process (which may be writing it now) is kept, and so is
+    every other file."""
+    folder, names = Path(folder), set(names)
+    removed = []
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_NAME.fullmatch(entry)
+        if m is None or m["name"] not in names:
+            continue
+        pid = int(m["pid"])
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        try:
+            if stat.S_ISREG(os.lstat(folder / entry).st_mode):
+                os.unlink(folder / entry)
+                removed.append(entry)
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def _serialize(obj) -> bytes:
@@ -116,6 +169,67 @@ def load_checkpoint(path: Path, required: Optional[Dict[str, type]] = None) -> D
         if not isinstance(state[key], kind) or (kind is int and isinstance(state[key], bool)):
             raise _refuse(path, f"damaged ({key!r} is a {type(state[key]).__name__}, expected {kind.__name__})")
     return state
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_train_state(state: Dict[str, Any], path: Path) -> None:
+    """Refuse (DamagedCheckpoint) a training state whose values contradict each other: the epoch, the history
+    (one record per epoch 0..epoch, in order), the steps in it, the scheduler's step, the per-process random
+    states. Run after ``load_checkpoint(path, REQUIRED)``; needs nothing of the run (see ``check_state_fits_run``)."""
+    epoch, history = state["epoch"], state["history"]
+    if epoch < 1:
+        raise DamagedCheckpoint(path, f"epoch {epoch}: checkpoints are written after epoch 1 or later")
+    if not history:
+        raise DamagedCheckpoint(path, "its history is empty")
+    if len(history) != epoch + 1:
+        raise DamagedCheckpoint(path, f"its history holds {len(history)} records for epoch {epoch}, expected "
+                                      f"{epoch + 1} (epochs 0 to {epoch})")
+    last_step = 0
+    for i, record in enumerate(history):
+        if not isinstance(record, dict):
+            raise DamagedCheckpoint(path, f"history record {i} is a {type(record).__name__}, expected a dict")
+        if record.get("epoch") != i or not _is_int(record.get("epoch")):
+            raise DamagedCheckpoint(path, f"history record {i} is of epoch {record.get('epoch')!r}, expected {i}")
+        step = record.get("step", last_step)
+        if not _is_int(step) or step < last_step or (i == 0 and step != 0):
+            raise DamagedCheckpoint(path, f"history record {i} is at step {step!r}, after step {last_step}")
+        last_step = step
+    last_epoch = state["scheduler"].get("last_epoch", 0)
+    if not _is_int(last_epoch) or last_epoch < 0:
+        raise DamagedCheckpoint(path, f"its scheduler is at step {last_epoch!r}")
+    world = state.get("world_size", 1)
+    if not _is_int(world) or world < 1:
+        raise DamagedCheckpoint(path, f"world_size {world!r} is not a process count")
+    ranks = state.get("rng_ranks")
+    if (world > 1 or ranks is not None) and not (
+            isinstance(ranks, list) and len(ranks) == world and all(isinstance(r, dict) for r in ranks)):
+        got = f"{len(ranks)} entries" if isinstance(ranks, list) else type(ranks).__name__
+        raise DamagedCheckpoint(path, f"rng_ranks holds {got} for world_size {world}, expected one random state "
+                                      f"per process")
+
+
+def check_state_fits_run(state: Dict[str, Any], path: Path, epochs: int, steps_per_epoch: int,
+                         total_steps: int) -> None:
+    """Refuse (DamagedCheckpoint) a training state that this run cannot have written: an epoch beyond its
+    ``epochs``, or steps other than those its epochs end at (epoch e ends at step min(e * steps_per_epoch,
+    total_steps)), in the history or the scheduler."""
+    epoch = state["epoch"]
+    if epoch > epochs:
+        raise DamagedCheckpoint(path, f"epoch {epoch} is beyond this run's {epochs} epochs")
+    for record in state["history"]:
+        expected = min(record["epoch"] * steps_per_epoch, total_steps)
+        if "step" in record and record["step"] != expected:
+            raise DamagedCheckpoint(path, f"epoch {record['epoch']} ends at step {record['step']}, where this run "
+                                          f"({steps_per_epoch} steps an epoch, {total_steps} in all) is at step "
+                                          f"{expected}")
+    expected = min(epoch * steps_per_epoch, total_steps)
+    last_epoch = state["scheduler"].get("last_epoch", expected)
+    if last_epoch != expected:
+        raise DamagedCheckpoint(path, f"its scheduler is at step {last_epoch}, where this run is at step {expected} "
+                                      f"after epoch {epoch}")
 
 
 def rng_state() -> Dict[str, Any]:

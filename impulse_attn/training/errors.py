@@ -12,3 +12,14 @@ class UserError(Exception):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last checkpoint is kept untouched."""
+
+
+class DamagedCheckpoint(UserError):
+    """A checkpoint that reads back whole (its checksum matches) but holds values no run with these settings can
+    have written: an empty or inconsistent history, an epoch or step outside the run. Nothing is trained and the
+    file is left as it is."""
+
+    def __init__(self, path, why: str):
+        self.path, self.why = path, why
+        super().__init__(f"checkpoint {path} is damaged ({why})",
+                         "start a new run with another --out (the file is left as it is)")

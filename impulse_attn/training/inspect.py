@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..analysis import head_stats, map_change
-from .checkpoint import REQUIRED, load_checkpoint
+from .checkpoint import REQUIRED, check_train_state, load_checkpoint
 from .config import TrainConfig
 from .data import build_datasets
 from .errors import UserError
@@ -62,6 +62,7 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
         raise UserError(f"{run} is not a run folder: it holds no {CHECKPOINT}",
                         "pass the --out folder of an impulse-attn train run")
     state = load_checkpoint(run / CHECKPOINT, REQUIRED)
+    check_train_state(state, run / CHECKPOINT)
     try:
         cfg = TrainConfig.from_dict(state["config"]).resolved()
     except (UserError, TypeError, KeyError):

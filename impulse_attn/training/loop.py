@@ -1,11 +1,14 @@
 """The one training loop: every model (Simple ViT, ConvMixer, timm ViTs), every init, every attention backend,
 one process or many (torchrun).
 
-Read top to bottom: settle where the run starts (new or resumed), build data and model, then per epoch train,
-evaluate, append a metrics line and write an atomic checkpoint. A resumed run restores model, optimizer,
-scheduler, grad scaler, model EMA, RNG states (every process's) and epoch, and the data order of epoch e depends
-only on (seed, e), so a run killed at any moment and resumed ends with exactly the numbers of an uninterrupted
-one (CPU, same seed, same process count).
+Read ``train`` top to bottom: settle where the run starts (``_start``: new or resumed, the checkpoint checked for
+self-consistency), build data and model (``_build_model``) and the optimization (``_build_optimization``), check
+the checkpoint against this run's step plan, open the folder (stale temporary files of a killed write removed),
+restore (``_restore``) or record the model at init (``_record_init``), then per epoch train and evaluate
+(``_train_epoch``), append a metrics line and write an atomic checkpoint (``_save_epoch``). What the phases share
+is one ``_Run``. A resumed run restores model, optimizer, scheduler, grad scaler, model EMA, RNG states (every
+process's) and epoch, and the data order of epoch e depends only on (seed, e), so a run killed at any moment and
+resumed ends with exactly the numbers of an uninterrupted one (CPU, same seed, same process count).
 
 Under torchrun (``training.distributed``): rank 0 decides where the run starts, builds the model (the impulse
 fit runs there only) and writes every file; the other ranks receive its weights (checked bit-identical) and
@@ -20,9 +23,9 @@ import os
 import platform
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, Optional
 
 import numpy as np
 import torch
@@ -30,7 +33,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from . import distributed
-from .checkpoint import REQUIRED, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (REQUIRED, check_state_fits_run, check_train_state, load_checkpoint, remove_stale_temps,
+                         rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig
 from .data import build_datasets
 from .distributed import GlobalBatches
@@ -39,6 +43,7 @@ from .factory import build_model_synced, check_attention_backend, check_geometry
 from .metrics import MetricsWriter, read_metrics, write_json
 
 CHECKPOINT, METRICS, RUN_INFO, SUMMARY = "checkpoint.pt", "metrics.jsonl", "run.json", "summary.json"
+RUN_FILES = (CHECKPOINT, METRICS, RUN_INFO, SUMMARY)
 # With many short epochs (tiny --per-class sets) a checkpoint every epoch would cost more than the epoch: save at
 # evaluated epochs, the last one, and whenever this much time has passed since the last save.
 CHECKPOINT_SECONDS = 300.0
@@ -186,8 +191,8 @@ def _plan_start(cfg: TrainConfig, out: Path, start_if_missing: bool) -> Optional
     """The checkpoint a run continues from, or None for a new run; refuses (UserError) anything else. Touches no
     file. Under torchrun rank 0 decides this for every rank."""
     check_out_dir(out)
-    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
-    run_files = [p.name for p in (ckpt_path, metrics_path, out / RUN_INFO, out / SUMMARY) if p.exists()]
+    ckpt_path = out / CHECKPOINT
+    run_files = [name for name in RUN_FILES if (out / name).exists()]
     if cfg.resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, REQUIRED)
         try:
@@ -203,6 +208,7 @@ def _plan_start(cfg: TrainConfig, out: Path, start_if_missing: bool) -> Optional
         if cfg.model_ema and not isinstance(state.get("ema"), dict):
             raise UserError(f"checkpoint {ckpt_path} is damaged (no model EMA state although the run keeps one)",
                             "start a new run with another --out (the file is left as it is)")
+        check_train_state(state, ckpt_path)
         return state
     if cfg.resume and not run_files and not start_if_missing:
         raise UserError(f"--resume: {out} holds no run to continue",
@@ -240,6 +246,51 @@ def step_plan(cfg: TrainConfig, steps_per_epoch: int) -> tuple[int, int]:
     return total_steps, math.ceil(total_steps / steps_per_epoch)
 
 
+@dataclass
+class _Run:
+    """What one training run holds from phase to phase: settings and processes (``_start``), data and model
+    (``_build_model``), the optimization (``_build_optimization``), and the history its epochs add to."""
+    cfg: TrainConfig
+    out: Path
+    device: torch.device
+    dist: distributed.Dist
+    log: Callable[[str], None]
+    data: Any = None
+    model: Any = None
+    init: Optional[dict] = None
+    ema: Any = None
+    use_amp: bool = False
+    amp_dtype: Any = None
+    sampler: Optional[GlobalBatches] = None
+    loader_gen: Optional[torch.Generator] = None
+    train_loader: Optional[DataLoader] = None
+    eval_loaders: dict = field(default_factory=dict)
+    steps_per_epoch: int = 0
+    total_steps: int = 0
+    epochs: int = 0
+    params: list = field(default_factory=list)
+    optimizer: Any = None
+    scheduler: Any = None
+    scaler: Any = None
+    step_model: Any = None
+    criterion: Any = None
+    mixup_fn: Any = None
+    in_dtype: Any = None
+    metrics: Optional[MetricsWriter] = None
+    history: List[dict] = field(default_factory=list)
+    start_epoch: int = 1
+    elapsed: float = 0.0
+    last_save: float = 0.0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+
 def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_missing: bool = False
           ) -> TrainResult:
     """Run (or resume) one training run described by ``config``; returns its history.
@@ -253,10 +304,31 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_m
     Under torchrun (``WORLD_SIZE`` > 1, or a process group the caller made) every process runs this: rank 0
     decides, fits and writes; ``--batch-size`` is the global batch (see ``training.distributed``).
     """
+    run, state = _start(config, log, start_if_missing)   # 1. where the run starts; rank 0 decides, touching no file
+    _build_model(run, state)                             # 2. data, device, model: validated before any write
+    _build_optimization(run)
+    if state is not None:
+        run.dist.agree(lambda: check_state_fits_run(state, run.ckpt_path, run.epochs, run.steps_per_epoch,
+                                                    run.total_steps))
+    _open_folder(run)                                    # 3. restore, or record the model at init as epoch 0
+    if state is not None:
+        _restore(run, state)
+    else:
+        _record_init(run)
+    run.elapsed, run.last_save = run.history[-1].get("elapsed", 0.0), time.monotonic()
+    for epoch in range(run.start_epoch, run.epochs + 1):  # 4. train
+        record, scores, evaluated = _train_epoch(run, epoch)
+        _save_epoch(run, epoch, record, evaluated)
+        if evaluated or run.cfg.progress:
+            _log_epoch(run, epoch, record, scores)
+    return _finish(run)
+
+
+def _start(config: TrainConfig, log: Callable[[str], None], start_if_missing: bool) -> tuple:
+    """(the run's settings and processes, the checkpoint state it resumes from or None), before any file is
+    touched: rank 0 decides where the run starts; under torchrun the other ranks read the same checkpoint."""
     cfg = config.resolved()
     cfg.check()
-    out = Path(cfg.out)
-    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
     device = resolve_device(cfg.device)
     dist = distributed.setup(device.type)
     if dist.active:
@@ -267,24 +339,22 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_m
                             f"processes", f"use a multiple of {dist.world}")
         if not dist.is_main:
             log = _silent
-
-    # 1. Where does this run start? Rank 0 decides, before touching any file.
+    run = _Run(cfg, Path(cfg.out), device, dist, log)
     held: dict = {}
-
-    def plan() -> bool:
-        held["state"] = _plan_start(cfg, out, start_if_missing)
-        return held["state"] is not None
-    resuming = dist.decide(plan)
+    resuming = dist.decide(lambda: held.setdefault("state", _plan_start(cfg, run.out, start_if_missing))
+                           is not None)
     state = held.get("state")
     if dist.active and resuming:  # rank 0 has read and checked it; the others read the same file
-        loaded = dist.agree(lambda: None if dist.is_main else load_checkpoint(ckpt_path, REQUIRED))
+        loaded = dist.agree(lambda: None if dist.is_main else load_checkpoint(run.ckpt_path, REQUIRED))
         state = state if dist.is_main else loaded
+    return run, state
 
-    # 2. Data, device, model: all validated before anything is written.
-    data = dist.main_first(lambda: build_datasets(cfg))  # rank 0 first: it downloads what is missing
+
+def _check_data(run: _Run) -> None:
+    cfg, dist, data = run.cfg, run.dist, run.data
     check_geometry(cfg, data.image_size)
-    check_attention_backend(cfg.attention_backend, device)
-    if cfg.amp == "on" and device.type != "cuda":
+    check_attention_backend(cfg.attention_backend, run.device)
+    if cfg.amp == "on" and run.device.type != "cuda":
         raise UserError("--amp on needs a CUDA device", "use --amp auto (mixed precision on CUDA, fp32 on CPU)")
     local_batch = cfg.batch_size // dist.world
     if cfg.mixes and local_batch % 2:
@@ -295,210 +365,257 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, *, start_if_m
     if cfg.mixes and len(data.train) < cfg.batch_size:
         raise UserError(f"with --mixup/--cutmix incomplete batches are dropped, and the {len(data.train)} training "
                         f"images do not fill one batch of {cfg.batch_size}", "lower --batch-size")
-    use_amp = device.type == "cuda" and cfg.amp != "off"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _build_model(run: _Run, state: Optional[dict]) -> None:
+    """Data (rank 0 first: it downloads what is missing), the model (its weights from ``state`` on resume), the
+    model EMA; every rank's random streams seeded."""
+    cfg, dist = run.cfg, run.dist
+    run.data = dist.main_first(lambda: build_datasets(cfg))
+    _check_data(run)
+    run.use_amp = run.device.type == "cuda" and cfg.amp != "off"
+    run.amp_dtype = torch.bfloat16 if run.use_amp and torch.cuda.is_bf16_supported() else torch.float16
     _seed_everything(cfg.seed)
     # A resumed run loads its weights: skip the (possibly long) iterative fit, keep the layers' scale.
     skip_fit = {"steps": 0, "warn": False} if state and cfg.init == "impulse" and cfg.fit_method == "iterative" \
         else None
-    model, init = build_model_synced(cfg, data.num_classes, data.image_size, data.channels, dist, fit_kwargs=skip_fit,
-                                     device=device)
+    run.model, run.init = build_model_synced(cfg, run.data.num_classes, run.data.image_size, run.data.channels,
+                                             dist, fit_kwargs=skip_fit, device=run.device)
     if state is not None:
-        init = state["init"]
-
-        def restore_weights():
-            try:
-                model.load_state_dict(state["model"])
-            except RuntimeError as e:
-                raise UserError(f"checkpoint {ckpt_path} does not fit this model ({str(e).splitlines()[0][:160]})",
-                                "resume with the flags that made it, or start a new run with another --out"
-                                ) from None
-        dist.agree(restore_weights)
+        run.init = state["init"]
+        dist.agree(lambda: _restore_weights(run.model, state, run.ckpt_path))
     if dist.rank > 0:  # its own augmentation / dropout / mixup draws (rank 0 keeps the one-process streams)
         _seed_everything(rank_seed(cfg.seed, dist.rank))
-    ema = None
     if cfg.model_ema:
         from timm.utils import ModelEmaV3
-        ema = ModelEmaV3(model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
+        run.ema = ModelEmaV3(run.model, decay=cfg.model_ema_decay, use_warmup=cfg.model_ema_warmup)
         if state is not None:
-            dist.agree(lambda: _restore_ema(ema, state, ckpt_path))
-    eval_model = ema.module if ema is not None else model
+            dist.agree(lambda: _restore_ema(run.ema, state, run.ckpt_path))
 
-    sampler = GlobalBatches(len(data.train), cfg.batch_size, dist.rank, dist.world, drop_last=cfg.mixes)
+
+def _build_optimization(run: _Run) -> None:
+    """Loaders, the step plan, optimizer, LR schedule, grad scaler, the DDP / compiled model, loss and mixup."""
+    cfg, dist, device, data = run.cfg, run.dist, run.device, run.data
+    run.sampler = GlobalBatches(len(data.train), cfg.batch_size, dist.rank, dist.world, drop_last=cfg.mixes)
     # Seeded per epoch like the sampler: worker seeds (and so augmentation in workers) are a function of
     # (seed, epoch, rank); workers are started per epoch for that reason.
-    loader_gen = torch.Generator()
-    train_loader = DataLoader(data.train, batch_sampler=sampler, generator=loader_gen, num_workers=cfg.num_workers,
-                              pin_memory=device.type == "cuda")
+    run.loader_gen = torch.Generator()
+    run.train_loader = DataLoader(data.train, batch_sampler=run.sampler, generator=run.loader_gen,
+                                  num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     eval_batch = cfg.eval_batch_size or cfg.batch_size
-    eval_loaders = {split: DataLoader(_shard(ds, dist), batch_size=max(1, -(-eval_batch // dist.world)),
-                                      shuffle=False, num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-                    for split, ds in data.evals.items()}
-    steps_per_epoch = len(sampler)
-    total_steps, epochs = step_plan(cfg, steps_per_epoch)
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    if warmup_steps and warmup_steps >= total_steps:
+    run.eval_loaders = {split: DataLoader(_shard(ds, dist), batch_size=max(1, -(-eval_batch // dist.world)),
+                                          shuffle=False, num_workers=cfg.num_workers,
+                                          pin_memory=device.type == "cuda")
+                        for split, ds in data.evals.items()}
+    run.steps_per_epoch = len(run.sampler)
+    run.total_steps, run.epochs = step_plan(cfg, run.steps_per_epoch)
+    warmup_steps = round(cfg.warmup_epochs * run.steps_per_epoch)
+    if warmup_steps and warmup_steps >= run.total_steps:
         raise UserError(f"--warmup-epochs {cfg.warmup_epochs} ({warmup_steps} steps) is not shorter than the run "
-                        f"({total_steps} steps)", "lower the warmup")
-    params = [p for p in model.parameters() if p.requires_grad]
+                        f"({run.total_steps} steps)", "lower the warmup")
+    run.params = [p for p in run.model.parameters() if p.requires_grad]
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    optimizer = opt_cls(params, **cfg.arguments_for(opt_cls, exclude=("params",)))  # lr, weight_decay, ...
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(
-        total_steps, warmup_steps, cfg.min_lr / cfg.lr))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    step_model = model
+    run.optimizer = opt_cls(run.params, **cfg.arguments_for(opt_cls, exclude=("params",)))  # lr, weight_decay, ...
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, cosine_schedule(
+        run.total_steps, warmup_steps, cfg.min_lr / cfg.lr))
+    run.scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp and run.amp_dtype == torch.float16)
+    run.step_model = run.model
     if dist.active:
         from torch.nn.parallel import DistributedDataParallel
         if device.type == "cuda" and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                                         for m in model.modules()):
-            step_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same modules, synced statistics
-        step_model = DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    step_model = torch.compile(step_model) if cfg.compile else step_model
-    criterion = _criterion(cfg)
-    mixup_fn = _mixup(cfg, data.num_classes)
-    in_dtype = next(model.parameters()).dtype
+                                         for m in run.model.modules()):
+            run.step_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(run.model)  # synced statistics
+        run.step_model = DistributedDataParallel(run.step_model,
+                                                 device_ids=[device.index] if device.type == "cuda" else None)
+    run.step_model = torch.compile(run.step_model) if cfg.compile else run.step_model
+    run.criterion = _criterion(cfg)
+    run.mixup_fn = _mixup(cfg, data.num_classes)
+    run.in_dtype = next(run.model.parameters()).dtype
 
-    # 3. Restore the resumed state, or record the model at init as epoch 0. (Only rank 0 writes; a failure to
-    # write is every rank's failure.)
-    dist.main_only(lambda: out.mkdir(parents=True, exist_ok=True))
-    metrics = MetricsWriter(metrics_path)
-    if state is not None:
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            _restore_rng(state, dist, cfg.seed, log)
-            history, start_epoch = [dict(r) for r in state["history"]], int(state["epoch"]) + 1
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
-            raise UserError(f"checkpoint {ckpt_path} is damaged ({type(e).__name__} while restoring the optimizer "
-                            f"and random state)", "start a new run with another --out (the file is left as it is)"
-                            ) from None
-        dist.main_only(lambda: metrics.replace(history))
-        log(f"resuming {out} at epoch {start_epoch}/{epochs}" if start_epoch <= epochs else
-            f"{out} finished all {epochs} epochs already: reusing it")
-    else:
-        if cfg.resume and metrics_path.exists():
-            log(f"no checkpoint in {out} yet: starting again from epoch 1")
-        scores = evaluate_splits(eval_model, eval_loaders, device, use_amp, amp_dtype, dist)
-        history = [{"epoch": 0, "step": 0, **scores, "lr": scheduler.get_last_lr()[0], "elapsed": 0.0}]
 
-        def first_files():
-            _write_run_info(out, cfg, init, data.description, device, dist.world)
-            metrics.replace(history)
-        dist.main_only(first_files)
-        start_epoch = 1
-        family = cfg.filters if cfg.kind == "convmixer" else cfg.init
-        log(f"{data.description}; {type(model).__name__} {init['parameters']:,} parameters on {device}"
+def _open_folder(run: _Run) -> None:
+    """Create the run folder and remove the temporary files a killed write left in it (only rank 0 writes; a
+    failure to write is every rank's failure)."""
+    run.dist.main_only(lambda: _prepare_folder(run.out, run.log))
+    run.metrics = MetricsWriter(run.out / METRICS)
+
+
+def _prepare_folder(out: Path, log: Callable[[str], None]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    removed = remove_stale_temps(out, RUN_FILES)
+    if removed:
+        log(f"removed {len(removed)} temporary file(s) left in {out} by an interrupted write: {', '.join(removed)}")
+
+
+def _restore(run: _Run, state: dict) -> None:
+    """Optimizer, scheduler, grad scaler, random states and history of a resumed run; the metrics file is
+    rewritten to that history (epochs after the checkpoint will run again)."""
+    try:
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        _restore_rng(state, run.dist, run.cfg.seed, run.log)
+        run.history, run.start_epoch = [dict(r) for r in state["history"]], int(state["epoch"]) + 1
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        raise UserError(f"checkpoint {run.ckpt_path} is damaged ({type(e).__name__} while restoring the optimizer "
+                        f"and random state)", "start a new run with another --out (the file is left as it is)"
+                        ) from None
+    run.dist.main_only(lambda: run.metrics.replace(run.history))
+    run.log(f"resuming {run.out} at epoch {run.start_epoch}/{run.epochs}" if run.start_epoch <= run.epochs else
+            f"{run.out} finished all {run.epochs} epochs already: reusing it")
+
+
+def _record_init(run: _Run) -> None:
+    """Evaluate the model at init (epoch 0) and write run.json and the first metrics line."""
+    cfg, dist, data, init = run.cfg, run.dist, run.data, run.init
+    if cfg.resume and (run.out / METRICS).exists():
+        run.log(f"no checkpoint in {run.out} yet: starting again from epoch 1")
+    scores = evaluate_splits(run.eval_model, run.eval_loaders, run.device, run.use_amp, run.amp_dtype, dist)
+    run.history = [{"epoch": 0, "step": 0, **scores, "lr": run.scheduler.get_last_lr()[0], "elapsed": 0.0}]
+    dist.main_only(lambda: _write_first_files(run))
+    run.start_epoch = 1
+    family = cfg.filters if cfg.kind == "convmixer" else cfg.init
+    run.log(f"{data.description}; {type(run.model).__name__} {init['parameters']:,} parameters on {run.device}"
             + (f" x {dist.world} processes ({dist.backend})" if dist.active else "") +
             f"; init {family} in {init['init_seconds']:.2f} s; "
-            f"{data.primary} acc at init {scores[f'{data.primary}_acc']:.3f}; {total_steps} steps "
-            f"({epochs} epochs of {steps_per_epoch})")
-        if "fit_summary" in init:
-            log(f"impulse fit: {init['fit_summary']}")
+            f"{data.primary} acc at init {scores[f'{data.primary}_acc']:.3f}; {run.total_steps} steps "
+            f"({run.epochs} epochs of {run.steps_per_epoch})")
+    if "fit_summary" in init:
+        run.log(f"impulse fit: {init['fit_summary']}")
 
-    # 4. Train.
+
+def _write_first_files(run: _Run) -> None:
+    _write_run_info(run.out, run.cfg, run.init, run.data.description, run.device, run.dist.world)
+    run.metrics.replace(run.history)
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple:
+    """Train one epoch (then evaluate, at evaluated epochs) and append its record to the history; returns
+    (record, evaluation scores, whether it was evaluated)."""
     from tqdm.auto import tqdm
-    elapsed = history[-1].get("elapsed", 0.0)
-    last_save = time.monotonic()
-    for epoch in range(start_epoch, epochs + 1):
-        sampler.set_epoch_seed(epoch_seed(cfg.seed, epoch))
-        loader_gen.manual_seed((epoch_seed(cfg.seed, epoch) + 1_000_003 * dist.rank) % 2 ** 63)
-        step_model.train()
-        t0 = time.perf_counter()
-        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        epoch_steps = min(steps_per_epoch, total_steps - (epoch - 1) * steps_per_epoch)
-        bar = tqdm(desc=f"epoch {epoch}/{epochs}", disable=not (cfg.progress and dist.is_main), leave=False,
-                   dynamic_ncols=True, total=epoch_steps)
-        for i, (x, y) in enumerate(train_loader):
-            if i == epoch_steps:  # the step budget ends inside this epoch
-                break
-            bar.update(1)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if x.is_floating_point() and x.dtype != in_dtype:
-                x = x.to(in_dtype)
-            target = y
-            if mixup_fn is not None:
-                x, target = mixup_fn(x, y)
-            with _autocast(device, use_amp, amp_dtype):
-                logits = step_model(x)
-            loss = criterion(_loss_input(logits), target)
-            mine, batch = sampler.steps[i]
-            # DDP averages the ranks' gradients: weighting each rank's mean loss by its share of the global batch
-            # makes that average the gradient of the global batch's mean loss (a stand-in sample weighs 0).
-            step_loss = loss * (mine * dist.world / batch) if dist.active else loss
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(step_loss).backward()
-            if cfg.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model, step=(epoch - 1) * steps_per_epoch + i + 1)
-            if dist.active:
-                loss_sum += loss.detach() * mine
-                correct += (logits.detach()[:mine].argmax(-1) == y[:mine]).sum()
-                seen += mine
-            else:
-                loss_sum += loss.detach() * y.numel()
-                correct += (logits.detach().argmax(-1) == y).sum()
-                seen += y.numel()
-            if cfg.progress and dist.is_main and (i % 10 == 0 or i == epoch_steps - 1):
-                bar.set_postfix(loss=f"{loss_sum.item() / max(seen, 1):.3f}",
-                                acc=f"{correct.item() / max(seen, 1):.3f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        bar.close()
-        if dist.active:
-            loss_total, correct_total, seen = dist.all_reduce_sum([loss_sum.item(), correct.item(), seen], device)
-            train_loss, train_acc = loss_total / seen, correct_total / seen
-        else:
-            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"the loss became {train_loss} in epoch {epoch}: lower --lr or set --clip-grad "
-                                   f"(the checkpoint of epoch {epoch - 1} in {out} is kept)")
-        train_seconds = time.perf_counter() - t0
-        evaluated = epoch % cfg.eval_every == 0 or epoch == epochs
-        if dist.active:  # BatchNorm statistics (ConvMixer on the CPU: per process) are rank 0's from here on
-            dist.broadcast_buffers_(model)
-        scores = evaluate_splits(eval_model, eval_loaders, device, use_amp, amp_dtype, dist) if evaluated else {}
-        elapsed += time.perf_counter() - t0
-        record = {"epoch": epoch, "step": (epoch - 1) * steps_per_epoch + epoch_steps, "train_loss": train_loss,
-                  "train_acc": train_acc, **scores, "lr": scheduler.get_last_lr()[0],
-                  "epoch_seconds": train_seconds, "images_per_s": seen / train_seconds, "elapsed": elapsed}
-        history.append(record)
-        # Every rank must take part in a save (it sends its random state), so rank 0's clock decides for all.
-        save = dist.broadcast_object(evaluated or time.monotonic() - last_save > CHECKPOINT_SECONDS)
-        rngs = dist.gather_objects(rng_state()) if save else None
+    cfg, dist = run.cfg, run.dist
+    run.sampler.set_epoch_seed(epoch_seed(cfg.seed, epoch))
+    run.loader_gen.manual_seed((epoch_seed(cfg.seed, epoch) + 1_000_003 * dist.rank) % 2 ** 63)
+    run.step_model.train()
+    t0 = time.perf_counter()
+    sums = [torch.zeros((), device=run.device), torch.zeros((), device=run.device), 0]  # loss, correct, seen
+    epoch_steps = min(run.steps_per_epoch, run.total_steps - (epoch - 1) * run.steps_per_epoch)
+    bar = tqdm(desc=f"epoch {epoch}/{run.epochs}", disable=not (cfg.progress and dist.is_main), leave=False,
+               dynamic_ncols=True, total=epoch_steps)
+    for i, (x, y) in enumerate(run.train_loader):
+        if i == epoch_steps:  # the step budget ends inside this epoch
+            break
+        bar.update(1)
+        _train_step(run, epoch, i, x, y, sums)
+        if cfg.progress and dist.is_main and (i % 10 == 0 or i == epoch_steps - 1):
+            bar.set_postfix(loss=f"{sums[0].item() / max(sums[2], 1):.3f}",
+                            acc=f"{sums[1].item() / max(sums[2], 1):.3f}",
+                            img_s=f"{sums[2] / (time.perf_counter() - t0):.0f}")
+    bar.close()
+    if dist.active:
+        loss_total, correct_total, seen = dist.all_reduce_sum([sums[0].item(), sums[1].item(), sums[2]], run.device)
+        train_loss, train_acc = loss_total / seen, correct_total / seen
+    else:
+        seen = sums[2]
+        train_loss, train_acc = sums[0].item() / seen, sums[1].item() / seen
+    if not math.isfinite(train_loss):
+        raise TrainingDiverged(f"the loss became {train_loss} in epoch {epoch}: lower --lr or set --clip-grad "
+                               f"(the checkpoint of epoch {epoch - 1} in {run.out} is kept)")
+    train_seconds = time.perf_counter() - t0
+    evaluated = epoch % cfg.eval_every == 0 or epoch == run.epochs
+    if dist.active:  # BatchNorm statistics (ConvMixer on the CPU: per process) are rank 0's from here on
+        dist.broadcast_buffers_(run.model)
+    scores = evaluate_splits(run.eval_model, run.eval_loaders, run.device, run.use_amp, run.amp_dtype, dist) \
+        if evaluated else {}
+    run.elapsed += time.perf_counter() - t0
+    record = {"epoch": epoch, "step": (epoch - 1) * run.steps_per_epoch + epoch_steps, "train_loss": train_loss,
+              "train_acc": train_acc, **scores, "lr": run.scheduler.get_last_lr()[0],
+              "epoch_seconds": train_seconds, "images_per_s": seen / train_seconds, "elapsed": run.elapsed}
+    run.history.append(record)
+    return record, scores, evaluated
 
-        def write_epoch():
-            metrics.append(record)
-            if save:
-                ckpt = {"epoch": epoch, "config": cfg.as_dict(), "init": init, "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "scaler": scaler.state_dict(), "rng": rngs[0], "history": history}
-                if dist.active:
-                    ckpt.update(world_size=dist.world, rng_ranks=rngs)
-                if ema is not None:
-                    ckpt["ema"] = ema.module.state_dict()
-                save_checkpoint(ckpt_path, ckpt)
-        dist.main_only(write_epoch)
-        if save:
-            last_save = time.monotonic()
-        if evaluated or cfg.progress:
-            shown = " | ".join(f"{s} loss {scores[f'{s}_loss']:.4f} acc {scores[f'{s}_acc']:.3f}"
-                               for s in eval_loaders if f"{s}_acc" in scores)
-            log(f"epoch {epoch}/{epochs}: train loss {train_loss:.4f} acc {record['train_acc']:.3f}"
-                + (f" | {shown}" if shown else "") + f" | {record['images_per_s']:.0f} img/s")
 
-    result = TrainResult(out, history, init, data.primary)
+def _train_step(run: _Run, epoch: int, i: int, x: torch.Tensor, y: torch.Tensor, sums: list) -> None:
+    """One optimizer step on batch ``i``; adds its summed loss, correct count and size to ``sums``."""
+    cfg, dist, device = run.cfg, run.dist, run.device
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+    if x.is_floating_point() and x.dtype != run.in_dtype:
+        x = x.to(run.in_dtype)
+    target = y
+    if run.mixup_fn is not None:
+        x, target = run.mixup_fn(x, y)
+    with _autocast(device, run.use_amp, run.amp_dtype):
+        logits = run.step_model(x)
+    loss = run.criterion(_loss_input(logits), target)
+    mine, batch = run.sampler.steps[i]
+    # DDP averages the ranks' gradients: weighting each rank's mean loss by its share of the global batch
+    # makes that average the gradient of the global batch's mean loss (a stand-in sample weighs 0).
+    step_loss = loss * (mine * dist.world / batch) if dist.active else loss
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(step_loss).backward()
+    if cfg.clip_grad > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.params, cfg.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model, step=(epoch - 1) * run.steps_per_epoch + i + 1)
+    counted = mine if dist.active else y.numel()
+    sums[0] += loss.detach() * counted
+    sums[1] += (logits.detach()[:counted].argmax(-1) == y[:counted]).sum()
+    sums[2] += counted
+
+
+def _save_epoch(run: _Run, epoch: int, record: dict, evaluated: bool) -> None:
+    """Append the epoch's metrics line and, at evaluated epochs (or after CHECKPOINT_SECONDS), write the
+    checkpoint. Every rank takes part in a save (it sends its random state), so rank 0's clock decides for all."""
+    dist = run.dist
+    save = dist.broadcast_object(evaluated or time.monotonic() - run.last_save > CHECKPOINT_SECONDS)
+    rngs = dist.gather_objects(rng_state()) if save else None
+    dist.main_only(lambda: _write_epoch(run, epoch, record, rngs))
+    if save:
+        run.last_save = time.monotonic()
+
+
+def _write_epoch(run: _Run, epoch: int, record: dict, rngs: Optional[list]) -> None:
+    run.metrics.append(record)
+    if rngs is None:
+        return
+    ckpt = {"epoch": epoch, "config": run.cfg.as_dict(), "init": run.init, "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+            "scaler": run.scaler.state_dict(), "rng": rngs[0], "history": run.history}
+    if run.dist.active:
+        ckpt.update(world_size=run.dist.world, rng_ranks=rngs)
+    if run.ema is not None:
+        ckpt["ema"] = run.ema.module.state_dict()
+    save_checkpoint(run.ckpt_path, ckpt)
+
+
+def _log_epoch(run: _Run, epoch: int, record: dict, scores: dict) -> None:
+    shown = " | ".join(f"{s} loss {scores[f'{s}_loss']:.4f} acc {scores[f'{s}_acc']:.3f}"
+                       for s in run.eval_loaders if f"{s}_acc" in scores)
+    run.log(f"epoch {epoch}/{run.epochs}: train loss {record['train_loss']:.4f} acc {record['train_acc']:.3f}"
+            + (f" | {shown}" if shown else "") + f" | {record['images_per_s']:.0f} img/s")
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Write summary.json (rank 0; every rank returns once the run's files are complete)."""
+    result = TrainResult(run.out, run.history, run.init, run.data.primary)
     best_epoch, best_acc = max(result.accuracies(), key=lambda ea: ea[1])
-    # every rank returns once the run's files are complete
-    dist.main_only(lambda: write_json(out / SUMMARY, {
-        "split": data.primary, "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch,
-        "final": {s: result.final(s) for s in eval_loaders}, "epochs": epochs, "steps": total_steps, "init": init,
-        "train_seconds": history[-1].get("elapsed", 0.0)}))
+    run.dist.main_only(lambda: write_json(run.out / SUMMARY, {
+        "split": run.data.primary, "final_acc": result.final_acc, "best_acc": best_acc, "best_epoch": best_epoch,
+        "final": {s: result.final(s) for s in run.eval_loaders}, "epochs": run.epochs, "steps": run.total_steps,
+        "init": run.init, "train_seconds": run.history[-1].get("elapsed", 0.0)}))
     return result
+
+
+def _restore_weights(model: torch.nn.Module, state: dict, ckpt_path: Path) -> None:
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {ckpt_path} does not fit this model ({str(e).splitlines()[0][:160]})",
+                        "resume with the flags that made it, or start a new run with another --out") from None
 
 
 def _shard(ds, dist):
