@@ -4,7 +4,7 @@
   same inputs and the same iterates (the max |ΔQ| between them is recorded). The reference runs a reduced number of
   steps and its time is divided per step; its 10,000-step time is extrapolated from that (it is stated so).
 - end to end: fit_impulse for all 6 layers, 10,000 steps, through the extension, measured once.
-- closed form: fit_impulse(method="closed_form") for all 6 layers.
+- closed form: fit_impulse(fit_method="closed_form") for all 6 layers.
 
 Ratios are printed and stored in ``benchmark.extra_info``; nothing here asserts a time. Run:
 ``pytest benchmarks/test_bench_fit.py --benchmark-only -s``. docs/PERFORMANCE.md holds a measured table.
@@ -84,9 +84,9 @@ def test_extension_per_step(benchmark):
 @needs_ext
 def test_extension_end_to_end_6_layers(benchmark):
     def run():
-        return fit_impulse(**PAPER, method="iterative", steps=STEPS, backend="cpp", seed=0, warn=False)
+        return fit_impulse(**PAPER, fit_method="iterative", steps=STEPS, backend="cpp", seed=0, warn=False)
 
-    fit_impulse(**dict(PAPER, layers=1), method="iterative", steps=2, backend="cpp", seed=0, warn=False)
+    fit_impulse(**dict(PAPER, layers=1), fit_method="iterative", steps=2, backend="cpp", seed=0, warn=False)
     res = benchmark.pedantic(run, rounds=1, iterations=1)
     seconds = benchmark.stats.stats.min
     rep = res.report
@@ -103,7 +103,7 @@ def test_extension_end_to_end_6_layers(benchmark):
 
 def test_closed_form_6_layers(benchmark):
     def run():
-        return fit_impulse(**PAPER, method="closed_form", seed=0, warn=False)
+        return fit_impulse(**PAPER, fit_method="closed_form", seed=0, warn=False)
 
     run()  # warm-up: the first SVD in a process pays a one-time LAPACK initialization
     res = benchmark.pedantic(run, rounds=ROUNDS, iterations=1)

@@ -77,7 +77,7 @@ def closed(offsets, kind="separable", mass=0.3, scale=0.1):
 
 
 def recipe(offsets, seed):
-    f = ia.fit_impulse(MODEL["num_heads"], GRID, 5, MODEL["dim"], MODEL["head_dim"], method="iterative", layers=4,
+    f = ia.fit_impulse(MODEL["num_heads"], GRID, 5, MODEL["dim"], MODEL["head_dim"], fit_method="iterative", layers=4,
                        offsets=offsets, scale="auto", alpha=MODEL["alpha"], backend="auto", seed=seed, warn=False)
     return f.q, f.k, f.scale
 

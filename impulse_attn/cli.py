@@ -195,20 +195,20 @@ def cmd_fit(args) -> int:
     except (ValueError, TypeError) as e:
         raise rejected(e) from None
     try:
-        fit = fit_impulse(**given, progress=not args.no_progress)
+        result = fit_impulse(**given, progress=not args.no_progress)
     except (ValueError, TypeError, RuntimeError) as e:
         raise rejected(e) from None
     out.mkdir(parents=True, exist_ok=True)
     from .plots import plot_fit_result
     from .targets import sincos_2d
     grid = (args.grid_size, args.grid_size)
-    png = plot_fit_result(fit, sincos_2d(grid, args.dim) * (1 - args.alpha), grid, out / "fit.png",
-                          title=f"{args.method} fit, {args.num_heads} heads, {args.grid_size}x{args.grid_size} grid, "
-                                f"k={args.kernel_size}, D={args.dim}, r={args.head_dim}, scale {fit.scale:g}")
+    png = plot_fit_result(result, sincos_2d(grid, args.dim) * (1 - args.alpha), grid, out / "fit.png",
+                          title=f"{args.fit_method} fit, {args.num_heads} heads, {args.grid_size}x{args.grid_size} "
+                                f"grid, k={args.kernel_size}, D={args.dim}, r={args.head_dim}, scale {result.scale:g}")
     write_json(out / "report.json", {"settings": {k: v for k, v in vars(args).items() if k != "func"},
-                                     "scale": fit.scale, "offsets": fit.offsets.tolist(),
-                                     "report": fit.report.as_dict()})
-    print(f"impulse fit: {fit.report}")
+                                     "scale": result.scale, "offsets": result.offsets.tolist(),
+                                     "report": result.report.as_dict()})
+    print(f"impulse fit: {result.report}")
     print(f"report: {out / 'report.json'}\nmaps vs targets: {png}")
     return 0
 
@@ -220,13 +220,13 @@ def _fit_arguments(args) -> dict:
     from .training.config import fit_defaults
     defaults = fit_defaults()
     given = {f.name: getattr(args, f.name) for f in cli_fields()}
-    unused = [flag_of(f) for f in cli_fields() if args.method not in f.metadata["methods"]
+    unused = [flag_of(f) for f in cli_fields() if args.fit_method not in f.metadata["fit_methods"]
               and given[f.name] != defaults[f.name]]
     if unused:
         raise UserError(f"{' '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --fit-method "
-                        f"{args.method}", "drop it, or choose the method that uses it")
+                        f"{args.fit_method}", "drop it, or choose the fit method that uses it")
     return {k: v for k, v in given.items()
-            if args.method in next(f for f in cli_fields() if f.name == k).metadata["methods"]}
+            if args.fit_method in next(f for f in cli_fields() if f.name == k).metadata["fit_methods"]}
 
 
 def _fit_value(kind: str, name: str):
@@ -251,8 +251,9 @@ def _add_fit_flags(p: argparse.ArgumentParser) -> None:
     defaults = fit_defaults()
     for f in cli_fields():
         meta, default = f.metadata, defaults[f.name]
-        methods = meta["methods"]
-        only = "" if set(methods) == set(_choices("fitting", "METHODS")) else f" [--fit-method {methods[0]}]"
+        fit_methods = meta["fit_methods"]
+        only = ("" if set(fit_methods) == set(_choices("fitting", "FIT_METHODS"))
+                else f" [--fit-method {fit_methods[0]}]")
         shown = "none" if default is None else default
         if meta["kind"] == "bool":
             p.add_argument(flag_of(f), dest=f.name, action="store_false" if default else "store_true",

@@ -61,7 +61,7 @@ def _data(data_dir: Optional[str], log: Callable[[str], None]) -> tuple[dict, st
 def _paper_fit_seconds() -> float:
     from .fitting import fit_impulse
     start = time.perf_counter()
-    fit_impulse(8, (16, 16), 5, 512, 64, method="closed_form", layers=6, target="laplace", target_mass=0.1,
+    fit_impulse(8, (16, 16), 5, 512, 64, fit_method="closed_form", layers=6, target="laplace", target_mass=0.1,
                 warn=False)
     return time.perf_counter() - start
 
@@ -119,11 +119,11 @@ def run_demo(out, seeds: Sequence[int] = SEEDS, progress: bool = True, log: Call
     # 1. the init
     built, _ = build_model(dataclasses.replace(base, init="impulse"), bundle.num_classes, bundle.image_size)
     layer = built.attention_layers()[0]
-    fit = built.fit_results[0]
-    fit_png = plot_fit_result(fit, layer.qk_request().pseudo_input * (1 - layer.alpha), layer.grid_size,
+    result = built.fit_results[0]
+    fit_png = plot_fit_result(result, layer.qk_request().pseudo_input * (1 - layer.alpha), layer.grid_size,
                               out / "fit.png", title="impulse init, layer 1: attention of the centre token (fitted) "
                                                      "vs its target shift")
-    log(f"1. The init: every head's map at init is a soft shift by its offset: {fit.report}.\n"
+    log(f"1. The init: every head's map at init is a soft shift by its offset: {result.report}.\n"
         f"   picture: {fit_png}")
 
     # 2. training in the regime the study points to

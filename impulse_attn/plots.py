@@ -52,13 +52,13 @@ def plot_fit(maps: torch.Tensor, targets: torch.Tensor, offsets: torch.Tensor, g
     return save_figure(fig, path, dpi=110)
 
 
-def plot_fit_result(fit, x: torch.Tensor, grid: Sequence[int], path, title: str = "") -> Path:
+def plot_fit_result(result, x: torch.Tensor, grid: Sequence[int], path, title: str = "") -> Path:
     """``plot_fit`` for the first layer of a ``FitResult``: its maps softmax(s·X Q Kᵀ Xᵀ) on the pseudo-input X
     (N, D) the fit was made on, against the impulse targets of its offsets."""
     from .fitting import attention_maps
     from .targets import impulse_targets
-    maps = attention_maps(x.to(fit.q.dtype), fit.q[0], fit.k[0], fit.scale)
-    return plot_fit(maps, impulse_targets(fit.offsets[0], grid), fit.offsets[0], grid, path, title=title)
+    maps = attention_maps(x.to(result.q.dtype), result.q[0], result.k[0], result.scale)
+    return plot_fit(maps, impulse_targets(result.offsets[0], grid), result.offsets[0], grid, path, title=title)
 
 
 def save_figure(fig, path, dpi: int) -> Path:

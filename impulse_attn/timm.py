@@ -5,7 +5,7 @@
     import impulse_attn.timm as iat
 
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4)
-    report = iat.init_(model, method="impulse")          # in place; returns per-block fit quality
+    report = iat.init_(model, init="impulse")            # in place; returns per-block fit quality
     maps = iat.attention_maps(model, images)             # per block (B, heads, N, N), grid tokens only
 
 What ``init_`` changes, its fits (``"closed_form"``, ``"official"`` bit for bit with the authors' code,
@@ -24,21 +24,23 @@ except ImportError as e:  # pragma: no cover - timm is a dependency of the setup
 
 from .families import standard_vit as _engine
 from .families import timm_vit as _timm_vit
-from .families.standard_vit import (FITS, IMPULSE_SCALES, METHODS, MIMETIC_ALPHA, MIMETIC_BETA, MIMETIC_SCALES,
-                                    VPROJ_ALPHA, VPROJ_BETA, TimmInitReport, official_offsets)
+from .families.standard_vit import (FIT_METHODS, IMPULSE_SCALES, INITS, MIMETIC_IDENTITY_GAIN, MIMETIC_NOISE_GAIN,
+                                    MIMETIC_SCALES, VPROJ_IDENTITY_GAIN, VPROJ_NOISE_GAIN, TimmInitReport,
+                                    official_offsets)
 
-__all__ = ["init_", "attention_maps", "pseudo_input", "official_offsets", "TimmInitReport", "METHODS", "FITS",
-           "IMPULSE_SCALES", "MIMETIC_SCALES", "VPROJ_ALPHA", "VPROJ_BETA", "MIMETIC_ALPHA", "MIMETIC_BETA"]
+__all__ = ["init_", "attention_maps", "pseudo_input", "official_offsets", "TimmInitReport", "INITS", "FIT_METHODS",
+           "IMPULSE_SCALES", "MIMETIC_SCALES", "VPROJ_NOISE_GAIN", "VPROJ_IDENTITY_GAIN", "MIMETIC_NOISE_GAIN",
+           "MIMETIC_IDENTITY_GAIN"]
 
 
-def init_(model, method: str = "impulse", **kwargs) -> TimmInitReport:
-    """Re-initialize a created timm ``VisionTransformer`` in place (``method`` "impulse" or "mimetic"); every
-    keyword of ``families.standard_vit.structured_init_`` (``fit``, ``kernel_size``, ``seed``, scales, ``vproj``,
+def init_(model, init: str = "impulse", **kwargs) -> TimmInitReport:
+    """Re-initialize a created timm ``VisionTransformer`` in place (``init`` "impulse" or "mimetic"); every
+    keyword of ``families.standard_vit.structured_init_`` (``fit_method``, ``kernel_size``, ``seed``, scales, ``vproj``,
     ``qk_bias``, ``compute_dtype``, fit_impulse keywords). Other models and settings are refused before anything
     changes."""
     from ._validate import choice
-    choice(method, "method", METHODS)
-    return _engine.structured_init_(_timm_vit.view(model, need_pos=method == "impulse"), method, **kwargs)
+    choice(init, "init", INITS)
+    return _engine.structured_init_(_timm_vit.view(model, need_pos=init == "impulse"), init, **kwargs)
 
 
 def attention_maps(model, images: Optional[torch.Tensor] = None, *, dtype=None) -> List[torch.Tensor]:

@@ -37,12 +37,12 @@ def _tiny_vit(**kw):
 
 # --- 1. absurd numeric ranges are refused up front; a fit that ends non-finite raises -----------------------------
 @pytest.mark.parametrize("kwargs, needle", [
-    (dict(method="closed_form", scale=1e-300), "scale"),
-    (dict(method="closed_form", scale=1e300), "scale"),
-    (dict(method="closed_form", logit_scale=1e308), "logit_scale"),
-    (dict(method="closed_form", noise_std=1e300), "noise_std"),
-    (dict(method="iterative", steps=3, lr=1e30, backend="reference"), "lr"),
-    (dict(method="iterative", steps=3, lr=1e30), "lr"),
+    (dict(fit_method="closed_form", scale=1e-300), "scale"),
+    (dict(fit_method="closed_form", scale=1e300), "scale"),
+    (dict(fit_method="closed_form", logit_scale=1e308), "logit_scale"),
+    (dict(fit_method="closed_form", noise_std=1e300), "noise_std"),
+    (dict(fit_method="iterative", steps=3, lr=1e30, backend="reference"), "lr"),
+    (dict(fit_method="iterative", steps=3, lr=1e30), "lr"),
 ])
 def test_absurd_ranges_are_refused_before_the_fit(monkeypatch, kwargs, needle):
     def never(*a, **k):
@@ -54,7 +54,7 @@ def test_absurd_ranges_are_refused_before_the_fit(monkeypatch, kwargs, needle):
 
 def test_ordinary_extremes_are_still_accepted():
     # the official code's target logit (1000) and noise scale, a large Adam rate, a small scale
-    r = fit_impulse(**TINY_FIT, method="closed_form", logit_scale=1000.0, noise_std=3.0, warn=False)
+    r = fit_impulse(**TINY_FIT, fit_method="closed_form", logit_scale=1000.0, noise_std=3.0, warn=False)
     assert torch.isfinite(r.q).all() and torch.isfinite(r.k).all()
     r = fit_impulse(**TINY_FIT, steps=3, lr=1.0, scale=1e-4, backend="reference", warn=False)
     assert torch.isfinite(r.q).all()
@@ -76,7 +76,7 @@ def test_a_non_finite_result_is_not_cached(monkeypatch, tmp_path):
         return q * float("nan"), k, extra, steps
     monkeypatch.setitem(fit_api.RUNNERS, "closed_form", nan_runner)
     with pytest.raises(ValueError, match=r"non-finite Q, K"):
-        fit_impulse(**TINY_FIT, method="closed_form", cache_dir=tmp_path, logit_scale=2.0)
+        fit_impulse(**TINY_FIT, fit_method="closed_form", cache_dir=tmp_path, logit_scale=2.0)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
@@ -89,8 +89,8 @@ BOOL_CALLS = {
     "ViTAttention.prenorm": lambda v: ViTAttention(16, 2, 4, (4, 4), prenorm=v),
     "ViTAttention.defer_init": lambda v: ViTAttention(16, 2, 4, (4, 4), defer_init=v),
     "ConvMixer.freeze": lambda v: ConvMixer(8, 2, dim=8, depth=1, filters="impulse", freeze=v),
-    "fit_impulse.warn": lambda v: fit_impulse(**TINY_FIT, method="closed_form", warn=v),
-    "fit_impulse.progress": lambda v: fit_impulse(**TINY_FIT, method="closed_form", progress=v),
+    "fit_impulse.warn": lambda v: fit_impulse(**TINY_FIT, fit_method="closed_form", warn=v),
+    "fit_impulse.progress": lambda v: fit_impulse(**TINY_FIT, fit_method="closed_form", progress=v),
     "fit_impulse.dedup": lambda v: fit_impulse(**TINY_FIT, steps=2, backend="reference", dedup=v, warn=False),
 }
 
@@ -131,7 +131,7 @@ def test_timm_bool_keywords():
     lambda s: _tiny_vit(seed=s),
     lambda s: ImpulseAttention(16, 2, 4, (4, 4), kernel_size=3, seed=s),
     lambda s: ConvMixer(8, 2, dim=8, depth=1, filters="impulse", seed=s),
-    lambda s: fit_impulse(**TINY_FIT, method="closed_form", seed=s),
+    lambda s: fit_impulse(**TINY_FIT, fit_method="closed_form", seed=s),
     lambda s: init_(_tiny_vit(init="default"), "random", seed=s),
     lambda s: initialize_qk_([ViTAttention(16, 2, 4, (4, 4))], "random", seed=s),
     lambda s: filter_bank("impulse", 4, seed=s),
@@ -162,14 +162,14 @@ def test_fit_kwargs_must_be_a_dict_of_names(make):
 
 @pytest.mark.parametrize("sizes", [dict(dim=2 ** 40), dict(head_dim=2 ** 40), dict(num_heads=2 ** 30),
                                    dict(layers=2 ** 30)])
-@pytest.mark.parametrize("method", ["closed_form", "iterative"])
-def test_fit_memory_check_counts_every_size(monkeypatch, sizes, method):
+@pytest.mark.parametrize("fit_method", ["closed_form", "iterative"])
+def test_fit_memory_check_counts_every_size(monkeypatch, sizes, fit_method):
     def never(*a, **k):
         raise AssertionError("the fit ran")
     monkeypatch.setattr(fit_api, "_Problem", never)
     kw = {**TINY_FIT, **sizes}
     with pytest.raises(ValueError, match="GiB"):
-        fit_impulse(kw.pop("num_heads"), method=method, steps=1, **kw)
+        fit_impulse(kw.pop("num_heads"), fit_method=fit_method, steps=1, **kw)
 
 
 class _Model(torch.nn.Module):
@@ -218,9 +218,9 @@ def test_closed_form_per_head_limit_uses_the_kept_rank(monkeypatch):
     # 16 tokens, identity pseudo-input: every head takes an SVD of a 16 x 16 matrix
     monkeypatch.setattr(closed_form, "MAX_CLOSED_FORM_WORK", 3 * 16 ** 3)
     with pytest.raises(ValueError, match=r"4 SVDs of 16 x 16.*MAX_CLOSED_FORM_WORK"):
-        fit_impulse(4, (4, 4), 3, 16, 4, method="closed_form", pseudo_input=torch.eye(16))
+        fit_impulse(4, (4, 4), 3, 16, 4, fit_method="closed_form", pseudo_input=torch.eye(16))
     # the sin-cos pseudo-input keeps a lower rank: the same sizes pass
-    fit_impulse(2, (4, 4), 3, 16, 4, method="closed_form", warn=False)
+    fit_impulse(2, (4, 4), 3, 16, 4, fit_method="closed_form", warn=False)
 
 
 def test_closed_form_projector_limit_is_checked_first(monkeypatch):
@@ -230,7 +230,7 @@ def test_closed_form_projector_limit_is_checked_first(monkeypatch):
         raise AssertionError("the fit ran")
     monkeypatch.setattr(fit_api, "_Problem", never)
     with pytest.raises(ValueError, match=r"16 x 16 pseudo-input"):
-        fit_impulse(1, (4, 4), 3, 16, 4, method="closed_form", pseudo_input=torch.eye(16))
+        fit_impulse(1, (4, 4), 3, 16, 4, fit_method="closed_form", pseudo_input=torch.eye(16))
 
 
 # --- 5. a sweep of the public API with hypothesis ---------------------------------------------------------------
@@ -262,11 +262,11 @@ def _draw(data, args):
 
 
 @settings(max_examples=60, **SETTINGS)
-@given(data=st.data(), method=st.sampled_from(["closed_form", "iterative"]))
-def _fit_sweep(data, method):
+@given(data=st.data(), fit_method=st.sampled_from(["closed_form", "iterative"]))
+def _fit_sweep(data, fit_method):
     kw, wrong = _draw(data, FIT_ARGS)
     try:
-        r = fit_impulse(kernel_size=3, method=method, backend="reference", **kw)
+        r = fit_impulse(kernel_size=3, fit_method=fit_method, backend="reference", **kw)
     except (ValueError, TypeError):
         return
     VALID["fit"] += wrong is None

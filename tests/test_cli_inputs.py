@@ -292,8 +292,8 @@ def test_fit_defaults_are_the_models_defaults():
     vit = TrainConfig().resolved()
     assert args.alpha == vit.alpha == 0.2
     assert args.target_mass == CLOSED_FORM_DEFAULTS["target_mass"] and args.target == CLOSED_FORM_DEFAULTS["target"]
-    assert (args.method, args.steps, args.backend, args.offsets) == (vit.fit_method, vit.fit_steps, vit.fit_backend,
-                                                                     vit.fit_offsets)
+    assert (args.fit_method, args.steps, args.backend, args.offsets) == (vit.fit_method, vit.fit_steps,
+                                                                         vit.fit_backend, vit.fit_offsets)
     assert (args.num_heads, args.kernel_size, args.dim, args.head_dim, args.layers) == (
         vit.num_heads, vit.kernel_size, vit.dim, vit.head_dim, vit.depth)
     assert args.scale == "auto" and args.grid_size == 16

@@ -62,7 +62,7 @@ def _changed(model, fn):
 
 
 # --- what each init changes -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family, method, expected", [
+@pytest.mark.parametrize("family, init, expected", [
     ("simple_vit", "impulse", {r"blocks\.\d\.0\.to_qk\.weight"}),
     ("simple_vit", "mimetic", {r"blocks\.\d\.0\.to_qk\.weight"}),
     ("timm_vit", "impulse", {"pos_embed", r"blocks\.\d\.attn\.qkv\.weight", r"blocks\.\d\.attn\.proj\.weight"}),
@@ -74,10 +74,10 @@ def _changed(model, fn):
     ("timm_mixer", "impulse", {r"blocks\.\d\.mlp_tokens\.fc[12]\.(weight|bias)"}),
     ("timm_vit", "default", set()), ("timm_swin", "default", set()), ("timm_mixer", "default", set()),
 ])
-def test_init_changes_what_it_should_and_nothing_else(family, method, expected):
+def test_init_changes_what_it_should_and_nothing_else(family, init, expected):
     import re
     model = FAMILIES[family]()
-    changed = _changed(model, lambda m: ia.init_(m, method, seed=1))
+    changed = _changed(model, lambda m: ia.init_(m, init, seed=1))
     patterns = [re.compile(p + "$") for p in expected]
     assert all(any(p.match(k) for p in patterns) for k in changed), sorted(changed)
     for p in patterns:  # every expected kind of tensor changed in every layer that has one
@@ -180,14 +180,14 @@ def test_query_key_families_put_the_argmax_on_the_offset(family):
 
 
 # --- HF against timm --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("method", ["impulse", "mimetic", "official"])
-def test_hf_vit_and_timm_vit_of_the_same_size_give_the_same_maps(method):
+@pytest.mark.parametrize("init", ["impulse", "mimetic", "official"])
+def test_hf_vit_and_timm_vit_of_the_same_size_give_the_same_maps(init):
     hf, tm = hf_vit(), timm_vit()
     with torch.no_grad():
         hf.vit.embeddings.position_embeddings.copy_(tm.pos_embed)
     # the same init on the same position embedding and seed: the same weights, so the same maps
-    a, b = ia.init_(hf, method, seed=5), ia.init_(tm, method, seed=5)
-    if method != "mimetic":
+    a, b = ia.init_(hf, init, seed=5), ia.init_(tm, init, seed=5)
+    if init != "mimetic":
         assert all(torch.equal(x, y) for x, y in zip(a.offsets, b.offsets))
     for x, y in zip(ia.attention_maps(hf), ia.attention_maps(tm)):
         assert torch.equal(x, y)
@@ -207,18 +207,18 @@ def test_deit_drops_its_two_prefix_tokens():
 
 
 # --- refusals ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("make, method, needle", [
+@pytest.mark.parametrize("make, init, needle", [
     (mixer, "mimetic", "does not apply to a timm MLP-Mixer"),
     (mixer, "random", "does not apply to a timm MLP-Mixer"),
     (swin, "official", "needs a positional pseudo-input"),
     (lambda: ia.ConvMixer(image_size=16, patch_size=2, dim=16, depth=1), "impulse", "no init family knows"),
     (timm_vit, "nope", "init must be one of"),
 ])
-def test_refusals_are_one_line_and_change_nothing(make, method, needle):
+def test_refusals_are_one_line_and_change_nothing(make, init, needle):
     model = make()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises((ValueError, TypeError)) as e:
-        ia.init_(model, method)
+        ia.init_(model, init)
     assert needle in str(e.value) and "\n" not in str(e.value)
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 

@@ -27,16 +27,16 @@ def _entries(d):
     return sorted(p for p in os.listdir(d) if p.endswith(".pt"))
 
 
-@pytest.mark.parametrize("method", ["iterative", "closed_form"])
-def test_second_fit_is_a_hit_with_identical_tensors(tmp_path, method):
-    first = fit_impulse(**SMALL, method=method, cache_dir=tmp_path)
-    second = fit_impulse(**SMALL, method=method, cache_dir=tmp_path)
+@pytest.mark.parametrize("fit_method", ["iterative", "closed_form"])
+def test_second_fit_is_a_hit_with_identical_tensors(tmp_path, fit_method):
+    first = fit_impulse(**SMALL, fit_method=fit_method, cache_dir=tmp_path)
+    second = fit_impulse(**SMALL, fit_method=fit_method, cache_dir=tmp_path)
     assert first.report.extra["cache"] == "miss" and second.report.extra["cache"] == "hit"
     assert torch.equal(first.q, second.q) and torch.equal(first.k, second.k)
     assert second.report.mse == first.report.mse
     assert len(_entries(tmp_path)) == 1
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # no temporary left behind
-    if method == "closed_form":
+    if fit_method == "closed_form":
         assert second.report.extra["logit_scale"] == first.report.extra["logit_scale"]
 
 
@@ -69,8 +69,9 @@ def test_every_spec_field_is_in_the_key():
                      target_mass=0.3, logit_scale=None, pinv_rtol=0.03, noise_std=0.0, dedup=False, tol=None,
                      check_every=100)
     base = cache_key(spec.key_fields())
-    other = {"num_heads": 4, "grid_size": (6, 5), "kernel_size": 5, "dim": 36, "head_dim": 4, "method": "closed_form",
-             "layers": 2, "seed": 2, "offsets": (((0, 1), (1, 0), (0, 0)),), "scale": 0.25, "alpha": 0.1,
+    other = {"num_heads": 4, "grid_size": (6, 5), "kernel_size": 5, "dim": 36, "head_dim": 4,
+             "fit_method": "closed_form", "layers": 2, "seed": 2, "offsets": (((0, 1), (1, 0), (0, 0)),),
+             "scale": 0.25, "alpha": 0.1,
              "pseudo_input": torch.zeros(30, 32), "backend": "cpp", "steps": 21, "lr": 2e-3, "renorm_every": 50,
              "renorm": "none", "dedup": True, "tol": 0.1, "check_every": 10, "target": "laplace", "target_mass": 0.2,
              "logit_scale": 3.0, "pinv_rtol": 0.05, "noise_std": 0.1}
@@ -154,7 +155,7 @@ def test_cache_arguments_are_checked():
     with pytest.raises(ValueError, match="check_every"):
         fit_impulse(**SMALL, tol=0.1, check_every=0)
     with pytest.raises(ValueError, match="iterative"):
-        fit_impulse(**dict(SMALL, method="closed_form"), dedup=True)
+        fit_impulse(**dict(SMALL, fit_method="closed_form"), dedup=True)
 
 
 def test_key_is_exact_and_canonical():

@@ -15,7 +15,7 @@ SMALL = dict(num_heads=4, grid_size=8, kernel_size=3, dim=64, head_dim=16)
 
 def test_iterative_reaches_every_target_small():
     # Reduced budget for CI (lr 1e-3, 300 steps instead of 1e-4 × 10,000); the full recipe runs in benchmarks.
-    res = fit_impulse(**SMALL, method="iterative", steps=300, lr=1e-3, scale="auto", seed=0)
+    res = fit_impulse(**SMALL, fit_method="iterative", steps=300, lr=1e-3, scale="auto", seed=0)
     assert res.report.argmax_hit == 1.0
     assert res.report.mse < 0.6 * res.report.uniform_mse
     # one output shape whatever the number of layers: (layers, heads, D, r)
@@ -23,7 +23,7 @@ def test_iterative_reaches_every_target_small():
 
 
 def test_closed_form_reaches_every_target_small():
-    res = fit_impulse(**SMALL, method="closed_form", seed=0)
+    res = fit_impulse(**SMALL, fit_method="closed_form", seed=0)
     rep = res.report
     assert rep.argmax_hit == 1.0
     assert rep.target_mass == pytest.approx(0.3, abs=0.01)  # calibrated sharpness
@@ -32,7 +32,7 @@ def test_closed_form_reaches_every_target_small():
 
 
 def test_report_matches_recomputed_maps():
-    res = fit_impulse(**SMALL, method="closed_form", seed=2)
+    res = fit_impulse(**SMALL, fit_method="closed_form", seed=2)
     x = sincos_2d(8, 64, dtype=torch.float64)
     maps = attention_maps(x, res.q[0].double(), res.k[0].double(), res.scale)
     t = impulse_targets(res.offsets[0], 8, dtype=torch.float64)
@@ -46,16 +46,16 @@ def test_report_matches_recomputed_maps():
 def test_report_text_names_the_content_term_only_when_there_is_one():
     # The content-logit std measures α·LN(x)'s share of the logits; with α = 0 there is none, and the report says so
     # instead of printing "nan".
-    without = fit_impulse(**SMALL, method="closed_form", seed=2)
-    with_content = fit_impulse(**SMALL, method="closed_form", seed=2, alpha=0.2)
+    without = fit_impulse(**SMALL, fit_method="closed_form", seed=2)
+    with_content = fit_impulse(**SMALL, fit_method="closed_form", seed=2, alpha=0.2)
     assert math.isnan(without.report.content_logit_std) and "no content term" in str(without.report)
     assert with_content.report.content_logit_std > 0
     assert f"content logit std {with_content.report.content_logit_std:.2f}" in str(with_content.report)
 
 
-@pytest.mark.parametrize("method", ["iterative", "closed_form"])
-def test_fit_is_deterministic(method):
-    kw = dict(SMALL, method=method, steps=20, seed=5, warn=False)
+@pytest.mark.parametrize("fit_method", ["iterative", "closed_form"])
+def test_fit_is_deterministic(fit_method):
+    kw = dict(SMALL, fit_method=fit_method, steps=20, seed=5, warn=False)
     a, b = fit_impulse(**kw), fit_impulse(**kw)
     assert torch.equal(a.q, b.q) and torch.equal(a.k, b.k) and torch.equal(a.offsets, b.offsets)
     c = fit_impulse(**dict(kw, seed=6))
@@ -105,27 +105,27 @@ def test_closed_form_bounded_at_every_width():
     # An untruncated pseudo-inverse gives |Q| ~ 1e4 and content logits ~ 1e9 in Model I. With truncation the
     # logits a unit-variance content term (α = 0.2) produces stay O(1) at every width the models accept.
     for dim, rank in [(64, 16), (128, 16), (512, 64)]:
-        res = fit_impulse(8, 16, 5, dim, rank, method="closed_form", alpha=0.2)
+        res = fit_impulse(8, 16, 5, dim, rank, fit_method="closed_form", alpha=0.2)
         assert res.report.argmax_hit == 1.0, dim
         assert res.report.content_logit_std < 2.0, (dim, res.report)
         assert float(res.q.abs().max()) < 50 and float(res.k.abs().max()) < 50
 
 
 def test_closed_form_non_square_and_mode3_identity():
-    res = fit_impulse(3, (5, 9), 3, 45, 45, method="closed_form", pseudo_input=torch.eye(45))
+    res = fit_impulse(3, (5, 9), 3, 45, 45, fit_method="closed_form", pseudo_input=torch.eye(45))
     assert res.report.argmax_hit == 1.0
 
 
 def test_explicit_offsets_used():
     offs = [[1, 1], [-1, 0]]
-    res = fit_impulse(2, 6, 3, 32, 16, method="closed_form", offsets=offs)
+    res = fit_impulse(2, 6, 3, 32, 16, fit_method="closed_form", offsets=offs)
     assert res.offsets[0].tolist() == offs
 
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(kernel_size=4), "kernel_size"),
     (dict(dim=30), "dim"),
-    (dict(method="adam"), "method"),
+    (dict(fit_method="adam"), "fit_method"),
     (dict(backend="tpu"), "backend"),
     (dict(head_dim=0), "head_dim"),
     (dict(head_dim=2.5), "head_dim"),
@@ -164,29 +164,29 @@ def test_fit_bad_input(kwargs, match):
 
 def test_numpy_integers_are_accepted():
     np = pytest.importorskip("numpy")
-    a = fit_impulse(np.int64(4), np.int32(8), np.int64(3), np.int64(64), np.int64(16), method="closed_form",
+    a = fit_impulse(np.int64(4), np.int32(8), np.int64(3), np.int64(64), np.int64(16), fit_method="closed_form",
                     seed=np.int64(0), layers=np.int64(1))
-    b = fit_impulse(**SMALL, method="closed_form", seed=0)
+    b = fit_impulse(**SMALL, fit_method="closed_form", seed=0)
     assert torch.equal(a.q, b.q)
 
 
 def test_huge_grid_is_refused_before_allocating(monkeypatch):
     monkeypatch.setenv("IMPULSE_ATTN_MEMORY_BUDGET", str(2 ** 30))
     with pytest.raises(ValueError, match="needs about .* GiB"):
-        fit_impulse(8, (512, 512), 5, 64, 16, method="closed_form")
+        fit_impulse(8, (512, 512), 5, 64, 16, fit_method="closed_form")
 
 
 def test_alpha_reaches_the_fit_and_the_content_figure():
     # the fit is made on (1 - alpha) * P, and the report measures what the content term alpha * z adds
-    a = fit_impulse(**SMALL, method="closed_form", alpha=0.2, seed=0)
-    b = fit_impulse(**SMALL, method="closed_form", seed=0, pseudo_input=sincos_2d(8, 64) * 0.8)
+    a = fit_impulse(**SMALL, fit_method="closed_form", alpha=0.2, seed=0)
+    b = fit_impulse(**SMALL, fit_method="closed_form", seed=0, pseudo_input=sincos_2d(8, 64) * 0.8)
     torch.testing.assert_close(a.q, b.q)
     assert math.isfinite(a.report.content_logit_std) and math.isnan(b.report.content_logit_std)
 
 
 def test_laplace_target_is_local():
-    imp = fit_impulse(**SMALL, method="closed_form", target="impulse", target_mass=0.1, seed=0)
-    lap = fit_impulse(**SMALL, method="closed_form", target="laplace", target_mass=0.1, seed=0)
+    imp = fit_impulse(**SMALL, fit_method="closed_form", target="impulse", target_mass=0.1, seed=0)
+    lap = fit_impulse(**SMALL, fit_method="closed_form", target="laplace", target_mass=0.1, seed=0)
     x = sincos_2d(8, 64, dtype=torch.float64)
     rows, cols = torch.arange(8).repeat_interleave(8), torch.arange(8).repeat(8)
 

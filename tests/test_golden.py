@@ -6,7 +6,7 @@ the torch and numpy seeds set right before it runs (see the README next to it). 
 of the same ``create_model`` call, the seeds are set, the project's official path runs, and every written tensor
 must be ``torch.equal`` to the golden one: no tolerance, since the claim is bit-identity.
 
-Two entry points are checked: ``impulse_attn.timm.init_(fit="official", seed=None)`` (the global generators, as
+Two entry points are checked: ``impulse_attn.timm.init_(fit_method="official", seed=None)`` (the global generators, as
 the paper's code) and the registered ``"official"`` strategy through ``impulse_attn.init_`` with an int seed
 (private generators seeded alike: the same streams).
 """
@@ -78,7 +78,7 @@ def test_timm_official_path_is_bit_identical_to_the_papers_code(case):
     model = _model_with_before(case)
     torch.manual_seed(case["torch_seed"])
     np.random.seed(case["numpy_seed"])
-    iat.init_(model, method=case["mode"], fit="official", seed=None)
+    iat.init_(model, init=case["mode"], fit_method="official", seed=None)
     bad = _mismatches(model, case)
     assert not bad, f"tensors differing from the paper's code (max abs diff): {bad}"
 

@@ -183,20 +183,20 @@ def test_convmixer_constructor_and_forward():
 @given(kw=_args(
     valid=dict(heads=st.integers(1, 3), grid=st.integers(3, 5), kernel=st.sampled_from([1, 3]),
                dim=st.sampled_from([8, 16]), head_dim=st.integers(1, 8),
-               method=st.sampled_from(["closed_form", "iterative"]), scale=st.sampled_from([0.1, "auto"]),
+               fit_method=st.sampled_from(["closed_form", "iterative"]), scale=st.sampled_from([0.1, "auto"]),
                target_mass=st.just(0.3), pinv=st.just(0.03), noise=st.just(0.0), logit_scale=st.none(),
                renorm_every=st.just(5), layers=st.integers(1, 2)),
     odd=dict(heads=weird_int, grid=weird_int, kernel=st.one_of(odd, weird_int), dim=weird_int, head_dim=weird_int,
-             method=st.just("x"), scale=weird_float, target_mass=weird_float, pinv=weird_float, noise=weird_float,
+             fit_method=st.just("x"), scale=weird_float, target_mass=weird_float, pinv=weird_float, noise=weird_float,
              logit_scale=weird_float, renorm_every=weird_int, layers=weird_int)))
 def _fit_impulse_examples(kw):
     _fit_impulse_case(**kw)
 
 
-def _fit_impulse_case(heads, grid, kernel, dim, head_dim, method, scale, target_mass, pinv, noise,
+def _fit_impulse_case(heads, grid, kernel, dim, head_dim, fit_method, scale, target_mass, pinv, noise,
                           logit_scale, renorm_every, layers):
     try:
-        res = fit_impulse(heads, grid, kernel, dim, head_dim, method=method, steps=3, scale=scale,
+        res = fit_impulse(heads, grid, kernel, dim, head_dim, fit_method=fit_method, steps=3, scale=scale,
                           target_mass=target_mass, pinv_rtol=pinv, noise_std=noise, logit_scale=logit_scale,
                           renorm_every=renorm_every, layers=layers, warn=False)
     except (ValueError, TypeError):

@@ -1,6 +1,6 @@
 """impulse_attn.timm on stock timm VisionTransformers: official reproduction, default fit, mimetic, refusals, training.
 
-The reference for fit="official" is re-derived here in float64 from the public code (the timm fork's
+The reference for fit_method="official" is re-derived here in float64 from the public code (the timm fork's
 ``post_init_weights('impulse')``, ``impulse_init`` and ``get_ortho_like``), with torch's ``trunc_normal_`` (whose
 draws the golden run of that code carries, tests/test_golden.py) on a freshly seeded global torch generator and
 numpy's legacy generator: it shares no code with the module.
@@ -119,7 +119,7 @@ def test_official_matches_float64_rederivation(key):
     x = ref["x"]
     for dtype in (None, torch.float64):
         model = copy.deepcopy(before)
-        report = iat.init_(model, fit="official", seed=3, compute_dtype=dtype)
+        report = iat.init_(model, fit_method="official", seed=3, compute_dtype=dtype)
         assert torch.equal(model.pos_embed.detach(), ref["pos"])
         assert report.offsets[0].tolist() == [list(o) for o in ref["offsets"]]
         maps64 = iat.attention_maps(model, dtype=torch.float64)
@@ -158,7 +158,7 @@ def test_official_block0_maps_on_images_match_reference():
     before = make("tiny_cls")
     ref = official_reference(before, seed=5)
     model = copy.deepcopy(before)
-    iat.init_(model, fit="official", seed=5, compute_dtype=torch.float64)
+    iat.init_(model, fit_method="official", seed=5, compute_dtype=torch.float64)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     got = iat.attention_maps(model, images)[0].double()
     # reference block-0 input: patch embedding (+ class token) + 18·pos, then norm1, all in float64
@@ -184,11 +184,11 @@ def test_seed_none_is_the_global_stream_and_int_seed_leaves_it_alone():
     a, b = make("tiny_cls"), make("tiny_cls")
     torch.manual_seed(11)
     np.random.seed(11)
-    iat.init_(a, fit="official", seed=None)
+    iat.init_(a, fit_method="official", seed=None)
     after_torch, after_np = torch.get_rng_state(), np.random.get_state()[1].copy()
     torch.manual_seed(123)
     state = torch.get_rng_state()
-    iat.init_(b, fit="official", seed=11)
+    iat.init_(b, fit_method="official", seed=11)
     assert torch.equal(torch.get_rng_state(), state)
     sa, sb = a.state_dict(), b.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -202,7 +202,7 @@ def test_seed_none_is_the_global_stream_and_int_seed_leaves_it_alone():
 def test_default_fit_gives_impulse_maps(key):
     model = make(key)
     report = iat.init_(model)
-    assert report.fit == "closed_form" and report.method == "impulse"
+    assert report.fit_method == "closed_form" and report.init == "impulse"
     d, heads, hd, grid, _ = geometry(model)
     n = grid[0] * grid[1]
     target, offs = shift_maps(grid, heads)
@@ -229,7 +229,7 @@ def test_default_fit_gives_impulse_maps(key):
 
 def test_iterative_fit_runs_through_fit_impulse():
     model = make("tiny_cls", depth=2)
-    report = iat.init_(model, fit="iterative", steps=30, lr=1e-2)
+    report = iat.init_(model, fit_method="iterative", steps=30, lr=1e-2)
     assert report.fit_report.steps == 30
     assert report.mse == pytest.approx(report.fit_report.mse, rel=1e-4)
     assert report.mse < report.uniform_mse
@@ -239,7 +239,7 @@ def test_iterative_fit_runs_through_fit_impulse():
 def test_mimetic_sets_qk_to_mimetic_target(orientation):
     model = make("tiny_cls", depth=3)
     pos = model.pos_embed.detach().clone()
-    iat.init_(model, "mimetic", fit=orientation, seed=4)
+    iat.init_(model, "mimetic", fit_method=orientation, seed=4)
     d, heads, hd, _, _ = geometry(model)
     rs = np.random.RandomState(4)
     bound = 3 ** 0.5 / d ** 0.5
@@ -274,13 +274,13 @@ def _unchanged(model, state):
 
 
 @pytest.mark.parametrize("model_kwargs, init_kwargs, error, words", [
-    (dict(), dict(method="conv"), ValueError, "method"),
-    (dict(), dict(fit="adam"), ValueError, "fit"),
+    (dict(), dict(init="conv"), ValueError, "init"),
+    (dict(), dict(fit_method="adam"), ValueError, "fit_method"),
     (dict(), dict(kernel_size=4), ValueError, "odd"),
     (dict(), dict(kernel_size=17), ValueError, "kernel_size"),
     (dict(), dict(seed=1.5), TypeError, "seed"),
     (dict(), dict(seed=None), ValueError, "seed=None"),
-    (dict(), dict(fit="official", steps=10), ValueError, "fit_impulse"),
+    (dict(), dict(fit_method="official", steps=10), ValueError, "fit_impulse"),
     (dict(), dict(qk_scale=7.0), ValueError, "qk_scale"),
     (dict(), dict(compute_dtype=torch.float64), ValueError, "compute_dtype"),
     (dict(), dict(offsets=[[0, 0]] * 3), ValueError, "set by init_"),
@@ -289,7 +289,7 @@ def _unchanged(model, state):
     (dict(pos_embed="none"), dict(), ValueError, "position embedding"),
     (dict(dynamic_img_size=True), dict(), ValueError, "dynamic_img_size"),
     (dict(qk_norm=True), dict(), ValueError, "qk_norm"),
-    (dict(img_size=(16, 24), patch_size=8), dict(fit="official", seed=None), ValueError, "rank"),
+    (dict(img_size=(16, 24), patch_size=8), dict(fit_method="official", seed=None), ValueError, "rank"),
 ])
 def test_refusals_leave_model_unchanged(model_kwargs, init_kwargs, error, words):
     model = make("tiny_cls", depth=2, **model_kwargs)
@@ -326,12 +326,12 @@ def test_mimetic_without_pos_embed_and_no_embed_class_impulse():
     model = make("tiny_cls", depth=2, pos_embed="none")
     iat.init_(model, "mimetic")
     model = make("tiny_cls", depth=2, reg_tokens=2, no_embed_class=True)
-    report = iat.init_(model, fit="official")
+    report = iat.init_(model, fit_method="official")
     assert report.num_prefix_tokens == 3 and report.argmax_hit > 0.95
 
 
-@pytest.mark.parametrize("key, init_kwargs", [("tiny_cls", dict()), ("small_avg", dict(fit="official")),
-                                               ("tiny_reg_nonsquare", dict(method="mimetic"))])
+@pytest.mark.parametrize("key, init_kwargs", [("tiny_cls", dict()), ("small_avg", dict(fit_method="official")),
+                                               ("tiny_reg_nonsquare", dict(init="mimetic"))])
 def test_forward_and_one_training_step(key, init_kwargs):
     model = make(key)
     iat.init_(model, **init_kwargs)

@@ -74,12 +74,12 @@ def test_inits_map_to_init_and_timms_own(init, fit_method):
     ratio = float(model.pos_embed.detach().norm() / plain.pos_embed.detach().norm())
     if init == "impulse":   # init_ scales the position embedding by 18 and fits the query/key rows
         assert ratio == pytest.approx(18.0, rel=1e-5)
-        assert rec["fit"]["method"] == f"timm/{fit_method}" and len(rec["offsets"]) == 1
+        assert rec["fit"]["fit_method"] == f"timm/{fit_method}" and len(rec["offsets"]) == 1
         if fit_method == "closed_form":
             assert rec["fit"]["argmax_hit"] > 0.95 and rec["fit"]["target_mass"] == pytest.approx(0.1, abs=0.01)
-        assert "fit_summary" in rec and rec["timm_init"]["method"] == "impulse"
+        assert "fit_summary" in rec and rec["timm_init"]["init"] == "impulse"
     elif init == "mimetic":  # query/key/value re-initialized, position embedding untouched
-        assert ratio == pytest.approx(1.0) and rec["timm_init"]["method"] == "mimetic" and "fit" not in rec
+        assert ratio == pytest.approx(1.0) and rec["timm_init"]["init"] == "mimetic" and "fit" not in rec
         assert not torch.equal(model.blocks[0].attn.qkv.weight, plain.blocks[0].attn.qkv.weight)
     elif init == "random":   # the random strategy: query/key rows U(±sqrt(1/D)), query/key biases zeroed
         sd, ref = model.state_dict(), plain.state_dict()

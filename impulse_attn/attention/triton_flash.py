@@ -109,10 +109,10 @@ def _fwd_step(acc, l_i, m_i, q, K, V, start_n, N, s_kn, s_vn, qk_scale, offs_n, 
     # Every block holds at least one real key (the tail block starts below N), so m_new is finite.
     m_new = tl.maximum(m_i, tl.max(s, 1))
     p = _exp(s - m_new[:, None], BASE2)
-    alpha = _exp(m_i - m_new, BASE2)
-    l_i = l_i * alpha + tl.sum(p, 1)
+    rescale = _exp(m_i - m_new, BASE2)
+    l_i = l_i * rescale + tl.sum(p, 1)
     v = _load_rows(V + rows[:, None] * s_vn + offs_d[None, :], rows, N, offs_d, HEAD_DIM, BLOCK_D, MASK_N)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION, out_dtype=ACC)
+    acc = tl.dot(p.to(v.dtype), v, acc * rescale[:, None], input_precision=PRECISION, out_dtype=ACC)
     return acc, l_i, m_new
 
 

@@ -1,4 +1,4 @@
-"""One init call for every model family users train on small data: ``impulse_attn.init_(model, method)``.
+"""One init call for every model family users train on small data: ``impulse_attn.init_(model, init)``.
 
 A family adapter (one file each) finds a model's attention or token-mixing layers and exposes them through the
 protocols of ``impulse_attn.init`` (query/key layers, window position biases, token-mixing MLPs); every registered
@@ -30,13 +30,13 @@ from .base import Family, InitReport, families, family_of
 __all__ = ["init_", "attention_maps", "family_of", "families", "Family", "InitReport"]
 
 
-def init_(model: torch.nn.Module, method: str = "impulse", *, seed: int = 0, kernel_size: Optional[int] = None,
+def init_(model: torch.nn.Module, init: str = "impulse", *, seed: int = 0, kernel_size: Optional[int] = None,
           fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, **options) -> InitReport:
     """Initialize ``model`` in place with a registered init strategy, through its family's adapter.
 
     Args:
         model: a Simple ViT, timm ViT, timm Swin Transformer, timm MLP-Mixer or Hugging Face ViT/DeiT.
-        method: a registered strategy: "impulse", "mimetic", "random", "official", "default" (keep the model's
+        init: a registered init strategy: "impulse", "mimetic", "random", "official", "default" (keep the model's
             own init), or one registered since (``impulse_attn.init.register_strategy``).
         seed: the init's random stream (private generators; the global ones are untouched).
         kernel_size: the impulse window k (default: 5 for the Simple ViT, 3 elsewhere, as the papers).
@@ -56,7 +56,7 @@ def init_(model: torch.nn.Module, method: str = "impulse", *, seed: int = 0, ker
         choice(fit_method, "fit_method", ("closed_form", "iterative", "official"))
     fit_kwargs = kwargs_dict(fit_kwargs, "fit_kwargs") or None
     fam = family_of(model)
-    strategy = get_strategy(method)
+    strategy = get_strategy(init)
     kind = fam.kind_for(strategy)
     return fam.apply(model, strategy, kind, seed=seed, kernel_size=kernel_size, fit_method=fit_method,
                      fit_kwargs=fit_kwargs, options=options or None)

@@ -19,7 +19,7 @@ class InitReport:
     source: the family's own report (e.g. a ``TimmInitReport`` or the Simple ViT's fit results)."""
 
     family: str
-    method: str
+    init: str                      # the init strategy's name
     seed: int
     kind: str                      # the layer kind the strategy acted on ("qk", "window_bias", "token_mix", "")
     seconds: float
@@ -39,7 +39,7 @@ class InitReport:
     target_mass = property(lambda self: self._mean("target_mass"))
 
     def __str__(self) -> str:
-        head = (f"{self.method} init of a {self.family} ({self.kind or 'nothing changed'}), seed {self.seed}: "
+        head = (f"{self.init} init of a {self.family} ({self.kind or 'nothing changed'}), seed {self.seed}: "
                 f"{len(self.layers)} layers, {self.seconds:.2f} s")
         lines = [head, *self.notes]
         for i, layer in enumerate(self.layers):

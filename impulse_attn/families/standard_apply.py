@@ -1,4 +1,4 @@
-"""Applying a strategy to a standard ViT (timm or Hugging Face), whichever view its family builds.
+"""Applying an init strategy to a standard ViT (timm or Hugging Face), whichever view its family builds.
 
 "impulse", "official" and "mimetic" are realized as the structured-init paper does it on a standard ViT
 (``standard_vit.structured_init_``: position embedding ×18, query/key fit on LN(position embedding),
@@ -17,7 +17,7 @@ from .adapters import BlockQKLayer
 from .base import Family, InitReport, register_family
 from .view import ViTView
 
-ENGINE_METHODS = ("impulse", "official", "mimetic")
+ENGINE_INITS = ("impulse", "official", "mimetic")
 
 
 def standard_apply(view_of: Callable[..., ViTView], label: str) -> Callable[..., InitReport]:
@@ -31,15 +31,15 @@ def standard_apply(view_of: Callable[..., ViTView], label: str) -> Callable[...,
         if kind == "":
             view_of(model, need_pos=False)
             return InitReport(label, strategy.name, seed, kind, time.perf_counter() - start)
-        if strategy.name in ENGINE_METHODS:
-            method = "mimetic" if strategy.name == "mimetic" else "impulse"
-            fit = "official" if strategy.name == "official" else (fit_method or "closed_form")
+        if strategy.name in ENGINE_INITS:
+            init = "mimetic" if strategy.name == "mimetic" else "impulse"
             if strategy.name == "official" and fit_method not in (None, "official"):
                 raise ValueError(f"init 'official' is its own fit; fit_method {fit_method!r} does not apply")
-            if method == "mimetic" and fit_method not in (None, "official", "closed_form"):
+            if init == "mimetic" and fit_method not in (None, "official", "closed_form"):
                 raise ValueError(f"fit_method {fit_method!r} does not apply to the mimetic init")
-            view = view_of(model, need_pos=method == "impulse")
-            src = standard_vit.structured_init_(view, method, fit=fit, kernel_size=k, seed=seed,
+            engine_fit = "official" if strategy.name == "official" else (fit_method or "closed_form")
+            view = view_of(model, need_pos=init == "impulse")
+            src = standard_vit.structured_init_(view, init, fit_method=engine_fit, kernel_size=k, seed=seed,
                                                 **(fit_kwargs or {}))
             layers = [{"offsets": None if src.offsets is None else src.offsets[i]} for i in range(view.depth)]
             for layer, b in zip(layers, src.blocks):

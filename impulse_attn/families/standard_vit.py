@@ -8,7 +8,7 @@ embedding is an impulse filter (a shift by one offset of a k×k window). Its pub
 timm (``VisionTransformer.post_init_weights``); this module does it to a model built by stock timm or Hugging Face
 (``impulse_attn.families.timm_vit`` and ``hf_vit`` build the views; ``impulse_attn.timm`` is the timm face).
 
-What ``structured_init_(view, method="impulse")`` changes (all blocks, one batched fit):
+What ``structured_init_(view, init="impulse")`` changes (all blocks, one batched fit):
 
 - the position embedding is multiplied by ``pos_scale`` (18), so the position dominates each token at init;
 - every block's query/key weights are set so that head h's map on the pseudo-input X = LN(position embedding of
@@ -16,7 +16,7 @@ What ``structured_init_(view, method="impulse")`` changes (all blocks, one batch
 - every block's value weights and output projection are set so that value-then-projection is
   x ↦ x·(0.4·Z − 0.4·I) (Z uniform with variance 1/D), the "mimetic" value/projection of the public code.
 
-``fit`` picks how the query/key weights are found:
+``fit_method`` picks how the query/key weights are found:
 
 - ``"official"``: the public code's closed form (``fitting.structured``): target logits 1000·T + 3·Z, rank-r
   truncated pseudo-inverse of X, rank-r SVD, unit Frobenius norm, times 7. By default (``compute_dtype=None``,
@@ -26,11 +26,11 @@ What ``structured_init_(view, method="impulse")`` changes (all blocks, one batch
   relative), but each singular pair's sign is the SVD's own choice: with nonzero query/key biases (PyTorch's
   default init, the fork's ``weight_init='skip'``) the bias·key term of the logits depends on that sign, so
   only float32 reproduces the fork's maps exactly.
-- ``"closed_form"`` (default): this package's closed form, ``fitting.fit_impulse(method="closed_form",
+- ``"closed_form"`` (default): this package's closed form, ``fitting.fit_impulse(fit_method="closed_form",
   pseudo_input=X)``: separable row+column target logits, scale calibrated to a mean target mass (``DEFAULT_FIT``).
-- ``"iterative"``: the published Adam recipe through ``fit_impulse(method="iterative", backend="auto")``.
+- ``"iterative"``: the published Adam recipe through ``fit_impulse(fit_method="iterative", backend="auto")``.
 
-``method="mimetic"`` is the public code's mimetic baseline (Trockman & Kolter 2023): per head Q Kᵀ = the best
+``init="mimetic"`` is the public code's mimetic baseline (Trockman & Kolter 2023): per head Q Kᵀ = the best
 rank-r part of 0.7·Z + 0.7·I, value/projection 0.4·Z − 0.4·I, position embedding untouched.
 
 Constants (defaults; the public code's values, file ``timm/models/vision_transformer.py`` of the fork):
@@ -53,9 +53,9 @@ noise               N(0, 0.6)  ``trunc_normal_(tmp, std=0.6)`` (timm's), cut at 
 pinv rank           head dim   ``s_inv[:att_rank] = 1/s[:att_rank]`` with ``att_rank = head_dim``
 SVD rank            head dim   ``u[:, :, :att_rank]``, ``v[:, :, :att_rank]``, split as U S^½, V S^½
 LN eps              1e-5       ``F.layer_norm(spatial_pe, [D])`` default; no affine parameters
-V·Proj α, β, sign   0.4, 0.4,  ``get_ortho_like(D, heads, 0.4, 0.4, -1)``: A = 0.4·U(±sqrt(3/D)) − 0.4·I,
+V·Proj gains, sign  0.4, 0.4,  ``get_ortho_like(D, heads, 0.4, 0.4, -1)``: A = 0.4·U(±sqrt(3/D)) − 0.4·I,
                     −1         SVD A = U S Vᵀ, W_v = (U S^½)ᵀ, W_proj = (S^½ Vᵀ)ᵀ (so x W_vᵀ W_projᵀ = x A)
-mimetic Q·K α, β    0.7, 0.7   ``get_ortho_like(D, -inf, 0.7, 0.7, 1)`` per head: A = 0.7·U(±sqrt(3/D)) + 0.7·I,
+mimetic Q·K gains   0.7, 0.7   ``get_ortho_like(D, -inf, 0.7, 0.7, 1)`` per head: A = 0.7·U(±sqrt(3/D)) + 0.7·I,
                                W_q,h = (U S^½)[:, :r]ᵀ, W_k,h = (S^½ Vᵀ)[:r]
 softmax scale       r^-½       timm's ``Attention.scale``; the code does not change it
 ==================  =========  ==================================================================================
@@ -68,7 +68,7 @@ generator; timm's ``train.py`` seeds both with ``seed + rank`` (``utils.random_s
 an int ``seed`` uses private generators of the same kinds (``torch.Generator().manual_seed(seed)``,
 ``np.random.RandomState(seed)``) and leaves the global ones alone.
 
-Differences between the official code and the default (``fit="closed_form"``) are listed in docs/timm.md.
+Differences between the official code and the default (``fit_method="closed_form"``) are listed in docs/timm.md.
 """
 from __future__ import annotations
 
@@ -89,20 +89,22 @@ from ..fitting.structured import (LN_EPS, NOISE_BOUNDS, NOISE_SCALE, NOISE_STD, 
 from ..targets import impulse_targets, valid_rows
 from .view import ViTView, tokens_from_hook
 
-__all__ = ["structured_init_", "attention_maps", "pseudo_input", "DEFAULT_FIT", "official_offsets", "TimmInitReport", "METHODS", "FITS",
-           "IMPULSE_SCALES", "MIMETIC_SCALES", "VPROJ_ALPHA", "VPROJ_BETA", "MIMETIC_ALPHA", "MIMETIC_BETA"]
+__all__ = ["structured_init_", "attention_maps", "pseudo_input", "DEFAULT_FIT", "official_offsets", "TimmInitReport",
+           "INITS", "FIT_METHODS", "IMPULSE_SCALES", "MIMETIC_SCALES", "VPROJ_NOISE_GAIN", "VPROJ_IDENTITY_GAIN",
+           "MIMETIC_NOISE_GAIN", "MIMETIC_IDENTITY_GAIN"]
 
-METHODS = ("impulse", "mimetic")
-FITS = ("closed_form", "official", "iterative")
+INITS = ("impulse", "mimetic")
+FIT_METHODS = ("closed_form", "official", "iterative")
 
 #: (pos_scale, qk_scale, vproj_scale) of ``post_init_weights('impulse')``: norm_p, norm_q, norm_v = 18, 7, 1.
 IMPULSE_SCALES = (18.0, 7.0, 1.0)
 #: (pos_scale, qk_scale, vproj_scale) of ``post_init_weights('mimetic')``: all 1.
 MIMETIC_SCALES = (1.0, 1.0, 1.0)
-#: ``get_ortho_like(D, heads, 0.4, 0.4, -1)``: value·projection = 0.4·Z − 0.4·I.
-VPROJ_ALPHA, VPROJ_BETA, VPROJ_SIGN = 0.4, 0.4, -1
+#: ``get_ortho_like(D, heads, 0.4, 0.4, -1)``: value·projection = 0.4·Z − 0.4·I. The gains (of the noise Z and of
+#: the identity) are the mimetic paper's α, β; the sign is β's.
+VPROJ_NOISE_GAIN, VPROJ_IDENTITY_GAIN, VPROJ_SIGN = 0.4, 0.4, -1
 #: ``get_ortho_like(D, -inf, 0.7, 0.7, 1)``: mimetic query·key = 0.7·Z + 0.7·I, one draw per head.
-MIMETIC_ALPHA, MIMETIC_BETA, MIMETIC_SIGN = 0.7, 0.7, 1
+MIMETIC_NOISE_GAIN, MIMETIC_IDENTITY_GAIN, MIMETIC_SIGN = 0.7, 0.7, 1
 
 #: The closed form's settings on a standard ViT unless given, chosen on val/ for the timm ViT among the impulse target
 #: at mass 0.3 (the earlier default) and 0.1 and the Laplace target at 0.1 (docs/RESULTS.md, "Every family": 28.5,
@@ -110,7 +112,7 @@ MIMETIC_ALPHA, MIMETIC_BETA, MIMETIC_SIGN = 0.7, 0.7, 1
 DEFAULT_FIT = {"scale": 0.1, "target": "impulse", "target_mass": 0.1}
 
 # fit_impulse arguments that init_ sets from the model; a user value would contradict it.
-_FIT_KWARGS_SET_HERE = ("num_heads", "grid_size", "kernel_size", "dim", "head_dim", "rank", "method", "seed",
+_FIT_KWARGS_SET_HERE = ("num_heads", "grid_size", "kernel_size", "dim", "head_dim", "rank", "fit_method", "seed",
                         "layers", "offsets", "pseudo_input")
 
 
@@ -122,15 +124,15 @@ class TimmInitReport:
                  scale) on the pseudo-input X = LN(grid pos_embed), against the impulse targets of ``offsets``:
                  mse, uniform_mse (a uniform map's mse), argmax_hit (fraction of valid rows whose argmax is the
                  target), target_mass (mean weight on the target over valid rows), max_logit. ``seconds`` in
-                 each entry is the batched fit's time, shared by all blocks. Empty for ``method="mimetic"``.
+                 each entry is the batched fit's time, shared by all blocks. Empty for ``init="mimetic"``.
     offsets:     (depth, heads, 2) (row, col) offsets, None for mimetic.
     seconds:     wall-clock time of the whole ``init_`` call; ``fit_seconds``: the query/key fit alone.
     fit_report:  ``fit_impulse``'s own report (closed_form / iterative), None otherwise.
     constants:   every scale and constant used (see the module docstring).
     """
 
-    method: str
-    fit: str
+    init: str
+    fit_method: str
     seed: Optional[int]
     grid: Tuple[int, int]
     num_prefix_tokens: int
@@ -165,9 +167,9 @@ class TimmInitReport:
         return d
 
     def __str__(self) -> str:
-        how = (f"fit {self.fit}" if self.method == "impulse" else
-               "official" if self.fit == "official" else "value/projection x -> x(0.4Z - 0.4I)")
-        head = (f"{self.method} init ({how}), seed "
+        how = (f"fit {self.fit_method}" if self.init == "impulse" else
+               "official" if self.fit_method == "official" else "value/projection x -> x(0.4Z - 0.4I)")
+        head = (f"{self.init} init ({how}), seed "
                 f"{self.seed}: {self.depth} blocks x {self.num_heads} heads (head dim {self.head_dim}, D "
                 f"{self.embed_dim}) on a {self.grid[0]}x{self.grid[1]} grid, {self.num_prefix_tokens} prefix "
                 f"tokens, {self.seconds:.2f} s (fit {self.fit_seconds:.2f} s)")
@@ -244,7 +246,7 @@ def attention_maps(view: ViTView, images: Optional[torch.Tensor] = None, *, dtyp
 
 
 def _impulse_quality(maps: torch.Tensor, logits: torch.Tensor, offsets: torch.Tensor, grid, seconds: float,
-                     method: str, backend: str) -> FitReport:
+                     fit_method: str, backend: str) -> FitReport:
     maps = maps.to(torch.float64)
     targets = impulse_targets(offsets, grid, dtype=torch.float64)
     valid = valid_rows(offsets, grid)
@@ -256,7 +258,7 @@ def _impulse_quality(maps: torch.Tensor, logits: torch.Tensor, offsets: torch.Te
                      uniform_mse=float(((1.0 / n - targets) ** 2).mean()),
                      argmax_hit=int(((maps.argmax(-1) == hit_index) & valid).sum()) / n_valid,
                      target_mass=float((mass * valid).sum()) / n_valid, seconds=seconds,
-                     max_logit=float(logits.abs().max()), method=method, backend=backend)
+                     max_logit=float(logits.abs().max()), fit_method=fit_method, backend=backend)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -269,10 +271,10 @@ def _check_scale(value, name: str) -> Optional[float]:
     return positive_float(value, name)
 
 
-def structured_init_(view: ViTView, method: str = "impulse", *, kernel_size: int = 3, fit: str = "closed_form",
-          seed: Optional[int] = 0, pos_scale: Optional[float] = None, qk_scale: Optional[float] = None,
-          vproj_scale: Optional[float] = None, vproj: bool = True, qk_bias: Optional[str] = None,
-          compute_dtype=None, **fit_kwargs) -> TimmInitReport:
+def structured_init_(view: ViTView, init: str = "impulse", *, kernel_size: int = 3, fit_method: str = "closed_form",
+                     seed: Optional[int] = 0, pos_scale: Optional[float] = None, qk_scale: Optional[float] = None,
+                     vproj_scale: Optional[float] = None, vproj: bool = True, qk_bias: Optional[str] = None,
+                     compute_dtype=None, **fit_kwargs) -> TimmInitReport:
     """Re-initialize a standard ViT (seen through ``view``) in place with the structured (impulse) or mimetic init.
 
     Args:
@@ -280,14 +282,14 @@ def structured_init_(view: ViTView, method: str = "impulse", *, kernel_size: int
             head count, class token or not, register tokens; non-square grids), already checked by its family.
             Refused before anything changes (ValueError/TypeError naming the problem): no position embedding
             (impulse), query/key norms (impulse), an official fit whose pseudo-input has rank below the head dim.
-        method: ``"impulse"`` (structured init) or ``"mimetic"`` (the public code's baseline).
+        init: ``"impulse"`` (structured init) or ``"mimetic"`` (the public code's baseline).
         kernel_size: odd window size k; offsets cycle through it in the public code's order (k = 3 there).
-        fit: ``"closed_form"`` (default, this package's closed form), ``"official"`` (the public code's closed
-            form), ``"iterative"`` (the published Adam recipe). For ``method="mimetic"``, ``"official"``
+        fit_method: ``"closed_form"`` (default, this package's closed form), ``"official"`` (the public code's
+            closed form), ``"iterative"`` (the published Adam recipe). For ``init="mimetic"``, ``"official"``
             reproduces the public code including its value/projection orientation (see docs/timm.md); any other
             value assigns value/projection so that x ↦ x·(0.4·Z − 0.4·I), as its impulse branch does.
         seed: int (private generators, global ones untouched) or None (the global torch and numpy generators,
-            consumed exactly as the public code does; only for ``fit="official"`` or ``method="mimetic"``).
+            consumed exactly as the public code does; only for ``fit_method="official"`` or ``init="mimetic"``).
         pos_scale, qk_scale, vproj_scale: override the public code's norm_p, norm_q, norm_v (impulse 18, 7, 1;
             mimetic 1, 1, 1). ``qk_scale`` only applies to the official fit and mimetic (the other fits set
             the logit scale themselves: pass ``target_mass``/``logit_scale``/``scale`` to ``fit_impulse``).
@@ -303,14 +305,14 @@ def structured_init_(view: ViTView, method: str = "impulse", *, kernel_size: int
         TimmInitReport (per-block map quality on the pseudo-input, offsets, seconds, constants).
     """
     start = time.perf_counter()
-    choice(method, "method", METHODS)
-    choice(fit, "fit", FITS)
+    choice(init, "init", INITS)
+    choice(fit_method, "fit_method", FIT_METHODS)
     kernel_size = odd_kernel_size(kernel_size)
     if seed is not None:
         seed = seed_int(seed)
-    if seed is None and method == "impulse" and fit != "official":
-        raise ValueError("seed=None (the global generators, as the public code) is only for fit='official' or "
-                         "method='mimetic'; give an int seed")
+    if seed is None and init == "impulse" and fit_method != "official":
+        raise ValueError("seed=None (the global generators, as the public code) is only for fit_method='official' "
+                         "or init='mimetic'; give an int seed")
     vproj = as_bool(vproj, "vproj")
     if qk_bias is not None:
         choice(qk_bias, "qk_bias", ("keep", "zero"))
@@ -319,26 +321,26 @@ def structured_init_(view: ViTView, method: str = "impulse", *, kernel_size: int
     pos_scale = _check_scale(pos_scale, "pos_scale")
     qk_scale = _check_scale(qk_scale, "qk_scale")
     vproj_scale = _check_scale(vproj_scale, "vproj_scale")
-    learned_fit = method == "impulse" and fit in ("closed_form", "iterative")
+    learned_fit = init == "impulse" and fit_method in ("closed_form", "iterative")
     if fit_kwargs and not learned_fit:
         raise ValueError(f"extra keyword arguments {sorted(fit_kwargs)} go to fit_impulse, which only "
-                         f"fit='closed_form' / 'iterative' with method='impulse' use")
+                         f"fit_method='closed_form' / 'iterative' with init='impulse' use")
     bad = sorted(set(fit_kwargs) & set(_FIT_KWARGS_SET_HERE))
     if bad:
         raise ValueError(f"{bad} are set by init_ from the model and cannot be passed")
     if learned_fit and qk_scale is not None:
-        raise ValueError("qk_scale applies to fit='official' and method='mimetic'; the closed_form / iterative "
-                         "fits set the logit scale themselves (pass target_mass, logit_scale or scale)")
-    if compute_dtype is not None and not (method == "impulse" and fit == "official"):
-        raise ValueError("compute_dtype only applies to method='impulse', fit='official'")
+        raise ValueError("qk_scale applies to fit_method='official' and init='mimetic'; the closed_form / "
+                         "iterative fits set the logit scale themselves (pass target_mass, logit_scale or scale)")
+    if compute_dtype is not None and not (init == "impulse" and fit_method == "official"):
+        raise ValueError("compute_dtype only applies to init='impulse', fit_method='official'")
     compute_dtype = torch.float32 if compute_dtype is None else compute_dtype
 
-    if method == "impulse" and view.pos is None:
+    if init == "impulse" and view.pos is None:
         raise ValueError("model has no position embedding (e.g. pos_embed='none'): the impulse fit uses the "
                          "layer-normed position embedding as its pseudo-input")
     grid, n, dim, heads, hd, depth = view.grid, view.n, view.dim, view.heads, view.head_dim, view.depth
     blocks = view.blocks
-    if method == "impulse":
+    if init == "impulse":
         for i, blk in enumerate(blocks):
             if not isinstance(blk.q_norm, torch.nn.Identity) or not isinstance(blk.k_norm, torch.nn.Identity):
                 raise ValueError(f"block {i} normalizes queries and keys (qk_norm=True): the normalization "
@@ -347,7 +349,7 @@ def structured_init_(view: ViTView, method: str = "impulse", *, kernel_size: int
         if half >= min(grid):
             raise ValueError(f"kernel_size {kernel_size} reaches past a {grid[0]}x{grid[1]} grid: offsets of "
                              f"±{half} tokens leave no valid row")
-    defaults = IMPULSE_SCALES if method == "impulse" else MIMETIC_SCALES
+    defaults = IMPULSE_SCALES if init == "impulse" else MIMETIC_SCALES
     p_scale = defaults[0] if pos_scale is None else pos_scale
     q_scale = defaults[1] if qk_scale is None else qk_scale
     v_scale = defaults[2] if vproj_scale is None else vproj_scale
@@ -356,7 +358,7 @@ def structured_init_(view: ViTView, method: str = "impulse", *, kernel_size: int
 
     saved = (torch.get_rng_state(), np.random.get_state()) if seed is None else None
     try:
-        new = _compute(view, method, fit, kernel_size, seed, p_scale, q_scale, v_scale, vproj,
+        new = _compute(view, init, fit_method, kernel_size, seed, p_scale, q_scale, v_scale, vproj,
                        compute_dtype, fit_kwargs)
     except BaseException:
         if saved is not None:  # a refusal discovered mid-way leaves the global generators as they were
@@ -380,36 +382,37 @@ def structured_init_(view: ViTView, method: str = "impulse", *, kernel_size: int
 
     reports: List[FitReport] = []
     offsets = new["offsets"]
-    if method == "impulse":
+    if init == "impulse":
         with torch.no_grad():
             x = pseudo_input(view)[None]
             for i, blk in enumerate(blocks):
                 logits, maps = _block_probs(blk, x, torch.float64)
                 reports.append(_impulse_quality(maps[0], logits[0], offsets[i], grid, new["fit_seconds"],
-                                                f"timm/{fit}", new["backend"]))
+                                                f"timm/{fit_method}", new["backend"]))
     constants = dict(pos_scale=p_scale, qk_scale=q_scale if not learned_fit else None, vproj_scale=v_scale,
                      vproj=vproj, qk_bias=qk_bias, ln_eps=LN_EPS)
-    if method == "impulse":
+    if init == "impulse":
         constants.update(offset_order_3x3=list(OFFSET_ORDER_3x3))
-        if fit == "official":
+        if fit_method == "official":
             constants.update(target_logit=TARGET_LOGIT, noise_scale=NOISE_SCALE, noise_std=NOISE_STD,
                              noise_bounds=list(NOISE_BOUNDS), pinv_rank=hd, svd_rank=hd,
                              compute_dtype=str(compute_dtype).replace("torch.", ""))
         else:
             constants.update(softmax_scale_of_fit=new["fit_scale"], attn_scale=float(blocks[0].scale))
     if vproj:
-        constants.update(vproj_alpha=VPROJ_ALPHA, vproj_beta=VPROJ_BETA, vproj_sign=VPROJ_SIGN)
-    if method == "mimetic":
-        constants.update(mimetic_alpha=MIMETIC_ALPHA, mimetic_beta=MIMETIC_BETA,
-                         vproj_orientation="official" if fit == "official" else "x (W_v^T W_proj^T) = x A")
-    return TimmInitReport(method=method, fit=fit, seed=seed, grid=grid, num_prefix_tokens=view.prefix,
+        constants.update(vproj_noise_gain=VPROJ_NOISE_GAIN, vproj_identity_gain=VPROJ_IDENTITY_GAIN,
+                         vproj_sign=VPROJ_SIGN)
+    if init == "mimetic":
+        constants.update(mimetic_noise_gain=MIMETIC_NOISE_GAIN, mimetic_identity_gain=MIMETIC_IDENTITY_GAIN,
+                         vproj_orientation="official" if fit_method == "official" else "x (W_v^T W_proj^T) = x A")
+    return TimmInitReport(init=init, fit_method=fit_method, seed=seed, grid=grid, num_prefix_tokens=view.prefix,
                           embed_dim=dim, num_heads=heads, head_dim=hd, depth=depth, kernel_size=kernel_size,
                           offsets=offsets, blocks=reports, seconds=time.perf_counter() - start,
                           fit_seconds=new["fit_seconds"], constants=constants, fit_report=new["fit_report"],
                           extra=new["extra"])
 
 
-def _compute(view: ViTView, method: str, fit: str, kernel_size: int, seed: Optional[int], p_scale: float,
+def _compute(view: ViTView, init: str, fit_method: str, kernel_size: int, seed: Optional[int], p_scale: float,
              q_scale: float, v_scale: float, vproj: bool, compute_dtype, fit_kwargs: dict) -> dict:
     """Every new tensor (CPU), computed without touching the model. Raises before anything is written."""
     grid, n, dim, heads, hd, depth = view.grid, view.n, view.dim, view.heads, view.head_dim, view.depth
@@ -419,19 +422,19 @@ def _compute(view: ViTView, method: str, fit: str, kernel_size: int, seed: Optio
                fit_scale=None, extra={})
     t0 = time.perf_counter()
 
-    if method == "mimetic":
+    if init == "mimetic":
         qk_rank_err = []
         for i in range(depth):
             rows = torch.empty(2 * dim, dim, dtype=torch.float32)
             for h in range(heads):
-                left, right = ortho_like(dim, MIMETIC_ALPHA, MIMETIC_BETA, MIMETIC_SIGN, uniform)
+                left, right = ortho_like(dim, MIMETIC_NOISE_GAIN, MIMETIC_IDENTITY_GAIN, MIMETIC_SIGN, uniform)
                 q = left[:, :hd]
                 k = right.T[:, :hd]
                 rows[h * hd:(h + 1) * hd] = q_scale * torch.tensor(q.T).float()
                 rows[dim + h * hd:dim + (h + 1) * hd] = q_scale * torch.tensor(k.T).float()
             out["qk"].append(rows)
             if vproj:
-                _vproj(out, dim, v_scale, uniform, official_orientation_mimetic=(fit == "official"))
+                _vproj(out, dim, v_scale, uniform, official_orientation_mimetic=(fit_method == "official"))
         if view.pos is not None and p_scale != 1.0:
             out["pos"] = view.pos.detach().cpu() * p_scale
         out["fit_seconds"] = time.perf_counter() - t0
@@ -455,14 +458,14 @@ def _compute(view: ViTView, method: str, fit: str, kernel_size: int, seed: Optio
     rank, ratio = pinv_rank(x, hd)
     offsets = official_offsets(heads, kernel_size)
     out["offsets"] = offsets[None].expand(depth, heads, 2).clone()
-    if fit == "official":
+    if fit_method == "official":
         floor = 10 * math.sqrt(torch.finfo(compute_dtype).eps)
         if rank < hd or ratio < floor:
             raise ValueError(
-                f"fit='official' truncates the pseudo-inverse of LN(pos_embed) at rank head_dim = {hd}, but that "
-                f"{n}x{dim} matrix has rank {rank} (σ_{hd}/σ_1 = {ratio:.2e}, needs > {floor:.1e}): the code would "
-                f"invert (near-)zero singular values. This happens when the grid has fewer than head_dim + 1 "
-                f"tokens (here {grid[0]}x{grid[1]} = {n}); use fit='closed_form'")
+                f"fit_method='official' truncates the pseudo-inverse of LN(pos_embed) at rank head_dim = {hd}, but "
+                f"that {n}x{dim} matrix has rank {rank} (σ_{hd}/σ_1 = {ratio:.2e}, needs > {floor:.1e}): the code "
+                f"would invert (near-)zero singular values. This happens when the grid has fewer than head_dim + 1 "
+                f"tokens (here {grid[0]}x{grid[1]} = {n}); use fit_method='closed_form'")
         grid_pos = pos[0, view.pos_offset:]
         gen = None if seed is None else torch.Generator().manual_seed(seed)  # None: the global generator
         qk = []
@@ -492,10 +495,10 @@ def _compute(view: ViTView, method: str, fit: str, kernel_size: int, seed: Optio
     else:
         from ..fitting import fit_impulse
         kwargs = dict(fit_kwargs)
-        if fit == "closed_form":
+        if fit_method == "closed_form":
             kwargs = {**DEFAULT_FIT, **kwargs}
         kwargs.setdefault("scale", "auto")
-        res = fit_impulse(heads, grid, kernel_size, dim, hd, method=fit, seed=seed, layers=depth,
+        res = fit_impulse(heads, grid, kernel_size, dim, hd, fit_method=fit_method, seed=seed, layers=depth,
                           offsets=offsets, pseudo_input=x.float(), **kwargs)
         q = res.q.reshape(depth, heads, dim, hd).to(torch.float64)
         k = res.k.reshape(depth, heads, dim, hd).to(torch.float64)
@@ -523,7 +526,7 @@ def _vproj(out: dict, dim: int, v_scale: float, uniform, official_orientation_mi
     (the mimetic paper's W_v W_proj ≈ αZ − βI). Its mimetic branch stores W_v = L, W_proj = R (x ↦ x (R L)ᵀ);
     ``official_orientation_mimetic`` reproduces that.
     """
-    left, right = ortho_like(dim, VPROJ_ALPHA, VPROJ_BETA, VPROJ_SIGN, uniform)
+    left, right = ortho_like(dim, VPROJ_NOISE_GAIN, VPROJ_IDENTITY_GAIN, VPROJ_SIGN, uniform)
     if official_orientation_mimetic:
         out["v"].append(v_scale * torch.tensor(left).float())
         out["proj"].append(v_scale * torch.tensor(right).float())

@@ -6,7 +6,7 @@ PyTorch twin (reduced.py) and the compiled kernels; backends.py says which can r
 """
 from .api import fit_impulse
 from .report import FitReport, FitResult, attention_maps
-from .spec import FIT_BACKENDS, METHODS, RENORM_MODES, FitSpec, resolve_scale
+from .spec import FIT_BACKENDS, FIT_METHODS, RENORM_MODES, FitSpec, resolve_scale
 
-__all__ = ["fit_impulse", "FitSpec", "FitResult", "FitReport", "attention_maps", "METHODS", "FIT_BACKENDS",
+__all__ = ["fit_impulse", "FitSpec", "FitResult", "FitReport", "attention_maps", "FIT_METHODS", "FIT_BACKENDS",
            "RENORM_MODES", "resolve_scale"]

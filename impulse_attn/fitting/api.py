@@ -1,7 +1,7 @@
 """``fit_impulse``: the one entry point for fitting query/key weights to impulse attention maps.
 
 It is a spec and a dispatch: ``spec.make_spec`` validates every argument into a frozen ``FitSpec``; the disk
-cache keys on a digest of all of its fields; ``RUNNERS`` maps the method to the function that runs it, and for
+cache keys on a digest of all of its fields; ``RUNNERS`` maps the fit method to the function that runs it, and for
 the iterative recipe ``ITERATIVE_BACKENDS`` maps the backend ("reference", "cpp", "cuda") to its function.
 ``backend="auto"`` tries the fastest backend that passes its parity probe and falls back (with one warning that
 names the cause) to the next when one fails; an explicit backend raises instead.
@@ -24,11 +24,11 @@ from .closed_form import check_closed_form_work, fit_closed_form
 from .fast import fit_iterative_fast
 from .iterative import fit_iterative_reference, init_qk
 from .report import FitResult, evaluate_fit, warn_if_uniform
-from .spec import FIT_BACKENDS, METHODS, FitSpec, make_spec, resolve_scale
+from .spec import FIT_BACKENDS, FIT_METHODS, FitSpec, make_spec, resolve_scale
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit_impulse", "FitSpec", "METHODS", "FIT_BACKENDS", "resolve_scale", "RUNNERS", "ITERATIVE_BACKENDS"]
+__all__ = ["fit_impulse", "FitSpec", "FIT_METHODS", "FIT_BACKENDS", "resolve_scale", "RUNNERS", "ITERATIVE_BACKENDS"]
 
 
 def _init_generator(seed: int) -> torch.Generator:
@@ -100,7 +100,7 @@ def _run_iterative(spec: FitSpec, p: _Problem, backend: str, progress: bool):
     return q, k, extra, spec.steps
 
 
-# method -> function(spec, problem, backend, progress) -> (q, k, extra report fields, steps run)
+# fit method -> function(spec, problem, backend, progress) -> (q, k, extra report fields, steps run)
 RUNNERS: Dict[str, Callable] = {"closed_form": _run_closed_form, "iterative": _run_iterative}
 
 # Ranges outside of which an argument is plainly a mistake (each refused with its reason, before any work).
@@ -115,7 +115,7 @@ def _check_ranges(spec: FitSpec, scale_given: bool) -> None:
         why = "the published softmax scale is 0.1; Q Kᵀ carries 1/scale, so far from it Q, K leave float32's range"
         at_least(spec.scale, "scale", SCALE_RANGE[0], why)
         at_most(spec.scale, "scale", SCALE_RANGE[1], why)
-    if spec.method == "iterative":
+    if spec.fit_method == "iterative":
         at_most(spec.lr, "lr", MAX_LR, "Adam moves every weight by about lr per step, and the weights start below 1; "
                 "the published rate is 1e-4")
     else:
@@ -133,7 +133,7 @@ def _check_memory(spec: FitSpec) -> None:
     pseudo-input (N, D) with its float64 SVD."""
     n, d, r = spec.tokens, spec.dim, spec.head_dim
     heads = spec.layers * spec.num_heads
-    closed = spec.method == "closed_form"
+    closed = spec.fit_method == "closed_form"
     per_head = n * n * (4 + (24 if closed else 12)) + (32 * min(n, d) ** 2 if closed else 0)
     nbytes = heads * per_head + heads * d * r * (32 if closed else 48) + n * d * (32 if closed else 12)
     require_memory(nbytes, f"an impulse fit of {spec.layers} x {spec.num_heads} heads with Q, K of {d} x {r} on {n} "
@@ -143,7 +143,7 @@ def _check_memory(spec: FitSpec) -> None:
 def _typical(spec: FitSpec, pseudo_scale: float) -> list:
     """(argument, value, typical value) of the arguments that set the size of the logits and of the steps."""
     out = [("scale", spec.scale, 0.1)]
-    if spec.method == "iterative":
+    if spec.fit_method == "iterative":
         out.append(("lr", spec.lr, 1e-4))
     else:
         if spec.logit_scale is not None:
@@ -166,13 +166,13 @@ def _check_finite(spec: FitSpec, q: torch.Tensor, k: torch.Tensor, used: str) ->
     far = sorted([c for c in cands if c[0] >= 2], reverse=True) or cands
     named = ", ".join(f"{name}={v:.3g} (typical {t:g})" if name != "pseudo_input" else
                       f"pseudo_input (largest |value| {v:.3g}, typical 1)" for _, name, v, t in far)
-    raise ValueError(f"the impulse fit (method {spec.method!r}, backend {used!r}) ended with non-finite Q, K (NaN "
-                     f"or Inf); likely responsible: {named}. Bring {'it' if len(far) == 1 else 'them'} toward the "
-                     f"typical value{'' if len(far) == 1 else 's'}")
+    raise ValueError(f"the impulse fit (fit_method {spec.fit_method!r}, backend {used!r}) ended with non-finite Q, "
+                     f"K (NaN or Inf); likely responsible: {named}. Bring {'it' if len(far) == 1 else 'them'} toward "
+                     f"the typical value{'' if len(far) == 1 else 's'}")
 
 
 def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: int = 512, head_dim: int = 64,
-                method: str = "iterative", steps: int = 10000, seed: int = 0, backend: str = "auto", *,
+                fit_method: str = "iterative", steps: int = 10000, seed: int = 0, backend: str = "auto", *,
                 layers: int = 1, offsets=None, scale=0.1, lr: float = 1e-4, renorm_every: int = 100,
                 renorm: str = "code", alpha: float = 0.0, pseudo_input: Optional[torch.Tensor] = None,
                 target: str = "impulse", target_mass: float = 0.3, logit_scale: Optional[float] = None,
@@ -186,7 +186,7 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
         grid_size: token grid, an int or (H, W); N = H·W.
         kernel_size: odd window size k the offsets are drawn from (5 in the 2401.12511 code).
         dim: model width D; head_dim: the head dimension r (the rank of Q Kᵀ).
-        method: ``"iterative"`` (the published Adam recipe) or ``"closed_form"`` (projection + SVD).
+        fit_method: ``"iterative"`` (the published Adam recipe) or ``"closed_form"`` (projection + SVD).
         steps, lr, renorm_every, renorm: the iterative recipe (published defaults 10000, 1e-4, 100, "code";
             ``renorm="columns"`` rescales K's columns as the paper text says, the public code rescales K's rows).
         seed: seeds the offsets and, from a separate stream, the init; results are deterministic for a seed.
@@ -229,18 +229,18 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
     warn, progress, dedup = as_bool(warn, "warn"), as_bool(progress, "progress"), as_bool(dedup, "dedup")
     if pseudo_input is not None:
         float_tensor(pseudo_input, "pseudo_input")
-    spec = make_spec(num_heads, grid_size, kernel_size, dim, head_dim, method, steps, seed, backend, layers=layers,
+    spec = make_spec(num_heads, grid_size, kernel_size, dim, head_dim, fit_method, steps, seed, backend, layers=layers,
                      offsets=offsets, scale=scale, lr=lr, renorm_every=renorm_every, renorm=renorm, alpha=alpha,
                      pseudo_input=pseudo_input, target=target, target_mass=target_mass, logit_scale=logit_scale,
                      pinv_rtol=pinv_rtol, noise_std=noise_std, dedup=dedup, tol=tol, check_every=check_every)
     _check_ranges(spec, scale_given=not isinstance(scale, str))
     _check_memory(spec)
-    if spec.method == "closed_form":
+    if spec.fit_method == "closed_form":
         check_closed_form_work(spec.tokens, spec.dim)
     cache = FitCache(cache_dir) if cache_dir is not None else None
     problem = _Problem(spec)
     start = time.perf_counter()
-    candidates = ["reference"] if method == "closed_form" else fit_backends.candidates(backend)
+    candidates = ["reference"] if fit_method == "closed_form" else fit_backends.candidates(backend)
     result = None
     for i, used in enumerate(candidates):
         try:
@@ -254,8 +254,8 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
                           f"{candidates[i + 1]!r}", RuntimeWarning, stacklevel=2)
     q, k, extra, steps_done, used = result
     seconds = time.perf_counter() - start
-    report = evaluate_fit(problem.x, q, k, spec.scale, problem.targets, problem.valid, seconds, method, used,
-                          steps_done, content_alpha=spec.alpha, seed=seed)
+    report = evaluate_fit(problem.x, q, k, spec.scale, problem.targets, problem.valid, seconds, fit_method,
+                          used, steps_done, alpha=spec.alpha, seed=seed)
     report.extra.update(extra)
     log.info("impulse fit: %s", report)
     if warn:
@@ -278,7 +278,7 @@ def _fit_or_load(spec: FitSpec, problem: _Problem, used: str, cache: Optional[Fi
             extra = {**entry["meta"].get("extra", {}), "cache": status}
             return (entry["tensors"]["q"], entry["tensors"]["k"], extra, int(entry["meta"].get("steps_done", 0)),
                     used)
-    q, k, extra, steps_done = RUNNERS[spec.method](spec, problem, used, progress)
+    q, k, extra, steps_done = RUNNERS[spec.fit_method](spec, problem, used, progress)
     _check_finite(spec, q, k, used)
     if cache is not None:
         cache.store(key, {"q": q.float(), "k": k.float()}, {"extra": extra, "steps_done": steps_done})

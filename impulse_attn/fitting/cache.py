@@ -1,6 +1,6 @@
 """A disk cache of fitted Q, K, so that a model built twice with the same settings fits once.
 
-An entry's key is the SHA-256 of every input that changes the result (method and its arguments, seed, offsets, the
+An entry's key is the SHA-256 of every input that changes the result (fit method and its arguments, seed, offsets,
 pseudo-input's bytes, the backend, the package, algorithm and torch versions; ``fitting.api`` assembles them).
 Entries are written atomically (a temporary file in the same directory, then ``os.replace``), so a reader never
 sees half a file; they are read with ``torch.load(weights_only=True)`` (no code runs on load) and checked: the

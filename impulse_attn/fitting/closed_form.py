@@ -30,8 +30,8 @@ import torch
 #: The most SVD work (the sum of m·n·min(m, n) over the SVDs taken) a closed-form fit may do: about a minute of CPU.
 MAX_CLOSED_FORM_WORK = 2 ** 35
 
-_ADVICE = ("use method='iterative' (its cost grows like N²·D per step, not N³), fewer heads or layers per call, or a "
-           "smaller grid (mode 'III' fits an N×N identity pseudo-input: N = H·W tokens)")
+_ADVICE = ("use fit_method='iterative' (its cost grows like N²·D per step, not N³), fewer heads or layers per call, "
+           "or a smaller grid (mode 'III' fits an N×N identity pseudo-input: N = H·W tokens)")
 
 
 def check_closed_form_work(n: int, d: int, matrices: int = 0, k: int = 0) -> None:

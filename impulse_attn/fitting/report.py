@@ -1,4 +1,4 @@
-"""What a fit produced and how good it is, measured the same way for every method and backend."""
+"""What a fit produced and how good it is, measured the same way for every fit method and backend."""
 from __future__ import annotations
 
 import math
@@ -30,7 +30,7 @@ class FitReport:
     seconds: float
     max_logit: float = float("nan")
     content_logit_std: float = float("nan")
-    method: str = ""
+    fit_method: str = ""
     backend: str = ""
     steps: int = 0
     extra: dict = field(default_factory=dict)
@@ -53,7 +53,7 @@ class FitReport:
     def __str__(self) -> str:
         content = ("no content term" if math.isnan(self.content_logit_std)   # α = 0: the logits ignore x
                    else f"content logit std {self.content_logit_std:.2f}")
-        return (f"{self.method}/{self.backend}: mse {self.mse:.5f} (uniform {self.uniform_mse:.5f}), "
+        return (f"{self.fit_method}/{self.backend}: mse {self.mse:.5f} (uniform {self.uniform_mse:.5f}), "
                 f"argmax hit {self.argmax_hit:.3f}, target mass {self.target_mass:.3f}, "
                 f"max logit {self.max_logit:.1f}, {content}, {self.seconds:.2f} s")
 
@@ -80,9 +80,10 @@ def attention_maps(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: flo
 
 @torch.no_grad()
 def evaluate_fit(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float, targets: torch.Tensor,
-                 valid: torch.Tensor, seconds: float, method: str, backend: str, steps: int,
-                 content_alpha: float = 0.0, seed: int = 0) -> FitReport:
-    """Measure a fit. ``targets`` (..., N, N) and ``valid`` (..., N) broadcast like q's leading dims."""
+                 valid: torch.Tensor, seconds: float, fit_method: str, backend: str, steps: int,
+                 alpha: float = 0.0, seed: int = 0) -> FitReport:
+    """Measure a fit. ``targets`` (..., N, N) and ``valid`` (..., N) broadcast like q's leading dims; ``alpha``:
+    Model I's content weight α (0: no content term), the scale of the random content whose logits are measured."""
     x = x.to(torch.float64)
     q = q.to(torch.float64)
     k = k.to(torch.float64)
@@ -97,13 +98,13 @@ def evaluate_fit(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float
     n_valid = max(int(valid.sum()), 1)
     mass = maps.gather(-1, hit_index[..., None])[..., 0]
     content_std = float("nan")
-    if content_alpha > 0:
+    if alpha > 0:
         g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, x.shape[-1], generator=g, dtype=torch.float64) * content_alpha
+        z = torch.randn(n, x.shape[-1], generator=g, dtype=torch.float64) * alpha
         content_std = float((scale * (z @ q) @ (z @ k).transpose(-1, -2)).std())
     return FitReport(mse=mse, uniform_mse=uniform_mse, tokens=n, argmax_hit=int(hits.sum()) / n_valid,
                      target_mass=float((mass * valid).sum()) / n_valid, seconds=seconds,
-                     max_logit=float(logits.abs().max()), content_logit_std=content_std, method=method,
+                     max_logit=float(logits.abs().max()), content_logit_std=content_std, fit_method=fit_method,
                      backend=backend, steps=steps)
 
 
@@ -113,7 +114,7 @@ def warn_if_uniform(report: FitReport) -> None:
             f"impulse fit is no better than a uniform attention map (mse {report.mse:.5f} vs uniform "
             f"{report.uniform_mse:.5f}, mass on the target {report.target_mass:.3f} vs uniform "
             f"{1 / max(report.tokens, 1):.3f}): the model gets no convolutional "
-            f"prior. Use method='closed_form', more steps, or a larger scale.", RuntimeWarning, stacklevel=3)
+            f"prior. Use fit_method='closed_form', more steps, or a larger scale.", RuntimeWarning, stacklevel=3)
 
 
 def finite_or_raise(t: torch.Tensor, what: str) -> None:

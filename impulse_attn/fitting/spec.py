@@ -2,7 +2,7 @@
 
 The public ``fit_impulse`` builds one (validating every argument once, by name, before any work), the disk cache
 keys on a digest of all its fields (a field added later can never give a stale hit), and ``fitting.api`` maps
-(method, backend) to the function that runs it.
+(fit method, backend) to the function that runs it.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .._validate import (choice, finite_tensor, grid_pair, odd_kernel_size, posi
                          require_memory)
 from ..targets import TARGET_SHAPES, check_offsets, cycle_offsets, kernel_fits_grid
 
-METHODS = ("closed_form", "iterative")
+FIT_METHODS = ("closed_form", "iterative")
 FIT_BACKENDS = ("auto", "reference", "cpp", "cuda")
 RENORM_MODES = ("code", "columns", "none")
 # The compiled op's renorm interval is a C int.
@@ -46,14 +46,14 @@ def _unit_interval(value, name: str, closed_low: bool = False) -> float:
 OFFSET_ORDERS = ("random", "cycle")
 
 
-def option(help: str, kind: str, flag: Optional[str] = None, methods: Sequence[str] = METHODS,
+def option(help: str, kind: str, flag: Optional[str] = None, fit_methods: Sequence[str] = FIT_METHODS,
            choices: Optional[Callable[[], Sequence[str]]] = None):
     """A FitSpec field with its command-line face: the ``fit`` command's flags are generated from these.
 
     ``kind``: how a flag value is read ("int", "float", "optional_float", "str", "bool", "scale": a number or
-    "auto"); ``flag``: the flag (default: --<name>); ``methods``: the fit methods that use it (a flag given for
-    another method is refused); ``choices``: a callable returning the allowed values."""
-    return field(metadata=dict(help=help, kind=kind, flag=flag, methods=tuple(methods), choices=choices))
+    "auto"); ``flag``: the flag (default: --<name>); ``fit_methods``: the fit methods that use it (a flag given
+    for another fit method is refused); ``choices``: a callable returning the allowed values."""
+    return field(metadata=dict(help=help, kind=kind, flag=flag, fit_methods=tuple(fit_methods), choices=choices))
 
 
 _ITERATIVE = ("iterative",)
@@ -70,8 +70,8 @@ class FitSpec:
     kernel_size: int = option("odd window k the offsets come from", "int")
     dim: int = option("model width D", "int")
     head_dim: int = option("head dim r (rank of Q Kᵀ)", "int")
-    method: str = option("fit method: closed_form (projection + SVD, instant) or iterative (the published Adam "
-                         "recipe)", "str", flag="--fit-method", choices=lambda: METHODS)
+    fit_method: str = option("fit method: closed_form (projection + SVD, instant) or iterative (the published "
+                             "Adam recipe)", "str", flag="--fit-method", choices=lambda: FIT_METHODS)
     layers: int = option("independent fits, one per layer, fresh offsets each (the picture shows the first)", "int")
     seed: int = option("seed of the offsets and the init", "int")
     # (layers, heads, 2), or None: drawn from seed
@@ -82,32 +82,32 @@ class FitSpec:
                           "8 heads)", "scale")
     alpha: float = option("fit on (1−α)·P: α is Model I's content weight", "float")
     pseudo_input: Optional[torch.Tensor] = field(metadata={})     # a tensor: the Python API only
-    # resolved for the iterative method; "reference" for the closed form
+    # resolved for the iterative fit method; "reference" for the closed form
     backend: str = option("where the iterative fit runs (auto: the fastest that passes its parity probe)", "str",
-                          flag="--fit-backend", methods=_ITERATIVE, choices=lambda: FIT_BACKENDS)
+                          flag="--fit-backend", fit_methods=_ITERATIVE, choices=lambda: FIT_BACKENDS)
     # iterative recipe
     steps: int = option(f"steps of the iterative fit (at most {MAX_STEPS})", "int", flag="--fit-steps",
-                        methods=_ITERATIVE)
-    lr: float = option("Adam learning rate of the iterative fit", "float", flag="--fit-lr", methods=_ITERATIVE)
-    renorm_every: int = option("renormalize every N steps (0: never)", "int", methods=_ITERATIVE)
+                        fit_methods=_ITERATIVE)
+    lr: float = option("Adam learning rate of the iterative fit", "float", flag="--fit-lr", fit_methods=_ITERATIVE)
+    renorm_every: int = option("renormalize every N steps (0: never)", "int", fit_methods=_ITERATIVE)
     renorm: str = option("renormalization: code (K's rows, as the public code), columns (as the paper's text) or "
-                         "none", "str", methods=_ITERATIVE, choices=lambda: RENORM_MODES)
+                         "none", "str", fit_methods=_ITERATIVE, choices=lambda: RENORM_MODES)
     dedup: bool = option("fit each distinct target once (faster, not the published recipe)", "bool",
-                         methods=_ITERATIVE)
+                         fit_methods=_ITERATIVE)
     tol: Optional[float] = option("stop a head once its loss improves by less than this (relative) over "
                                   "--check-every steps (not the published recipe)", "optional_float",
-                                  methods=_ITERATIVE)
-    check_every: int = option("steps between the --tol checks", "int", methods=_ITERATIVE)
+                                  fit_methods=_ITERATIVE)
+    check_every: int = option("steps between the --tol checks", "int", fit_methods=_ITERATIVE)
     # closed form
     target: str = option("closed-form target logits around each offset: impulse (row match + column match) or "
-                         "laplace (a local blob)", "str", flag="--fit-target", methods=_CLOSED_FORM,
+                         "laplace (a local blob)", "str", flag="--fit-target", fit_methods=_CLOSED_FORM,
                          choices=lambda: TARGET_SHAPES)
     target_mass: float = option("closed-form sharpness: mean attention mass on the target", "float",
-                                methods=_CLOSED_FORM)
+                                fit_methods=_CLOSED_FORM)
     logit_scale: Optional[float] = option("closed-form logit scale instead of --target-mass", "optional_float",
-                                          methods=_CLOSED_FORM)
-    pinv_rtol: float = option("closed-form pseudo-inverse cutoff (relative)", "float", methods=_CLOSED_FORM)
-    noise_std: float = option("closed-form noise added to break ties", "float", methods=_CLOSED_FORM)
+                                          fit_methods=_CLOSED_FORM)
+    pinv_rtol: float = option("closed-form pseudo-inverse cutoff (relative)", "float", fit_methods=_CLOSED_FORM)
+    noise_std: float = option("closed-form noise added to break ties", "float", fit_methods=_CLOSED_FORM)
 
     @property
     def tokens(self) -> int:
@@ -147,7 +147,7 @@ def _offsets(offsets, layers: int, num_heads: int, kernel_size: int):
     return tuple(tuple(tuple(int(v) for v in o) for o in layer) for layer in t.tolist())
 
 
-def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, method, steps, seed, backend, *, layers, offsets,
+def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, fit_method, steps, seed, backend, *, layers, offsets,
               scale, lr, renorm_every, renorm, alpha, pseudo_input, target, target_mass, logit_scale, pinv_rtol,
               noise_std, dedup, tol, check_every) -> FitSpec:
     """Validate every argument of ``fit_impulse`` (each error names its argument) and freeze them."""
@@ -157,7 +157,7 @@ def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, method, steps, s
     kernel_fits_grid(kernel_size, grid)
     dim = positive_int(dim, "dim")
     head_dim = positive_int(head_dim, "head_dim")
-    choice(method, "method", METHODS)
+    choice(fit_method, "fit_method", FIT_METHODS)
     choice(backend, "backend", FIT_BACKENDS)
     layers = positive_int(layers, "layers")
     seed = positive_int(seed, "seed", minimum=0)
@@ -184,8 +184,8 @@ def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, method, steps, s
     if tol is not None:
         tol = positive_float(tol, "tol")
     check_every = positive_int(check_every, "check_every")
-    if method != "iterative" and (dedup or tol is not None):
-        raise ValueError("dedup and tol apply to method='iterative' only")
+    if fit_method != "iterative" and (dedup or tol is not None):
+        raise ValueError("dedup and tol apply to fit_method='iterative' only")
     n = grid[0] * grid[1]
     if pseudo_input is not None:
         finite_tensor(pseudo_input, "pseudo_input")
@@ -198,14 +198,15 @@ def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, method, steps, s
                          f"pseudo_input)")
     # Targets (float32) and, for the closed form, float64 logits and maps of every head are held at once, with
     # Q and K of every head (and the iterative fit's Adam moments) and the pseudo-input.
-    per_head = n * n * (4 + (24 if method == "closed_form" else 12)) + dim * head_dim * 8 * (2 if method ==
-                                                                                                "closed_form" else 6)
+    per_head = n * n * (4 + (24 if fit_method == "closed_form" else 12)) + dim * head_dim * 8 * (
+        2 if fit_method == "closed_form" else 6)
     require_memory(layers * num_heads * per_head + n * dim * 8,
                    f"layers {layers}, num_heads {num_heads}, dim {dim}, head_dim {head_dim}, grid_size {grid}: an "
                    f"impulse fit of this size",
                    "fit fewer heads or layers per call, a smaller dim, head_dim or grid")
     return FitSpec(num_heads=num_heads, grid_size=grid, kernel_size=kernel_size, dim=dim, head_dim=head_dim,
-                   method=method, layers=layers, seed=seed, offsets=_offsets(offsets, layers, num_heads, kernel_size),
+                   fit_method=fit_method, layers=layers, seed=seed,
+                   offsets=_offsets(offsets, layers, num_heads, kernel_size),
                    scale=scale, alpha=alpha, pseudo_input=pseudo_input, backend=backend, steps=steps, lr=lr,
                    renorm_every=renorm_every, renorm=renorm, dedup=dedup, tol=tol, check_every=check_every,
                    target=target, target_mass=target_mass, logit_scale=logit_scale, pinv_rtol=pinv_rtol,

@@ -18,8 +18,9 @@ Per layer, for heads h = 0..H-1 on an H_g×W_g token grid (N tokens) with pseudo
    Frobenius norm (so Q_h K_hᵀ = A_h / ||A_h||_*, the nuclear norm) (``official_qk``);
 5. the model then multiplies Q_h, K_h by 7 and the position embedding by 18 (see ``impulse_attn.timm``).
 
-Value/projection (and the mimetic baseline's query/key) use ``ortho_like``: A = α·U(±sqrt(3/D)) + sign·β·I drawn
-with numpy's legacy generator, split by SVD into L = U S^½ and R = S^½ Vᵀ (L R = A).
+Value/projection (and the mimetic baseline's query/key) use ``ortho_like``: A = noise_gain·U(±sqrt(3/D)) +
+sign·identity_gain·I (the mimetic paper's α, β) drawn with numpy's legacy generator, split by SVD into L = U S^½
+and R = S^½ Vᵀ (L R = A).
 """
 from __future__ import annotations
 
@@ -175,13 +176,15 @@ def numpy_uniform(seed: Optional[int]) -> Callable:
     return np.random.RandomState(seed if seed < 2 ** 32 else [seed % 2 ** 32, seed // 2 ** 32]).uniform
 
 
-def ortho_like(dim: int, alpha: float, beta: float, sign: int, uniform: Callable) -> Tuple[np.ndarray, np.ndarray]:
-    """The public code's ``get_ortho_like(dim, _, alpha, beta, sign, dist='uniform')`` in float64 numpy.
+def ortho_like(dim: int, noise_gain: float, identity_gain: float, sign: int, uniform: Callable
+               ) -> Tuple[np.ndarray, np.ndarray]:
+    """The public code's ``get_ortho_like(dim, _, alpha, beta, sign, dist='uniform')`` in float64 numpy, with
+    ``noise_gain``, ``identity_gain`` its (and the mimetic paper's) α, β.
 
-    A = alpha·U(±sqrt(3)/sqrt(dim)) + sign·beta·I (the uniform noise has variance 1/dim), SVD A = U S Vᵀ,
-    returns L = U S^½ and R = S^½ Vᵀ with L R = A. ``uniform`` is ``numpy_uniform(seed)``.
+    A = noise_gain·U(±sqrt(3)/sqrt(dim)) + sign·identity_gain·I (the uniform noise has variance 1/dim), SVD
+    A = U S Vᵀ; returns L = U S^½ and R = S^½ Vᵀ with L R = A. ``uniform`` is ``numpy_uniform(seed)``.
     """
     bound = 3 ** 0.5 / (dim ** 0.5)
-    a = alpha * uniform(size=(dim, dim), low=-bound, high=bound) + sign * beta * np.eye(dim)
+    a = noise_gain * uniform(size=(dim, dim), low=-bound, high=bound) + sign * identity_gain * np.eye(dim)
     u, s, vh = np.linalg.svd(a)
     return u @ np.diag(np.sqrt(s)), np.diag(np.sqrt(s)) @ vh

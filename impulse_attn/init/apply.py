@@ -28,30 +28,30 @@ def default_scale(init: str, fit_method: str, num_heads: int, dim_in: int, head_
     return resolve_scale("auto", dim_in, head_dim, num_heads)
 
 
-def initialize_qk_(layers: Sequence[QKLayer], strategy: str, *, seed: int = 0, fit_method: str = "closed_form",
+def initialize_qk_(layers: Sequence[QKLayer], init: str, *, seed: int = 0, fit_method: str = "closed_form",
                    kernel_size: int = 5, fit_kwargs: Optional[dict] = None) -> Optional[list]:
-    """Initialize the query/key weights of attention ``layers`` in place with a registered strategy's ``qk``
-    handler. Returns the FitResults for "impulse" (one per batch of layers with equal settings: normally one for
+    """Initialize the query/key weights of attention ``layers`` in place with the registered init strategy ``init``'s
+    ``qk`` handler. Returns the FitResults for "impulse" (one per batch of layers with equal settings: normally one for
     the whole model).
 
     Layers with equal requests are fitted together (one batched fit, fresh offsets per layer).
     """
-    choice(strategy, "init", INIT_STRATEGIES)
+    choice(init, "init", INIT_STRATEGIES)
     seed = seed_int(seed)
     choice(fit_method, "fit_method", FIT_METHODS)
     kernel_size = odd_kernel_size(kernel_size)
     fit_kwargs = kwargs_dict(fit_kwargs, "fit_kwargs")
-    strat = get_strategy(strategy)
+    strategy = get_strategy(init)
     layers = list(layers)
-    if strat.keeps_model or not layers:
+    if strategy.keeps_model or not layers:
         return None
-    if strat.qk is None:
-        raise ValueError(f"init {strategy!r} does not apply to query/key attention layers (it sets "
-                         f"{', '.join(k for k in ('window_bias', 'token_mix') if strat.handler(k))} only)")
+    if strategy.qk is None:
+        raise ValueError(f"init {init!r} does not apply to query/key attention layers (it sets "
+                         f"{', '.join(k for k in ('window_bias', 'token_mix') if strategy.handler(k))} only)")
     for layer in layers:
         if not isinstance(layer, QKLayer):
             raise TypeError(f"layers must implement qk_request() and load_qk() (QKLayer), got "
                             f"{type(layer).__name__}")
-    requests = [layer.qk_request(with_pseudo_input=strat.needs_pseudo_input) for layer in layers]
-    return strat.qk(layers, requests, torch.Generator().manual_seed(seed), seed=seed, fit_method=fit_method,
+    requests = [layer.qk_request(with_pseudo_input=strategy.needs_pseudo_input) for layer in layers]
+    return strategy.qk(layers, requests, torch.Generator().manual_seed(seed), seed=seed, fit_method=fit_method,
                     kernel_size=kernel_size, fit_kwargs=fit_kwargs)

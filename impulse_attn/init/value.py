@@ -12,14 +12,15 @@ from .protocol import QKLayer, VProjLayer
 VALUE_INITS = ("default", "mimetic")
 
 
-def mimetic_vproj(dim: int, inner: int, generator: torch.Generator, alpha: float = 0.4, beta: float = -0.4
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def mimetic_vproj(dim: int, inner: int, generator: torch.Generator, noise_gain: float = 0.4,
+                  identity_gain: float = -0.4) -> tuple[torch.Tensor, torch.Tensor]:
     """The later versions' value/projection init (after Trockman & Kolter): value-then-projection is x ↦ x·A with
-    A = α·sqrt(1/D)·U(−1, 1) + β·I (α = 0.4, β = −0.4), its best rank-``inner`` part when inner < D.
+    A = noise_gain·sqrt(1/D)·U(−1, 1) + identity_gain·I (0.4 and −0.4: the mimetic paper's α, β), its best
+    rank-``inner`` part when inner < D.
 
     Returns W_v (inner, D) and W_out (D, inner) for ``Linear`` layers: x W_vᵀ W_outᵀ = x (W_out W_v)ᵀ = x A."""
     noise = 2 * torch.rand(dim, dim, generator=generator, dtype=torch.float64) - 1
-    a = alpha * math.sqrt(1.0 / dim) * noise + beta * torch.eye(dim, dtype=torch.float64)
+    a = noise_gain * math.sqrt(1.0 / dim) * noise + identity_gain * torch.eye(dim, dtype=torch.float64)
     u, s, vh = torch.linalg.svd(a.T)                     # Aᵀ = W_out W_v
     k = min(inner, dim)
     root = s[:k].sqrt()
@@ -30,12 +31,12 @@ def mimetic_vproj(dim: int, inner: int, generator: torch.Generator, alpha: float
     return w_v.float(), w_out.float()
 
 
-def initialize_vproj_(layers: Sequence[QKLayer], strategy: str, *, seed: int = 0) -> None:
+def initialize_vproj_(layers: Sequence[QKLayer], value_init: str, *, seed: int = 0) -> None:
     """Initialize the value and output projections of attention ``layers`` in place: "default" leaves PyTorch's
     init, "mimetic" sets value-then-projection to ≈ 0.4·Z − 0.4·I (``mimetic_vproj``), fresh per layer."""
-    choice(strategy, "value_init", VALUE_INITS)
+    choice(value_init, "value_init", VALUE_INITS)
     seed = seed_int(seed)
-    if strategy == "default":
+    if value_init == "default":
         return
     gen = torch.Generator().manual_seed(seed + 7919)  # not the query/key init's stream
     for layer in layers:

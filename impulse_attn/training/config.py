@@ -247,8 +247,8 @@ def _inits():
 
 
 def _fit_methods():
-    from ..fitting import METHODS
-    return tuple(METHODS) + ("official",)
+    from ..fitting import FIT_METHODS
+    return tuple(FIT_METHODS) + ("official",)
 
 
 def _fit_backends():
@@ -414,10 +414,10 @@ class TrainConfig:
     eval_every: int = option(1, "evaluate every N epochs (and always at init and after the last epoch)",
                              "optimization", check=int_range(1, MAX_EPOCHS))
     # regularization: timm's own implementations (timm.data.Mixup, timm.loss, timm.utils.ModelEmaV3)
-    mixup: float = option(0.0, "mixup alpha (timm.data.Mixup; 0: off); with mixup or cutmix the loss is timm's "
-                          "SoftTargetCrossEntropy and the last incomplete batch of an epoch is dropped",
+    mixup: float = option(0.0, "mixup strength (timm's mixup_alpha; 0: off); with mixup or cutmix the loss is "
+                          "timm's SoftTargetCrossEntropy and the last incomplete batch of an epoch is dropped",
                           "regularization", check=non_negative_float)
-    cutmix: float = option(0.0, "cutmix alpha (timm.data.Mixup; 0: off)", "regularization",
+    cutmix: float = option(0.0, "cutmix strength (timm's cutmix_alpha; 0: off)", "regularization",
                            check=non_negative_float)
     mixup_prob: float = option(1.0, "probability of mixing a batch (with --mixup or --cutmix)", "regularization",
                                check=probability)
@@ -874,7 +874,7 @@ def fit_defaults() -> dict:
            if p.default is not inspect.Parameter.empty}
     out.update(num_heads=vit.num_heads, grid_size=NATIVE_SIZE[vit.dataset] // vit.patch_size,
                kernel_size=vit.kernel_size, dim=vit.dim, head_dim=vit.head_dim, layers=vit.depth, seed=vit.seed,
-               method=vit.fit_method, steps=vit.fit_steps, backend=vit.fit_backend, offsets=vit.fit_offsets,
+               fit_method=vit.fit_method, steps=vit.fit_steps, backend=vit.fit_backend, offsets=vit.fit_offsets,
                alpha=vit.alpha, scale="auto", **CLOSED_FORM_DEFAULTS)
     return out
 

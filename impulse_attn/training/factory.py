@@ -205,10 +205,11 @@ def build_external_model(config, num_classes: int, image_size: int, channels: in
             record["timm_init"] = _plain({k: v for k, v in d.items() if k not in ("blocks", "fit_report", "offsets")})
         if report.layers and report.layers[0].get("argmax_hit") is not None:
             record["fit"] = {"argmax_hit": report.argmax_hit, "target_mass": report.target_mass,
-                             "seconds": report.seconds, "method": f"{family}/{init_name}",
+                             "seconds": report.seconds, "init": f"{family}/{init_name}",
                              "blocks": len(report.layers)}
             if isinstance(src, TimmInitReport):
-                record["fit"].update(mse=src.mse, uniform_mse=src.uniform_mse, method=f"timm/{src.fit}",
+                record["fit"].update(mse=src.mse, uniform_mse=src.uniform_mse,
+                                     fit_method=f"timm/{src.fit_method}",
                                      backend=src.blocks[0].backend if src.blocks else "")
             record["fit_summary"] = (f"{family}/{init_name}, mean over {len(report.layers)} layers: argmax hit "
                                      f"{report.argmax_hit:.3f}, target mass {report.target_mass:.3f}, "

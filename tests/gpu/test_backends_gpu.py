@@ -80,7 +80,7 @@ def test_auto_attention_takes_the_kernel_once_the_policy_lists_it(pinned, monkey
 
 def test_fit_parity_probe_and_auto_choose_cuda():
     assert fit_backends.unavailable_reason("cuda") is None, "the CUDA fit failed its parity probe on this GPU"
-    kw = dict(num_heads=8, grid_size=(16, 16), kernel_size=5, dim=512, head_dim=64, method="iterative", steps=50,
+    kw = dict(num_heads=8, grid_size=(16, 16), kernel_size=5, dim=512, head_dim=64, fit_method="iterative", steps=50,
               layers=2, seed=0, warn=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback

@@ -59,8 +59,9 @@ def impulse_qk(layers, requests, generator, *, seed: int, fit_method: str, kerne
             if not torch.equal(requests[j].pseudo_input, x):
                 raise ValueError("impulse init fits layers with equal settings in one batch; their pseudo-inputs "
                                  "differ")
-        res = fit_impulse(r.num_heads, r.grid_size, kernel_size, r.dim_in, r.head_dim, method=fit_method,
-                          seed=(seed + gi) % 2 ** 63, layers=len(idx), pseudo_input=x, alpha=r.alpha, scale=r.scale, **kwargs)
+        res = fit_impulse(r.num_heads, r.grid_size, kernel_size, r.dim_in, r.head_dim, fit_method=fit_method,
+                          seed=(seed + gi) % 2 ** 63, layers=len(idx), pseudo_input=x, alpha=r.alpha, scale=r.scale,
+                          **kwargs)
         for n, j in enumerate(idx):
             layers[j].load_qk(res.q[n], res.k[n], res.offsets[n])
         results.append(res)

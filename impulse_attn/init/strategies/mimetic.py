@@ -9,11 +9,12 @@ from ..registry import Strategy, register_strategy
 from ._common import independent
 
 
-def mimetic_qk(heads: int, dim_in: int, head_dim: int, generator: torch.Generator, alpha: float = 0.7,
-               beta: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
-    """Trockman & Kolter's mimetic init: W = α·sqrt(1/D)·U(−1, 1) + β·I per head, Q Kᵀ = its best rank-r part."""
+def mimetic_qk(heads: int, dim_in: int, head_dim: int, generator: torch.Generator,
+               noise_gain: float = 0.7, identity_gain: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trockman & Kolter's mimetic init: W = noise_gain·sqrt(1/D)·U(−1, 1) + identity_gain·I per head, Q Kᵀ = its
+    best rank-r part. ``noise_gain``, ``identity_gain`` are the mimetic paper's α, β."""
     noise = 2 * torch.rand(heads, dim_in, dim_in, generator=generator, dtype=torch.float64) - 1
-    w = alpha * math.sqrt(1.0 / dim_in) * noise + beta * torch.eye(dim_in, dtype=torch.float64)
+    w = noise_gain * math.sqrt(1.0 / dim_in) * noise + identity_gain * torch.eye(dim_in, dtype=torch.float64)
     u, s, vh = torch.linalg.svd(w)
     root = s[:, :head_dim].sqrt()
     q = u[:, :, :head_dim] * root[:, None, :]
