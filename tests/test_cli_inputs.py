@@ -76,7 +76,6 @@ def _subparser(name: str) -> argparse.ArgumentParser:
     (["--eval-batch-size", HUGE], "--eval-batch-size must be an integer in [1, 1048576]"),
     (["--synthetic-train", HUGE], "--synthetic-train"),
     (["--synthetic-test", HUGE], "--synthetic-test"),
-    (["--synthetic-train", "5"], "--synthetic-train 5 gives some of the 10 classes no image"),
     (["--synthetic-classes", "1"], "--synthetic-classes must be an integer in [2, 10]"),
     (["--fit-steps", HUGE, "--fit-method", "iterative"], "--fit-steps must be an integer in [1, 10000000]"),
     (["--patch-size", HUGE], "--patch-size must be an integer in [1, 4096]"),

@@ -150,7 +150,9 @@ def test_families_table_pairs_each_init_with_the_familys_own_by_seed(tmp_path):
         _run(root / "swin", 25, "impulse", seed, imp)
     _run(root / "swin", 25, "impulse", 5, 0.90)          # no own run of seed 5: not paired
     _run(root / "mixer", 100, "impulse", 0, 0.40)         # no own run at all
+    _run(root / "mixer", 100, "impulse_g2", 0, 0.47)      # a default-sweep run: only with sweeps=True
     text = families.table(root)
+    assert "impulse_g2" not in text and "| impulse_g2 |" in families.table(root, sweeps=True)
     rows = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()[2:]}
     assert "| 2 | 31.0 ± 1.4 |" in rows[("swin", "25", "own")]
     assert rows[("swin", "25", "impulse")].rstrip().endswith("| +2.0 ± 1.4 |")

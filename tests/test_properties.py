@@ -55,7 +55,7 @@ def _small_budget(monkeypatch):
 _COUNTS = {"valid": 0, "refused": 0}
 #: the floors: about half of what the derandomized examples give today
 MIN_VALID = {"impulse_attention": 13, "vit_attention": 7, "simple_vit": 6, "convmixer": 4, "fit_impulse": 16,
-             "attention_op": 10}
+             "attention_op": 10, "train_argv": 14, "fit_argv": 6}
 
 
 def _refused():
@@ -248,6 +248,19 @@ TRAIN_FLAGS = ["--dataset", "--data-dir", "--per-class", "--data-seed", "--augme
 FIT_FLAGS = ["--num-heads", "--grid", "--kernel-size", "--dim", "--head-dim", "--fit-method", "--fit-steps",
              "--fit-target", "--fit-backend", "--scale", "--alpha", "--target-mass", "--layers", "--seed"]
 
+# Flag values known to be valid on the base command lines below: without them nearly every example is refused.
+VALID_TRAIN = [("--data-seed", "3"), ("--seed", "3"), ("--lr", "0.01"), ("--weight-decay", "0.1"),
+               ("--batch-size", "4"), ("--clip-grad", "1"), ("--alpha", "0.1"), ("--target-mass", "0.2"),
+               ("--init", "random"), ("--optimizer", "adamw"), ("--mlp-dim", "16"), ("--min-lr", "0")]
+VALID_FIT = [("--seed", "2"), ("--layers", "2"), ("--scale", "0.5"), ("--alpha", "0.1"), ("--num-heads", "3"),
+             ("--kernel-size", "1"), ("--fit-steps", "4"), ("--dim", "20")]
+
+
+def _flag_lists(flags, valid):
+    """Up to 3 (flag, value) pairs, each a known-valid pair (two times in three) or any flag with an odd value."""
+    pair = st.one_of(st.sampled_from(valid), st.sampled_from(valid), st.tuples(st.sampled_from(flags), VALUES))
+    return st.lists(pair, max_size=3)
+
 
 def _main(argv):
     err = io.StringIO()
@@ -257,8 +270,8 @@ def _main(argv):
 
 
 @settings(max_examples=40, **SETTINGS)
-@given(flags=st.lists(st.tuples(st.sampled_from(TRAIN_FLAGS), VALUES), max_size=3))
-def test_train_argv_exits_0_or_2(tmp_path_factory, flags):
+@given(flags=_flag_lists(TRAIN_FLAGS, VALID_TRAIN))
+def _train_argv_examples(tmp_path_factory, flags):
     out = tmp_path_factory.mktemp("run")
     argv = ["train", *TINY, "--out", str(out / "r")]
     for flag, value in flags:
@@ -272,14 +285,19 @@ def test_train_argv_exits_0_or_2(tmp_path_factory, flags):
     assert "Traceback" not in err
     if code == 2:
         assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+    _refused() if code else _valid()
+
+
+def test_train_argv_exits_0_or_2(tmp_path_factory):
+    _check_ran(lambda: _train_argv_examples(tmp_path_factory), MIN_VALID["train_argv"], 0.2)
 
 
 @settings(max_examples=30, **SETTINGS)
-@given(flags=st.lists(st.tuples(st.sampled_from(FIT_FLAGS), VALUES), max_size=3))
-def test_fit_argv_exits_0_or_2(tmp_path_factory, flags):
+@given(flags=_flag_lists(FIT_FLAGS, VALID_FIT))
+def _fit_argv_examples(tmp_path_factory, flags):
     out = tmp_path_factory.mktemp("fit")
     argv = ["fit", "--num-heads", "2", "--grid", "4", "--kernel-size", "3", "--dim", "16", "--head-dim", "4",
-            "--fit-steps", "3", "--out", str(out / "f"), "--no-progress"]
+            "--fit-method", "iterative", "--fit-steps", "3", "--out", str(out / "f"), "--no-progress"]
     for flag, value in flags:
         if flag == "--fit-steps" and value in ("1e30", str(2 ** 70)):
             value = "5"
@@ -287,3 +305,8 @@ def test_fit_argv_exits_0_or_2(tmp_path_factory, flags):
     code, err = _main(argv)
     assert code in (0, 2), (argv, code, err)
     assert "Traceback" not in err
+    _refused() if code else _valid()
+
+
+def test_fit_argv_exits_0_or_2(tmp_path_factory):
+    _check_ran(lambda: _fit_argv_examples(tmp_path_factory), MIN_VALID["fit_argv"], 0.2)
