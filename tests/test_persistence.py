@@ -241,3 +241,15 @@ def test_loop_functions_fit_on_one_screen():
     train_fn = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "train")
     nested = [n.name for n in ast.walk(train_fn) if isinstance(n, ast.FunctionDef) and n is not train_fn]
     assert not nested, f"train() defines closures: {nested}"
+
+
+@pytest.mark.parametrize("out, words", [("", "must name a folder"), ("/proc/impulse-attn-run", "cannot be written")])
+def test_train_from_python_refuses_an_unusable_out_before_any_work(tmp_path, monkeypatch, out, words):
+    # The command line checked --out already; a TrainConfig built in Python must get the same check ('' would
+    # write the run's files into the current folder).
+    monkeypatch.chdir(tmp_path)
+    if out.startswith("/proc") and not Path("/proc").is_dir():
+        pytest.skip("no /proc here")
+    with pytest.raises(UserError, match=words):
+        train(run_config(TINY, tmp_path, out=out), log=quiet)
+    assert list(tmp_path.iterdir()) == []

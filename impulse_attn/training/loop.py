@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from . import distributed
 from .checkpoint import (REQUIRED, check_state_fits_run, check_train_state, load_checkpoint, remove_stale_temps,
                          rng_state, save_checkpoint, set_rng_state)
-from .config import TrainConfig
+from .config import TrainConfig, check_out_path
 from .data import build_datasets
 from .distributed import GlobalBatches
 from .errors import TrainingDiverged, UserError
@@ -153,19 +153,6 @@ def _write_run_info(out: Path, cfg: TrainConfig, init: dict, data_desc: str, dev
                                 "python": platform.python_version(), "host": platform.node()})
 
 
-def check_out_dir(out: Path) -> None:
-    """Refuse, before any work, an --out that is a file, lies under a file, or cannot be written."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is an existing file, not a folder", "pass a folder for the run's files")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"--out {out} lies under {parent}, which is a file", "pass a folder path")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"--out {out} cannot be written ({parent} is not writable)", "pass a writable folder")
-
-
 def _silent(_msg: str) -> None:
     pass
 
@@ -189,8 +176,8 @@ def _loss_input(logits: torch.Tensor) -> torch.Tensor:
 
 def _plan_start(cfg: TrainConfig, out: Path, start_if_missing: bool) -> Optional[dict]:
     """The checkpoint a run continues from, or None for a new run; refuses (UserError) anything else. Touches no
-    file. Under torchrun rank 0 decides this for every rank."""
-    check_out_dir(out)
+    file (the --out check creates and removes one probe file). Under torchrun rank 0 decides this for every rank."""
+    check_out_path(cfg.out)
     ckpt_path = out / CHECKPOINT
     run_files = [name for name in RUN_FILES if (out / name).exists()]
     if cfg.resume and ckpt_path.exists():
