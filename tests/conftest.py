@@ -63,3 +63,14 @@ def run_config(base: dict, tmp_path: Path, name: str = "run", **kw):
 def snapshot(folder: Path) -> dict:
     """{file name: bytes} of the files directly in ``folder``."""
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def image_tree(root: Path, split: str, classes, per_class: int, size: int = 12, fmt: str = "png") -> None:
+    """An image-folder split: ``root/split/<class>/000.<fmt>, 001.<fmt>, ...``, ``per_class`` flat-coloured
+    RGB images of ``size``² per class (the colour differs by class and index)."""
+    from PIL import Image
+    for ci, c in enumerate(classes):
+        d = Path(root) / split / str(c)
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.new("RGB", (size, size), (20 * ci % 256, 10 * i % 256, 100)).save(d / f"{i:03d}.{fmt}")

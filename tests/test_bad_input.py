@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from impulse_attn import cli
 from impulse_attn.training import TrainConfig, UserError, load_checkpoint, train
 from impulse_attn.training.checkpoint import REQUIRED, save_checkpoint
+
+from conftest import image_tree
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test", "20", "--image-size", "16",
@@ -173,12 +174,8 @@ def test_truncated_checkpoint_file(finished_run, capsys):
 
 # --- image folders ----------------------------------------------------------------------------------------------
 def _folder(root: Path) -> None:
-    for split, n in (("train", 3), ("test", 2)):
-        for c in ("a", "b"):
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.new("RGB", (8, 8), (40 * i, 90, 10)).save(d / f"{i}.jpg")
+    image_tree(root, "train", ["a", "b"], 3, size=8, fmt="jpg")
+    image_tree(root, "test", ["a", "b"], 2, size=8, fmt="jpg")
 
 
 @pytest.mark.parametrize("damage, needle", [
@@ -189,7 +186,7 @@ def _folder(root: Path) -> None:
 ])
 def test_bad_image_in_a_folder_is_named_before_anything_is_written(tmp_path, capsys, damage, needle):
     _folder(tmp_path / "data")
-    bad = tmp_path / "data" / "train" / "b" / "1.jpg"
+    bad = tmp_path / "data" / "train" / "b" / "001.jpg"
     damage(bad)
     out = tmp_path / "run"
     line = _error(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--dim", "32", "--depth",

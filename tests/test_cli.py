@@ -14,6 +14,8 @@ import torch
 from impulse_attn import cli
 from impulse_attn.training import TrainConfig
 
+from conftest import image_tree
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test", "20", "--image-size", "16",
         "--dim", "32", "--depth", "1", "--num-heads", "4", "--head-dim", "8", "--mlp-dim", "64", "--kernel-size", "3",
@@ -101,13 +103,8 @@ def test_compare_writes_table(tmp_path, capsys):
 
 
 def _image_folder(root, per_class=4, size=16):
-    from PIL import Image
     for split, n in (("train", per_class), ("val", 2), ("test", 2)):
-        for c in range(3):
-            d = root / split / f"c{c}"
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                Image.new("RGB", (size, size), (80 * c, 30 * i, 90)).save(d / f"{i}.png")
+        image_tree(root, split, ["c0", "c1", "c2"], n, size=size)
 
 
 def test_demo_prints_table_verdict_and_paths(tmp_path, capsys, monkeypatch):

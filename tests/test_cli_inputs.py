@@ -23,6 +23,8 @@ from PIL import Image
 from impulse_attn import cli
 from impulse_attn.training import TrainConfig, UserError
 
+from conftest import image_tree
+
 PKG = Path(cli.__file__).resolve().parent
 TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test", "20", "--image-size", "16",
         "--dim", "32", "--depth", "1", "--num-heads", "4", "--head-dim", "8", "--mlp-dim", "64", "--kernel-size", "3",
@@ -224,11 +226,7 @@ def test_fit_flags_that_do_not_apply_to_the_method_are_refused(tmp_path, capsys,
 # --- 5. data ------------------------------------------------------------------------------------------------------
 def _folder(root: Path, classes, fmt="png"):
     for split in ("train", "test"):
-        for c in classes:
-            d = root / split / c
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(3):
-                Image.new("RGB", (8, 8), (60 * i, 40, 90)).save(d / f"{i}.{fmt}")
+        image_tree(root, split, classes, 3, size=8, fmt=fmt)
 
 
 def test_a_folder_with_one_class_is_refused(tmp_path, capsys, no_work):

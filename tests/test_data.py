@@ -13,13 +13,7 @@ from impulse_attn.training import TrainConfig, UserError, build_datasets, per_cl
 from impulse_attn.training import data as data_mod
 from impulse_attn.training.synthetic import SHAPES, SyntheticShapes, synthetic_shapes
 
-
-def _tree(root: Path, split: str, classes, per_class: int, size: int = 12) -> None:
-    for ci, c in enumerate(classes):
-        d = root / split / c
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            Image.new("RGB", (size, size), (20 * ci, 10 * i, 100)).save(d / f"{i:03d}.png")
+from conftest import image_tree
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -28,8 +22,8 @@ def _cfg(**kw) -> TrainConfig:
 
 # --- image folders --------------------------------------------------------------------------------------------
 def test_image_folder_loads_and_resizes(tmp_path):
-    _tree(tmp_path, "train", ["cat", "dog", "emu"], 5, size=12)
-    _tree(tmp_path, "test", ["cat", "dog", "emu"], 2, size=12)
+    image_tree(tmp_path, "train", ["cat", "dog", "emu"], 5, size=12)
+    image_tree(tmp_path, "test", ["cat", "dog", "emu"], 2, size=12)
     d = build_datasets(_cfg(dataset="folder", data_dir=str(tmp_path), image_size=8))
     assert d.classes == ["cat", "dog", "emu"] and d.num_classes == 3
     assert (len(d.train), len(d.test), d.image_size) == (15, 6, 8)
@@ -39,16 +33,16 @@ def test_image_folder_loads_and_resizes(tmp_path):
 
 
 def test_image_folder_native_size_and_val_split(tmp_path):
-    _tree(tmp_path, "train", ["a", "b"], 3, size=10)
-    _tree(tmp_path, "val", ["a", "b"], 1, size=10)
+    image_tree(tmp_path, "train", ["a", "b"], 3, size=10)
+    image_tree(tmp_path, "val", ["a", "b"], 1, size=10)
     d = build_datasets(_cfg(dataset="folder", data_dir=str(tmp_path)))
     assert d.image_size == 10 and len(d.test) == 2 and d.test[0][0].shape == (3, 10, 10)
 
 
 def test_image_folder_with_val_and_test_evaluates_both_val_first(tmp_path):
-    _tree(tmp_path, "train", ["a", "b"], 3, size=10)
-    _tree(tmp_path, "val", ["a", "b"], 2, size=10)
-    _tree(tmp_path, "test", ["a", "b"], 1, size=10)
+    image_tree(tmp_path, "train", ["a", "b"], 3, size=10)
+    image_tree(tmp_path, "val", ["a", "b"], 2, size=10)
+    image_tree(tmp_path, "test", ["a", "b"], 1, size=10)
     d = build_datasets(_cfg(dataset="folder", data_dir=str(tmp_path)))
     assert list(d.evals) == ["val", "test"] and d.primary == "val"
     assert (len(d.evals["val"]), len(d.evals["test"]), len(d.test)) == (4, 2, 2)
@@ -80,8 +74,8 @@ def test_flip_crop_shifts_and_flips_but_keeps_pixels():
 
 
 def test_per_class_picks_exactly_n_per_class(tmp_path):
-    _tree(tmp_path, "train", ["a", "b", "c"], 6)
-    _tree(tmp_path, "test", ["a", "b", "c"], 1)
+    image_tree(tmp_path, "train", ["a", "b", "c"], 6)
+    image_tree(tmp_path, "test", ["a", "b", "c"], 1)
     d = build_datasets(_cfg(dataset="folder", data_dir=str(tmp_path), per_class=4))
     labels = [d.train[i][1] for i in range(len(d.train))]
     assert Counter(labels) == {0: 4, 1: 4, 2: 4}
@@ -111,14 +105,14 @@ def test_image_folder_errors_name_the_problem(tmp_path, layout, message):
     if layout != "missing":
         root.mkdir()
     if layout in ("no_test", "mismatch"):
-        _tree(root, "train", ["a", "b"], 2)
+        image_tree(root, "train", ["a", "b"], 2)
     if layout == "no_train":
-        _tree(root, "test", ["a"], 1)
+        image_tree(root, "test", ["a"], 1)
     if layout == "empty":
         (root / "train" / "a").mkdir(parents=True)
         (root / "test" / "a").mkdir(parents=True)
     if layout == "mismatch":
-        _tree(root, "test", ["a", "c"], 1)
+        image_tree(root, "test", ["a", "c"], 1)
     with pytest.raises(UserError, match=message) as e:
         build_datasets(_cfg(dataset="folder", data_dir=str(root)))
     assert "\n" not in str(e.value) and ":" in str(e.value)         # one line, with a fix after the colon
@@ -196,7 +190,7 @@ def test_torchvision_download_failure_is_a_user_error(tmp_path, monkeypatch):
 
 
 def test_torchvision_name_on_an_image_folder_tree_is_refused(tmp_path):
-    _tree(tmp_path, "train", ["a"], 1)
+    image_tree(tmp_path, "train", ["a"], 1)
     with pytest.raises(UserError, match="--dataset folder"):
         build_datasets(_cfg(dataset="cifar10", data_dir=str(tmp_path)))
 
