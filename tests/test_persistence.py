@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,19 @@ def test_train_from_python_refuses_an_unusable_out_before_any_work(tmp_path, mon
     with pytest.raises(UserError, match=words):
         train(run_config(TINY, tmp_path, out=out), log=quiet)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_fit_cache_write_removes_old_temp_files_of_killed_writers(tmp_path):
+    # A writer killed mid-write leaves .impulse-fit-*.tmp; the next write removes those older than an hour and
+    # keeps a fresh one (a live writer's) and every other file.
+    old, fresh, other = (tmp_path / ".impulse-fit-abc.tmp", tmp_path / ".impulse-fit-def.tmp",
+                         tmp_path / "notes.tmp")
+    for p in (old, fresh, other):
+        p.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    os.utime(other, (two_hours_ago, two_hours_ago))
+    fit_impulse(**SMALL, cache_dir=tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert old.name not in names and {fresh.name, other.name} <= names
+    assert len([n for n in names if n.endswith(".pt")]) == 1

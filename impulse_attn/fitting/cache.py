@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # 2: entries carry a SHA-256 of their contents
 # Bump whenever a fit's numbers change for the same inputs (kernels, defaults, recipe details).
 ALGORITHM_VERSION = 1
+#: Temporary files (``.impulse-fit-*.tmp``) older than this are leftovers of a writer killed mid-write (a write takes
+#: seconds); each store removes them. An age, not a pid, because the directory may be shared between machines.
+STALE_TEMP_SECONDS = 3600.0
 
 
 def tensor_digest(t: torch.Tensor) -> str:
@@ -115,6 +119,19 @@ class FitCache:
                 return f"tensor {name!r} holds NaN/Inf"
         return ""
 
+    def remove_stale_temps(self, max_age: float = STALE_TEMP_SECONDS) -> int:
+        """Remove this cache's temporary files older than ``max_age`` seconds (left by writers killed mid-write);
+        returns how many. Entries and every other file are left alone."""
+        removed, now = 0, time.time()
+        for p in self.directory.glob(".impulse-fit-*.tmp"):
+            try:
+                if p.is_file() and not p.is_symlink() and now - p.stat().st_mtime > max_age:
+                    p.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
     def store(self, key: str, tensors: Dict[str, torch.Tensor], meta: Optional[dict] = None) -> bool:
         """Write atomically; returns False (and logs why) when the directory cannot be written."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
@@ -124,6 +141,7 @@ class FitCache:
         tmp = None
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            self.remove_stale_temps()
             fd, tmp = tempfile.mkstemp(prefix=".impulse-fit-", suffix=".tmp", dir=self.directory)
             with os.fdopen(fd, "wb") as f:
                 torch.save(entry, f)
