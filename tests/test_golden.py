@@ -41,7 +41,19 @@ def _case_id(case):
     return f"{case['mode']}-img{img}-p{kw.get('patch_size')}-seed{case['torch_seed']}"
 
 
+def _skip_if_torch_draws_differently(case):
+    # The impulse noise is torch's ``trunc_normal_``, whose ``normal_`` fills contiguous float32 tensors of 16 or
+    # more with an AVX2 kernel only where ATen's CPU capability is AVX2; elsewhere (AVX512, DEFAULT, ARM) a scalar
+    # loop with other math functions: other numbers from the same seed. The golden data carries the AVX2 kernel's
+    # draws, so elsewhere the paper's code itself would not reproduce it, and the comparison says nothing of ours.
+    capability = torch.backends.cpu.get_cpu_capability()
+    if case["mode"] == "impulse" and capability != "AVX2":
+        pytest.skip(f"torch draws normals with another kernel here (CPU capability {capability}); the golden "
+                    "data holds the AVX2 kernel's draws")
+
+
 def _model_with_before(case):
+    _skip_if_torch_draws_differently(case)
     model = timm.create_model(case["model"], pretrained=False, **case["kwargs"])
     state = model.state_dict()
     assert set(case["before"]) <= set(state), sorted(set(case["before"]) - set(state))
