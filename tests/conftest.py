@@ -74,3 +74,17 @@ def image_tree(root: Path, split: str, classes, per_class: int, size: int = 12, 
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             Image.new("RGB", (size, size), (20 * ci % 256, 10 * i % 256, 100)).save(d / f"{i:03d}.{fmt}")
+
+
+def cli_refused(argv, capsys, *needles) -> str:
+    """Run the command line on ``argv``: it must exit 2 with one error line, no traceback, holding every needle;
+    returns that line."""
+    from impulse_attn import cli
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, out, err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]

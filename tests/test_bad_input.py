@@ -14,7 +14,7 @@ from impulse_attn import cli
 from impulse_attn.training import TrainConfig, UserError, load_checkpoint, train
 from impulse_attn.training.checkpoint import REQUIRED, save_checkpoint
 
-from conftest import image_tree
+from conftest import cli_refused, image_tree
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test", "20", "--image-size", "16",
@@ -23,17 +23,6 @@ TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test",
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _error(argv, capsys, *needles):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (code, out, err)
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def _snapshot(folder: Path) -> dict:
@@ -58,13 +47,13 @@ def _snapshot(folder: Path) -> dict:
 ])
 def test_bad_values_are_one_line_before_any_file(tmp_path, capsys, flags, needle):
     out = tmp_path / "run"
-    _error(["train", *TINY, *flags, "--out", str(out)], capsys, needle)
+    cli_refused(["train", *TINY, *flags, "--out", str(out)], capsys, needle)
     assert not out.exists()
 
 
 def test_compare_needs_a_seed(tmp_path, capsys):
-    _error(["compare", *TINY, "--seeds", ",", "--out", str(tmp_path / "c")], capsys, "names no seed")
-    _error(["compare", *TINY, "--seeds", "1,1", "--out", str(tmp_path / "c")], capsys, "repeats a seed")
+    cli_refused(["compare", *TINY, "--seeds", ",", "--out", str(tmp_path / "c")], capsys, "names no seed")
+    cli_refused(["compare", *TINY, "--seeds", "1,1", "--out", str(tmp_path / "c")], capsys, "repeats a seed")
 
 
 def test_triton_on_a_cpu_without_the_interpreter_is_refused(tmp_path):
@@ -83,8 +72,8 @@ def test_triton_on_a_cpu_without_the_interpreter_is_refused(tmp_path):
 def test_out_that_is_a_file_or_under_a_file(tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("mine")
-    _error(["train", *TINY, "--out", str(f)], capsys, "is an existing file")
-    _error(["train", *TINY, "--out", str(f / "run")], capsys, "which is a file")
+    cli_refused(["train", *TINY, "--out", str(f)], capsys, "is an existing file")
+    cli_refused(["train", *TINY, "--out", str(f / "run")], capsys, "which is a file")
     assert f.read_text() == "mine"
 
 
@@ -95,12 +84,12 @@ def test_out_that_cannot_be_written(tmp_path, capsys, monkeypatch):
     # root may write anywhere, so the permission answer is planted: what is tested is that it is asked first
     real = os.access
     monkeypatch.setattr(loop.os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
-    _error(["train", *TINY, "--out", str(ro / "run")], capsys, "cannot be written", str(ro))
+    cli_refused(["train", *TINY, "--out", str(ro / "run")], capsys, "cannot be written", str(ro))
     assert not (ro / "run").exists()
 
 
 def test_resume_of_nothing_is_refused(tmp_path, capsys):
-    _error(["train", *TINY, "--out", str(tmp_path / "none"), "--resume"], capsys, "holds no run to continue")
+    cli_refused(["train", *TINY, "--out", str(tmp_path / "none"), "--resume"], capsys, "holds no run to continue")
     assert not (tmp_path / "none").exists()
 
 
@@ -110,7 +99,7 @@ def test_a_folder_with_only_the_run_record_is_not_overwritten(tmp_path, capsys):
     (out / "run.json").write_text('{"mine": 1}')
     (out / "summary.json").write_text('{"mine": 2}')
     before = _snapshot(out)
-    _error(["train", *TINY, "--out", str(out)], capsys, "already holds a run", "run.json")
+    cli_refused(["train", *TINY, "--out", str(out)], capsys, "already holds a run", "run.json")
     assert _snapshot(out) == before
 
 
@@ -147,7 +136,7 @@ def test_flipped_bit_in_a_weight_is_refused_and_kept(finished_run, capsys):
         data[at + 3] ^= 0x10
     _rewrite_payload(ckpt, flip)
     before = _snapshot(finished_run)
-    _error(["train", *TINY, "--out", str(finished_run), "--resume"], capsys, "SHA-256 does not match")
+    cli_refused(["train", *TINY, "--out", str(finished_run), "--resume"], capsys, "SHA-256 does not match")
     assert _snapshot(finished_run) == before
 
 
@@ -162,14 +151,14 @@ def test_checkpoint_missing_a_key_or_with_a_wrong_type(finished_run, capsys, dam
     damage(state)
     save_checkpoint(ckpt, state)
     before = _snapshot(finished_run)
-    _error(["train", *TINY, "--out", str(finished_run), "--resume"], capsys, needle)
+    cli_refused(["train", *TINY, "--out", str(finished_run), "--resume"], capsys, needle)
     assert _snapshot(finished_run) == before
 
 
 def test_truncated_checkpoint_file(finished_run, capsys):
     ckpt = finished_run / "checkpoint.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
-    _error(["train", *TINY, "--out", str(finished_run), "--resume"], capsys, "corrupt")
+    cli_refused(["train", *TINY, "--out", str(finished_run), "--resume"], capsys, "corrupt")
 
 
 # --- image folders ----------------------------------------------------------------------------------------------
@@ -189,7 +178,7 @@ def test_bad_image_in_a_folder_is_named_before_anything_is_written(tmp_path, cap
     bad = tmp_path / "data" / "train" / "b" / "001.jpg"
     damage(bad)
     out = tmp_path / "run"
-    line = _error(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--dim", "32", "--depth",
+    line = cli_refused(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "data"), "--dim", "32", "--depth",
                    "1", "--num-heads", "2", "--head-dim", "8", "--mlp-dim", "32", "--kernel-size", "3", "--patch-size",
                    "2", "--epochs", "1", "--out", str(out), "--no-progress"], capsys, needle)
     assert str(bad) in line

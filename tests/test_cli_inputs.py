@@ -23,7 +23,7 @@ from PIL import Image
 from impulse_attn import cli
 from impulse_attn.training import TrainConfig, UserError
 
-from conftest import image_tree
+from conftest import cli_refused, image_tree
 
 PKG = Path(cli.__file__).resolve().parent
 TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test", "20", "--image-size", "16",
@@ -50,17 +50,6 @@ def no_work(monkeypatch):
     monkeypatch.setattr(compare, "train", started)
     monkeypatch.setattr(fitting, "fit_impulse", started)
     monkeypatch.setattr(demo, "run_demo", started)
-
-
-def _refused(argv, capsys, *needles):
-    code = cli.main(argv)
-    out, err = capsys.readouterr()
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, (code, out, err)
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -95,7 +84,7 @@ def _subparser(name: str) -> argparse.ArgumentParser:
 ])
 def test_train_counts_above_their_bound_are_refused_before_any_work(tmp_path, capsys, no_work, flags, needle):
     out = tmp_path / "run"
-    _refused(["train", *TINY, *flags, "--out", str(out)], capsys, needle)
+    cli_refused(["train", *TINY, *flags, "--out", str(out)], capsys, needle)
     assert not out.exists()
 
 
@@ -114,7 +103,7 @@ def test_a_model_too_large_for_memory_is_refused_by_the_config(monkeypatch):
     (["fit", *FIT_TINY, "--head-dim", str(2 ** 40)], "--head-dim"),
 ])
 def test_other_subcommands_bound_their_counts(tmp_path, capsys, no_work, argv, needle):
-    _refused([*argv, "--out", str(tmp_path / "o")], capsys, needle)
+    cli_refused([*argv, "--out", str(tmp_path / "o")], capsys, needle)
     assert not (tmp_path / "o").exists()
 
 
@@ -122,7 +111,7 @@ def test_other_subcommands_bound_their_counts(tmp_path, capsys, no_work, argv, n
 @pytest.mark.parametrize("command", [["train", *TINY], ["compare", *TINY], ["fit", *FIT_TINY], ["demo"]])
 def test_empty_out_is_refused(tmp_path, capsys, no_work, monkeypatch, command):
     monkeypatch.chdir(tmp_path)
-    _refused([*command, "--out", ""], capsys, "--out must name a folder")
+    cli_refused([*command, "--out", ""], capsys, "--out must name a folder")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -130,25 +119,25 @@ def test_empty_out_is_refused(tmp_path, capsys, no_work, monkeypatch, command):
 @pytest.mark.parametrize("command", [["train", *TINY], ["compare", *TINY], ["fit", *FIT_TINY], ["demo"]])
 def test_out_where_no_file_can_be_created_is_refused(capsys, no_work, command):
     # /proc refuses new files even to root, for whom every permission bit says "writable"
-    _refused([*command, "--out", "/proc/impulse-attn-run"], capsys, "--out /proc/impulse-attn-run cannot be written")
+    cli_refused([*command, "--out", "/proc/impulse-attn-run"], capsys, "--out /proc/impulse-attn-run cannot be written")
 
 
 def test_out_with_a_nul_byte_or_a_name_too_long(tmp_path, capsys, no_work):
-    _refused(["train", *TINY, "--out", str(tmp_path / "a\0b")], capsys, "--out", "NUL")
-    _refused(["fit", *FIT_TINY, "--out", str(tmp_path / ("x" * 400))], capsys, "--out", "too long")
+    cli_refused(["train", *TINY, "--out", str(tmp_path / "a\0b")], capsys, "--out", "NUL")
+    cli_refused(["fit", *FIT_TINY, "--out", str(tmp_path / ("x" * 400))], capsys, "--out", "too long")
 
 
 def test_inspect_out_that_is_a_file(tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("mine")
-    _refused(["inspect", str(tmp_path), "--out", str(f)], capsys, "--out", "is an existing file")
-    _refused(["inspect", str(tmp_path), "--out", ""], capsys, "--out must name a folder")
+    cli_refused(["inspect", str(tmp_path), "--out", str(f)], capsys, "--out", "is an existing file")
+    cli_refused(["inspect", str(tmp_path), "--out", ""], capsys, "--out must name a folder")
     assert f.read_text() == "mine"
 
 
 # --- 3. the schedule --------------------------------------------------------------------------------------------
 def test_min_lr_above_lr_is_refused(tmp_path, capsys, no_work):
-    _refused(["train", *TINY, "--lr", "0.1", "--min-lr", "1", "--out", str(tmp_path / "r")], capsys,
+    cli_refused(["train", *TINY, "--lr", "0.1", "--min-lr", "1", "--out", str(tmp_path / "r")], capsys,
              "--min-lr 1.0 is above --lr 0.1")
     TrainConfig(lr=0.1, min_lr=0.1).check()                             # a flat schedule is fine
 
@@ -171,7 +160,7 @@ def test_min_lr_above_lr_is_refused(tmp_path, capsys, no_work):
     (["--crop-scale", "0.5"], "--crop-scale does not apply to --augment none"),
 ])
 def test_flags_that_do_not_apply_are_refused(tmp_path, capsys, no_work, flags, needle):
-    _refused(["train", *TINY, *flags, "--out", str(tmp_path / "r")], capsys, needle)
+    cli_refused(["train", *TINY, *flags, "--out", str(tmp_path / "r")], capsys, needle)
     assert not (tmp_path / "r").exists()
 
 
@@ -199,9 +188,9 @@ def test_through_the_api_an_unused_setting_warns_in_one_line():
 def test_compare_refuses_a_base_flag_no_variant_uses_and_a_variant_flag_its_variant_ignores(tmp_path, capsys,
                                                                                             no_work):
     out = str(tmp_path / "c")
-    _refused(["compare", *TINY, "--inits", "random,mimetic", "--fit-method", "iterative", "--out", out], capsys,
+    cli_refused(["compare", *TINY, "--inits", "random,mimetic", "--fit-method", "iterative", "--out", out], capsys,
              "--fit-method does not apply to any variant")
-    _refused(["compare", *TINY, "--variants", "init=random,fit_method=iterative", "--out", out], capsys,
+    cli_refused(["compare", *TINY, "--variants", "init=random,fit_method=iterative", "--out", out], capsys,
              "variant 'init=random,fit_method=iterative'", "--fit-method does not apply to --init random")
     # a base flag that one of the variants uses is fine: the work starts
     with pytest.raises(WorkStarted):
@@ -210,7 +199,7 @@ def test_compare_refuses_a_base_flag_no_variant_uses_and_a_variant_flag_its_vari
 
 @pytest.mark.parametrize("reach", ["2", "nan", "-0.1", "inf"])
 def test_compare_reach_is_an_accuracy(tmp_path, capsys, no_work, reach):
-    _refused(["compare", *TINY, "--reach", reach, "--out", str(tmp_path / "c")], capsys,
+    cli_refused(["compare", *TINY, "--reach", reach, "--out", str(tmp_path / "c")], capsys,
              "--reach", "a number in [0, 1]")
 
 
@@ -220,7 +209,7 @@ def test_compare_reach_is_an_accuracy(tmp_path, capsys, no_work, reach):
     (["--fit-method", "iterative", "--fit-target", "impulse"], "--fit-target does not apply to --fit-method iterative"),
 ])
 def test_fit_flags_that_do_not_apply_to_the_method_are_refused(tmp_path, capsys, no_work, flags, needle):
-    _refused(["fit", *FIT_TINY, *flags, "--out", str(tmp_path / "f")], capsys, needle)
+    cli_refused(["fit", *FIT_TINY, *flags, "--out", str(tmp_path / "f")], capsys, needle)
 
 
 # --- 5. data ------------------------------------------------------------------------------------------------------
@@ -256,7 +245,7 @@ def test_a_jpeg_with_zeroed_bytes_inside_is_found_by_the_image_check(tmp_path):
 
 # --- 6. inspect ---------------------------------------------------------------------------------------------------
 def test_inspect_on_a_folder_that_is_not_a_run_suggests_only_its_own_flags(tmp_path, capsys):
-    line = _refused(["inspect", str(tmp_path)], capsys, "no checkpoint.pt", "impulse-attn train")
+    line = cli_refused(["inspect", str(tmp_path)], capsys, "no checkpoint.pt", "impulse-attn train")
     assert "--resume" not in line
     inspect_flags = {s for a in _subparser("inspect")._actions for s in a.option_strings}
     assert not {w for w in line.replace(",", " ").split() if w.startswith("--")} - inspect_flags - {"--out"}
@@ -309,7 +298,7 @@ def test_fit_command_reproduces_the_models_impulse_init(tmp_path, capsys):
 
 
 def test_fit_errors_name_the_flag(tmp_path, capsys, no_work):
-    _refused(["fit", *FIT_TINY, "--target-mass", "1.5", "--out", str(tmp_path / "f")], capsys, "--target-mass")
+    cli_refused(["fit", *FIT_TINY, "--target-mass", "1.5", "--out", str(tmp_path / "f")], capsys, "--target-mass")
 
 
 # --- 8. no import circle between the training config and the model factory --------------------------------------

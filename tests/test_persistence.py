@@ -177,14 +177,21 @@ BAD_STATES = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(BAD_STATES))
-def test_impossible_checkpoint_values_are_refused_before_training(tmp_path, monkeypatch, kind):
+def _damaged_run(tmp_path, monkeypatch, kind):
+    """A run stopped after epoch 1 whose checkpoint holds BAD_STATES[kind], under a valid checksum; returns its
+    config and the words the refusal must name."""
     cfg = _first_epoch_only(tmp_path, monkeypatch, epochs=3)
     ckpt = Path(cfg.out) / "checkpoint.pt"
     state = load_checkpoint(ckpt)
     edit, named = BAD_STATES[kind]
     edit(state)
     save_checkpoint(ckpt, state)                                  # a valid checksum over the bad values
+    return cfg, named
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_STATES))
+def test_impossible_checkpoint_values_are_refused_before_training(tmp_path, monkeypatch, kind):
+    cfg, named = _damaged_run(tmp_path, monkeypatch, kind)
     before = snapshot(Path(cfg.out))
 
     def no_training(*a, **k):
@@ -201,12 +208,7 @@ def test_impossible_checkpoint_values_are_refused_before_training(tmp_path, monk
 @pytest.mark.parametrize("kind", ["empty-history", "negative-epoch"])
 def test_inspect_refuses_impossible_checkpoint_values(tmp_path, monkeypatch, kind):
     from impulse_attn.training.inspect import inspect_run
-    cfg = _first_epoch_only(tmp_path, monkeypatch, epochs=3)
-    ckpt = Path(cfg.out) / "checkpoint.pt"
-    state = load_checkpoint(ckpt)
-    edit, named = BAD_STATES[kind]
-    edit(state)
-    save_checkpoint(ckpt, state)
+    cfg, named = _damaged_run(tmp_path, monkeypatch, kind)
     with pytest.raises(DamagedCheckpoint) as info:
         inspect_run(cfg.out, images=4, out=tmp_path / "inspect")
     assert named in str(info.value)

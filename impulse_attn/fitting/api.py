@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from .._validate import as_bool, at_least, at_most, float_tensor, require_memory, seed_int
+from .._validate import as_bool, float_tensor
 from ..targets import draw_offsets, impulse_targets, logit_target, sincos_2d, valid_rows
 from . import backends as fit_backends
 from .cache import FitCache, cache_key
@@ -103,43 +103,6 @@ def _run_iterative(spec: FitSpec, p: _Problem, backend: str, progress: bool):
 # fit method -> function(spec, problem, backend, progress) -> (q, k, extra report fields, steps run)
 RUNNERS: Dict[str, Callable] = {"closed_form": _run_closed_form, "iterative": _run_iterative}
 
-# Ranges outside of which an argument is plainly a mistake (each refused with its reason, before any work).
-MAX_LR = 1e3
-SCALE_RANGE = (1e-8, 1e8)
-MAX_LOGIT_SCALE = 1e6
-MAX_NOISE_STD = 1e6
-
-
-def _check_ranges(spec: FitSpec, scale_given: bool) -> None:
-    if scale_given:
-        why = "the published softmax scale is 0.1; Q Kᵀ carries 1/scale, so far from it Q, K leave float32's range"
-        at_least(spec.scale, "scale", SCALE_RANGE[0], why)
-        at_most(spec.scale, "scale", SCALE_RANGE[1], why)
-    if spec.fit_method == "iterative":
-        at_most(spec.lr, "lr", MAX_LR, "Adam moves every weight by about lr per step, and the weights start below 1; "
-                "the published rate is 1e-4")
-    else:
-        if spec.logit_scale is not None:
-            at_most(spec.logit_scale, "logit_scale", MAX_LOGIT_SCALE, "the target logits are of order 1; beyond "
-                    "this every softmax is one-hot in float32")
-        at_most(spec.noise_std, "noise_std", MAX_NOISE_STD, "the target logits are of order 1; the published noise "
-                "std is 3 (on logits of 1000)")
-
-
-def _check_memory(spec: FitSpec) -> None:
-    """Everything a fit holds at once, every size factor counted: per head the N×N targets, maps and (closed
-    form) float64 logits and the SVD of the kept k×k core (k <= min(N, D)); Q, K (layers, heads, D, r) with
-    their float64 init, gradients and Adam moments (or float64 closed-form factors) and the float32 results; the
-    pseudo-input (N, D) with its float64 SVD."""
-    n, d, r = spec.tokens, spec.dim, spec.head_dim
-    heads = spec.layers * spec.num_heads
-    closed = spec.fit_method == "closed_form"
-    per_head = n * n * (4 + (24 if closed else 12)) + (32 * min(n, d) ** 2 if closed else 0)
-    nbytes = heads * per_head + heads * d * r * (32 if closed else 48) + n * d * (32 if closed else 12)
-    require_memory(nbytes, f"an impulse fit of {spec.layers} x {spec.num_heads} heads with Q, K of {d} x {r} on {n} "
-                   f"tokens", "fit fewer heads or layers per call, or use smaller sizes")
-
-
 def _typical(spec: FitSpec, pseudo_scale: float) -> list:
     """(argument, value, typical value) of the arguments that set the size of the logits and of the steps."""
     out = [("scale", spec.scale, 0.1)]
@@ -217,7 +180,7 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
             every head with that target the same Q, K; ``tol`` stops a head once its loss improved by less than
             ``tol`` (relative) over the last ``check_every`` steps. Off by default.
     Limits (each refused before any work, naming the argument): ``scale`` in [1e-8, 1e8] when given as a
-    number, ``lr`` <= 1e3, ``logit_scale`` and ``noise_std`` <= 1e6 (see ``SCALE_RANGE`` etc.); the memory the fit
+    number, ``lr`` <= 1e3, ``logit_scale`` and ``noise_std`` <= 1e6 (see ``spec.SCALE_RANGE`` etc.); the memory the fit
     would hold (``IMPULSE_ATTN_MEMORY_BUDGET`` caps it); for the closed form, the work of its SVDs
     (``closed_form.MAX_CLOSED_FORM_WORK``: about a minute of CPU time; e.g. mode "III" on grids above about
     45×45). A fit that still ends with NaN/Inf in Q or K raises ValueError naming the likely arguments.
@@ -225,16 +188,13 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
         FitResult with ``q``, ``k`` of shape (layers, heads, D, head_dim), ``offsets`` (layers, heads, 2) and
         ``report`` (mse, uniform_mse, argmax_hit, target_mass, content_logit_std, seconds, ...).
     """
-    seed = seed_int(seed)
-    warn, progress, dedup = as_bool(warn, "warn"), as_bool(progress, "progress"), as_bool(dedup, "dedup")
+    warn, progress = as_bool(warn, "warn"), as_bool(progress, "progress")
     if pseudo_input is not None:
         float_tensor(pseudo_input, "pseudo_input")
     spec = make_spec(num_heads, grid_size, kernel_size, dim, head_dim, fit_method, steps, seed, backend, layers=layers,
                      offsets=offsets, scale=scale, lr=lr, renorm_every=renorm_every, renorm=renorm, alpha=alpha,
                      pseudo_input=pseudo_input, target=target, target_mass=target_mass, logit_scale=logit_scale,
                      pinv_rtol=pinv_rtol, noise_std=noise_std, dedup=dedup, tol=tol, check_every=check_every)
-    _check_ranges(spec, scale_given=not isinstance(scale, str))
-    _check_memory(spec)
     if spec.fit_method == "closed_form":
         check_closed_form_work(spec.tokens, spec.dim)
     cache = FitCache(cache_dir) if cache_dir is not None else None

@@ -12,8 +12,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from .._validate import (choice, finite_tensor, grid_pair, odd_kernel_size, positive_float, positive_int,
-                         require_memory)
+from .._validate import (as_bool, at_least, at_most, choice, finite_tensor, grid_pair, odd_kernel_size, positive_float, positive_int,
+                         require_memory, seed_int)
 from ..targets import TARGET_SHAPES, check_offsets, cycle_offsets, kernel_fits_grid
 
 FIT_METHODS = ("closed_form", "iterative")
@@ -147,6 +147,29 @@ def _offsets(offsets, layers: int, num_heads: int, kernel_size: int):
     return tuple(tuple(tuple(int(v) for v in o) for o in layer) for layer in t.tolist())
 
 
+# Ranges outside of which an argument is plainly a mistake (each refused with its reason, before any work).
+MAX_LR = 1e3
+SCALE_RANGE = (1e-8, 1e8)
+MAX_LOGIT_SCALE = 1e6
+MAX_NOISE_STD = 1e6
+
+
+def _check_ranges(spec: FitSpec, scale_given: bool) -> None:
+    if scale_given:
+        why = "the published softmax scale is 0.1; Q Kᵀ carries 1/scale, so far from it Q, K leave float32's range"
+        at_least(spec.scale, "scale", SCALE_RANGE[0], why)
+        at_most(spec.scale, "scale", SCALE_RANGE[1], why)
+    if spec.fit_method == "iterative":
+        at_most(spec.lr, "lr", MAX_LR, "Adam moves every weight by about lr per step, and the weights start below 1; "
+                "the published rate is 1e-4")
+    else:
+        if spec.logit_scale is not None:
+            at_most(spec.logit_scale, "logit_scale", MAX_LOGIT_SCALE, "the target logits are of order 1; beyond "
+                    "this every softmax is one-hot in float32")
+        at_most(spec.noise_std, "noise_std", MAX_NOISE_STD, "the target logits are of order 1; the published noise "
+                "std is 3 (on logits of 1000)")
+
+
 def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, fit_method, steps, seed, backend, *, layers, offsets,
               scale, lr, renorm_every, renorm, alpha, pseudo_input, target, target_mass, logit_scale, pinv_rtol,
               noise_std, dedup, tol, check_every) -> FitSpec:
@@ -160,9 +183,8 @@ def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, fit_method, step
     choice(fit_method, "fit_method", FIT_METHODS)
     choice(backend, "backend", FIT_BACKENDS)
     layers = positive_int(layers, "layers")
-    seed = positive_int(seed, "seed", minimum=0)
-    if seed >= 2 ** 63:
-        raise ValueError(f"seed must be < 2**63, got {seed}")
+    seed = seed_int(seed)
+    scale_given = not isinstance(scale, str)
     scale = resolve_scale(scale, dim, head_dim, num_heads)
     choice(renorm, "renorm", RENORM_MODES)
     steps = positive_int(steps, "steps", minimum=0)
@@ -179,8 +201,7 @@ def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, fit_method, step
         logit_scale = positive_float(logit_scale, "logit_scale")
     pinv_rtol = _unit_interval(pinv_rtol, "pinv_rtol")
     noise_std = positive_float(noise_std, "noise_std", allow_zero=True)
-    if not isinstance(dedup, bool):
-        raise TypeError(f"dedup must be a bool, got {type(dedup).__name__} {dedup!r}")
+    dedup = as_bool(dedup, "dedup")
     if tol is not None:
         tol = positive_float(tol, "tol")
     check_every = positive_int(check_every, "check_every")
@@ -196,18 +217,23 @@ def make_spec(num_heads, grid_size, kernel_size, dim, head_dim, fit_method, step
     elif dim % 4 != 0 or dim < 8:
         raise ValueError(f"dim must be a multiple of 4 and >= 8 for the 2D sin-cos pseudo-input, got {dim} (or pass "
                          f"pseudo_input)")
-    # Targets (float32) and, for the closed form, float64 logits and maps of every head are held at once, with
-    # Q and K of every head (and the iterative fit's Adam moments) and the pseudo-input.
-    per_head = n * n * (4 + (24 if fit_method == "closed_form" else 12)) + dim * head_dim * 8 * (
-        2 if fit_method == "closed_form" else 6)
-    require_memory(layers * num_heads * per_head + n * dim * 8,
+    # Everything a fit holds at once, every size factor counted: per head the N×N targets, maps and (closed form)
+    # float64 logits and the SVD of the kept k×k core (k <= min(N, D)); Q, K (layers, heads, D, r) with their
+    # float64 init, gradients and Adam moments (or float64 closed-form factors) and the float32 results; the
+    # pseudo-input (N, D) with its float64 SVD.
+    closed, heads = fit_method == "closed_form", layers * num_heads
+    per_head = n * n * (4 + (24 if closed else 12)) + (32 * min(n, dim) ** 2 if closed else 0)
+    nbytes = heads * per_head + heads * dim * head_dim * (32 if closed else 48) + n * dim * (32 if closed else 12)
+    require_memory(nbytes,
                    f"layers {layers}, num_heads {num_heads}, dim {dim}, head_dim {head_dim}, grid_size {grid}: an "
                    f"impulse fit of this size",
                    "fit fewer heads or layers per call, a smaller dim, head_dim or grid")
-    return FitSpec(num_heads=num_heads, grid_size=grid, kernel_size=kernel_size, dim=dim, head_dim=head_dim,
+    spec = FitSpec(num_heads=num_heads, grid_size=grid, kernel_size=kernel_size, dim=dim, head_dim=head_dim,
                    fit_method=fit_method, layers=layers, seed=seed,
                    offsets=_offsets(offsets, layers, num_heads, kernel_size),
                    scale=scale, alpha=alpha, pseudo_input=pseudo_input, backend=backend, steps=steps, lr=lr,
                    renorm_every=renorm_every, renorm=renorm, dedup=dedup, tol=tol, check_every=check_every,
                    target=target, target_mass=target_mass, logit_scale=logit_scale, pinv_rtol=pinv_rtol,
                    noise_std=noise_std)
+    _check_ranges(spec, scale_given)
+    return spec
