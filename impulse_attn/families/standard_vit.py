@@ -20,8 +20,9 @@ What ``structured_init_(view, init="impulse")`` changes (all blocks, one batched
 
 - ``"official"``: the public code's closed form (``fitting.structured``): target logits 1000·T + 3·Z, rank-r
   truncated pseudo-inverse of X, rank-r SVD, unit Frobenius norm, times 7. By default (``compute_dtype=None``,
-  i.e. float32) these are the public code's float32 torch operations, one for one: on the same torch build the
-  weights, and so the maps, are bit-identical to the fork's. ``compute_dtype=torch.float64`` evaluates the same
+  i.e. float32) these are the public code's float32 torch operations, one for one: on a CPU whose kernels compute
+  as the fork's machine did (docs/timm.md, "What bit for bit means") the weights, and so the maps, are
+  bit-identical to the fork's, and elsewhere within float32 rounding of them. ``compute_dtype=torch.float64`` evaluates the same
   formulas without float32 round-off (Q Kᵀ then differs from the fork's by its float32 error, about 1e-5
   relative), but each singular pair's sign is the SVD's own choice: with nonzero query/key biases (PyTorch's
   default init, the fork's ``weight_init='skip'``) the bias·key term of the logits depends on that sign, so

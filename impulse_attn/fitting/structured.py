@@ -147,8 +147,9 @@ def official_qk_float32(pseudo_input: torch.Tensor, logits: torch.Tensor, rank: 
     """``impulse_init``'s linear algebra transcribed op for op in float32 (one layer: logits (heads, N, N)).
 
     ``pseudo_input`` is the raw (N, D) grid position embedding; it is layer-normed here as in the code. Returns
-    Q (heads, D, r) and Kᵀ (heads, r, D) exactly as the code's ``u_lr`` and ``vt_lr``: on the same torch build
-    the weights are bit-identical to the public code's.
+    Q (heads, D, r) and Kᵀ (heads, r, D) exactly as the code's ``u_lr`` and ``vt_lr``: where torch's kernels
+    (ATen's noise draw and LayerNorm, MKL's products and SVD) compute as on the code's machine, the weights are
+    bit-identical to the public code's (docs/timm.md, "What bit for bit means").
     """
     pe = torch.nn.functional.layer_norm(pseudo_input, [pseudo_input.shape[-1]])
     ptp = torch.matmul(pe.transpose(-1, -2), pe)
