@@ -175,6 +175,99 @@ def test_the_applicability_table_names_real_fields_and_flags():
     TrainConfig(model="convmixer").resolved().check()
 
 
+# Every entry of the table APPLIES, by field: (the flag with a value that is not its default, a command line on which
+# it does not apply). Written out here, not derived from the table, so that an entry dropped from the table (or a
+# condition loosened) leaves its flag accepted and the test below fails. No entry applies everywhere: each has one.
+NOT_APPLYING = {
+    "data_dir": (["--data-dir", "elsewhere"], ["--dataset", "synthetic"]),
+    "data_seed": (["--data-seed", "3"], ["--dataset", "cifar10"]),
+    "crop_scale": (["--crop-scale", "0.5"], ["--augment", "none"]),
+    "auto_augment": (["--auto-augment", "rand-m7-mstd0.5"], ["--augment", "paper"]),
+    "reprob": (["--reprob", "0.5"], ["--augment", "paper"]),
+    "synthetic_train": (["--synthetic-train", "64"], ["--dataset", "cifar10"]),
+    "synthetic_test": (["--synthetic-test", "20"], ["--dataset", "cifar10"]),
+    "synthetic_classes": (["--synthetic-classes", "3"], ["--dataset", "cifar10"]),
+    "model_kwargs": (["--model-kwargs", "depth=2"], []),
+    "num_heads": (["--num-heads", "4"], ["--model", "convmixer"]),
+    "mlp_dim": (["--mlp-dim", "64"], ["--model", "convmixer"]),
+    "attention": (["--attention", "plain"], ["--model", "convmixer"]),
+    "mode": (["--mode", "II"], ["--attention", "plain"]),
+    "alpha": (["--alpha", "0.3"], ["--mode", "II"]),
+    "scale": (["--scale", "0.5"], ["--model", "convmixer"]),
+    "attention_backend": (["--attention-backend", "reference"], ["--model", "convmixer"]),
+    "head_dim": (["--head-dim", "16"], ["--model", "convmixer"]),
+    "value_init": (["--value-init", "mimetic"], ["--model", "convmixer"]),
+    "init": (["--init", "random"], ["--model", "convmixer"]),
+    "fit_method": (["--fit-method", "iterative"], ["--init", "random"]),
+    "fit_target": (["--fit-target", "impulse"], ["--fit-method", "iterative"]),
+    "target_mass": (["--target-mass", "0.3"], ["--fit-method", "iterative"]),
+    "fit_offsets": (["--fit-offsets", "cycle"], ["--init", "random"]),
+    "fit_steps": (["--fit-steps", "50"], ["--fit-method", "closed_form"]),
+    "fit_backend": (["--fit-backend", "reference"], ["--fit-method", "closed_form"]),
+    "mix_gain": (["--mix-gain", "1.5"], ["--model", "vit"]),
+    "position_share": (["--position-share", "0.5"], ["--model", "vit"]),
+    "pos_scale": (["--pos-scale", "18"], ["--model", "vit"]),
+    "fit_input": (["--fit-input", "data"], ["--model", "vit"]),
+    "filters": (["--filters", "box"], ["--model", "vit"]),
+    "freeze": (["--freeze"], ["--model", "convmixer", "--filters", "learned"]),
+    "box_n": (["--box-n", "3"], ["--model", "convmixer", "--filters", "random"]),
+    "epochs": (["--epochs", "5"], ["--steps", "10"]),
+    "mixup_prob": (["--mixup-prob", "0.5"], []),
+    "mixup_switch_prob": (["--mixup-switch-prob", "0.2"], []),
+    "mixup_mode": (["--mixup-mode", "pair"], []),
+    "model_ema_decay": (["--model-ema-decay", "0.99"], []),
+    "model_ema_warmup": (["--model-ema-warmup"], []),
+}
+# Refused through the Python API as well (``always``): on every model, or on timm/hf models only.
+ALWAYS_REFUSED = {"auto_augment", "reprob", "model_kwargs", "mixup_prob", "mixup_switch_prob", "mixup_mode",
+                  "model_ema_decay", "model_ema_warmup"}
+REFUSED_FOR_EXTERNAL = {"attention", "mode", "alpha", "scale", "attention_backend", "head_dim", "value_init",
+                        "fit_offsets", "filters", "freeze", "box_n"}
+
+
+def _applies_entries():
+    from impulse_attn.training.config import APPLIES
+    return sorted(set(APPLIES) | set(NOT_APPLYING))
+
+
+def _api_config(argv) -> TrainConfig:
+    """The TrainConfig the train command builds from ``argv`` (parsed, not checked)."""
+    args = _subparser("train").parse_args(argv)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+@pytest.mark.parametrize("name", _applies_entries())
+def test_every_applicability_entry_refuses_its_flag_where_it_does_not_apply(tmp_path, capsys, no_work, name):
+    from impulse_attn.training.config import fields_by_name, flag_name
+    assert name in NOT_APPLYING, f"APPLIES has a new entry {name!r}: add a command line where it does not apply"
+    given, context = NOT_APPLYING[name]
+    flag = flag_name(fields_by_name()[name])
+    assert given[0] == flag
+    out = tmp_path / "r"
+    line = cli_refused(["train", *context, *given, "--out", str(out)], capsys, "not apply")
+    # "... error: <flags> does/do not apply <where>": this flag, and only it, is named as not applying
+    named = line.split("error: ", 1)[1].split(" do")[0].split()
+    assert named == [flag], line
+    assert not out.exists()
+    # the context alone is accepted (the work starts): the refusal was the flag's
+    with pytest.raises(WorkStarted):
+        cli.main(["train", *context, "--out", str(out)])
+    # through the Python API the same setting warns in one line, or is refused where the table says always
+    cfg = _api_config([*context, *given])
+    if name in ALWAYS_REFUSED:
+        with pytest.raises(UserError, match=flag):
+            cfg.check()
+    else:
+        with pytest.warns(UserWarning, match=f"{flag}.* not apply") as got:
+            cfg.check()
+        assert all("\n" not in str(w.message) for w in got)
+    if name in REFUSED_FOR_EXTERNAL:
+        external = TrainConfig(model="timm:vit_tiny_patch16_224", **{name: getattr(cfg, name)})   # this flag alone
+        with pytest.raises(UserError, match=f"{flag} does not apply to the timm model"):
+            external.check()
+
+
 def test_through_the_api_an_unused_setting_warns_in_one_line():
     cfg = TrainConfig(init="random", fit_method="iterative")
     with pytest.warns(UserWarning, match="--fit-method does not apply to --init random") as got:

@@ -2,6 +2,11 @@
 
 These run on the reference backend, so they need no compiled extension; the fast fit's kernel path is compared
 with the faithful kernel fit where the extension exists.
+
+The entries' checksum is not tested here: a cache that skipped it (served an entry without comparing its stored
+SHA-256) passes every test of this file. tests/test_persistence.py guards it:
+test_flipped_sign_bit_in_a_cached_q_is_refitted_not_served (a damaged tensor is refitted, not served) and
+test_cache_entry_checksum_covers_meta (an edited meta is caught too).
 """
 from __future__ import annotations
 
