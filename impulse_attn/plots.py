@@ -119,36 +119,41 @@ def plot_curves(curves: Dict[str, List[List[dict]]], path, title: str = "", reac
 
 def plot_maps_before_after(before: Sequence[torch.Tensor], after: Sequence[torch.Tensor], grid: Sequence[int],
                            query: int, path, rows: Optional[List[dict]] = None, title: str = "",
-                           max_heads: int = 12) -> Path:
-    """Per layer, two rows of pictures: each head's attention of one query token at init and after training.
+                           max_heads: int = 12, pseudo: Optional[Sequence[torch.Tensor]] = None) -> Path:
+    """Per layer, a row of pictures per state: each head's attention of one query token at init and after training
+    (and, with ``pseudo``, first the maps at init with no content: what the init shaped, beside what real images
+    get).
 
-    before, after: per layer (heads, N, N) maps (e.g. averaged over images); grid (H, W); query: token index.
-    ``rows`` (from ``training.inspect``) adds each head's best-offset mass and distance to its titles.
+    before, after, pseudo: per layer (heads, N, N) maps (e.g. averaged over images); grid (H, W); query: token
+    index. ``rows`` (from ``training.inspect``) adds each head's best-offset mass and distance to its titles.
     """
     plt = pyplot()
     h, w = int(grid[0]), int(grid[1])
     layers = len(before)
     heads = min(int(before[0].shape[0]), max_heads)
-    fig, axes = plt.subplots(2 * layers, heads, figsize=(1.25 * heads + 1.2, 2.5 * layers + 0.8), squeeze=False)
+    states = ([("init, no content", pseudo, "pseudo")] if pseudo is not None else []) + \
+        [("init, images", before, "init"), ("trained, images", after, "trained")]
+    per = len(states)
+    fig, axes = plt.subplots(per * layers, heads, figsize=(1.25 * heads + 1.2, 1.25 * per * layers + 0.8),
+                             squeeze=False)
     qr, qc = divmod(query, w)
     stats = {(r["layer"], r["head"]): r for r in rows or []}
     for li in range(layers):
         for hi in range(heads):
-            for which, maps in ((0, before), (1, after)):
-                ax = axes[2 * li + which, hi]
+            for which, (_, maps, key) in enumerate(states):
+                ax = axes[per * li + which, hi]
                 img = maps[li][hi, query].reshape(h, w).float().numpy()
                 ax.imshow(img, cmap="magma", vmin=0, vmax=max(float(img.max()), 1e-6), interpolation="nearest")
                 ax.plot(qc, qr, marker="+", color="cyan", markersize=6, mew=1.2)
                 ax.set_xticks([])
                 ax.set_yticks([])
-                r = stats.get((li, hi))
-                if r is not None:
-                    s = r["init" if which == 0 else "trained"]
+                s = (stats.get((li, hi)) or {}).get(key)
+                if s is not None:
                     ax.set_title(f"{s['best_offset_mass']:.2f}@{tuple(s['best_offset'])} d{s['distance']:.1f}",
                                  fontsize=6)
             if hi == 0:
-                axes[2 * li, 0].set_ylabel(f"L{li} init", fontsize=8)
-                axes[2 * li + 1, 0].set_ylabel(f"L{li} trained", fontsize=8)
+                for which, (label, _, _) in enumerate(states):
+                    axes[per * li + which, 0].set_ylabel(f"L{li} {label}", fontsize=7)
     fig.suptitle((title + "\n" if title else "") + "cell title: best single-offset mass @ offset, attention "
                  "distance (tokens)", fontsize=8)
     return save_figure(fig, path, dpi=100)

@@ -31,7 +31,8 @@ __all__ = ["init_", "attention_maps", "family_of", "families", "Family", "InitRe
 
 
 def init_(model: torch.nn.Module, init: str = "impulse", *, seed: int = 0, kernel_size: Optional[int] = None,
-          fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, **options) -> InitReport:
+          fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None,
+          images: Optional[torch.Tensor] = None, **options) -> InitReport:
     """Initialize ``model`` in place with a registered init strategy, through its family's adapter.
 
     Args:
@@ -42,9 +43,15 @@ def init_(model: torch.nn.Module, init: str = "impulse", *, seed: int = 0, kerne
         kernel_size: the impulse window k (default: 5 for the Simple ViT, 3 elsewhere, as the papers).
         fit_method, fit_kwargs: the query/key fit ("closed_form" or "iterative"; ``fit_impulse`` keywords) where
             the family has one.
-        **options: settings of the window-bias (Swin: ``target_mass``) or token-mixing (Mixer: ``gain``) init.
+        images: (B, C, H, W) a batch of training images, as the model's forward takes them. The report then
+            measures the prior on them (``report.data``: per layer argmax hit and mass on the offset, position or
+            bias share; ``families.on_data``), and a standard ViT's impulse init calibrates its position scale on
+            them (without images: on unit-variance pixels). Read only.
+        **options: settings of the init: standard ViTs ``position_share`` (impulse), Swin ``target_mass`` (window
+            bias), Mixer ``gain`` (token mixing).
     Returns:
-        InitReport: per layer the offsets and, where measured, argmax hit and target mass of the maps at init.
+        InitReport: per layer the offsets and, where measured, argmax hit and target mass of the maps at init (on
+        the pseudo-input), and ``data``: the same on ``images``.
     Raises:
         TypeError: a model no family knows. ValueError: a strategy that does not apply to the family, or
         settings it does not take (one line, before anything changes).
@@ -58,8 +65,14 @@ def init_(model: torch.nn.Module, init: str = "impulse", *, seed: int = 0, kerne
     fam = family_of(model)
     strategy = get_strategy(init)
     kind = fam.kind_for(strategy)
-    return fam.apply(model, strategy, kind, seed=seed, kernel_size=kernel_size, fit_method=fit_method,
-                     fit_kwargs=fit_kwargs, options=options or None)
+    if images is not None:
+        images = fam.check_images(model, images)
+    report = fam.apply(model, strategy, kind, seed=seed, kernel_size=kernel_size, fit_method=fit_method,
+                       fit_kwargs=fit_kwargs, options=options or None, images=images)
+    if images is not None and fam.on_data is not None:
+        report.data = fam.on_data(model, images, report.offsets)
+        report.images = int(images.shape[0])
+    return report
 
 
 def attention_maps(model: torch.nn.Module, images: Optional[torch.Tensor] = None) -> List[torch.Tensor]:

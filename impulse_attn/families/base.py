@@ -9,7 +9,6 @@ import torch
 
 from .._validate import model_input
 from ..init.registry import LAYER_KINDS, Strategy
-from ..targets import impulse_targets, valid_rows
 
 
 @dataclass
@@ -26,6 +25,11 @@ class InitReport:
     layers: List[dict] = field(default_factory=list)
     source: object = None
     notes: List[str] = field(default_factory=list)
+    #: per layer, the prior on the images given to ``init_`` (``families.on_data``): argmax_hit, target_mass
+    #: (where the init has offsets) and position_share (query/key families) or bias_share (Swin); empty without
+    #: images
+    data: List[dict] = field(default_factory=list)
+    images: int = 0                # how many images ``data`` was measured on
 
     @property
     def offsets(self) -> List[Optional[torch.Tensor]]:
@@ -38,10 +42,19 @@ class InitReport:
     argmax_hit = property(lambda self: self._mean("argmax_hit"))
     target_mass = property(lambda self: self._mean("target_mass"))
 
+    @property
+    def on_data(self) -> dict:
+        """The layers' mean of each on-data figure (None where not measured)."""
+        from .on_data import summary
+        return summary(self.data)
+
     def __str__(self) -> str:
         head = (f"{self.init} init of a {self.family} ({self.kind or 'nothing changed'}), seed {self.seed}: "
                 f"{len(self.layers)} layers, {self.seconds:.2f} s")
         lines = [head, *self.notes]
+        if self.data:
+            from .on_data import describe
+            lines.append(f"on {self.images} images: {describe(self.data)} (per layer: 'data' columns)")
         for i, layer in enumerate(self.layers):
             parts = [f"layer {i:2d}"]
             if layer.get("offsets") is not None:
@@ -49,6 +62,10 @@ class InitReport:
             for key in ("argmax_hit", "target_mass"):
                 if layer.get(key) is not None:
                     parts.append(f"{key} {layer[key]:.3f}")
+            data = self.data[i] if i < len(self.data) else {}
+            for key in ("argmax_hit", "target_mass", "position_share", "bias_share"):
+                if data.get(key) is not None:
+                    parts.append(f"data {key} {data[key]:.3f}")
             lines.append("  ".join(parts))
         return "\n".join(lines)
 
@@ -66,6 +83,24 @@ class Family:
     apply: Callable[..., InitReport]
     maps: Callable[..., List[torch.Tensor]]
     pseudo_input: bool = True        # its query/key layers have a positional pseudo-input (Swin's have none)
+    #: on_data(model, images, offsets) -> per layer the prior on those images (``families.on_data``)
+    on_data: Optional[Callable[..., List[dict]]] = None
+    #: input_shape(model) -> (channels, height, width) of the images its forward takes
+    input_shape: Optional[Callable[[torch.nn.Module], Tuple[int, int, int]]] = None
+
+    def check_images(self, model: torch.nn.Module, images, name: str = "images") -> torch.Tensor:
+        """``images`` as this model's forward takes them, or a ValueError/TypeError of one line naming what is
+        wrong (before any work)."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"{name} must be a (batch, channels, height, width) tensor, got {type(images).__name__}")
+        param = next(model.parameters(), None)
+        if param is not None:
+            model_input(images, name, param)
+        want = self.input_shape(model) if self.input_shape is not None else None
+        if images.dim() != 4 or images.shape[0] < 1 or (want is not None and tuple(images.shape[1:]) != want):
+            shape = "(batch >= 1, " + (", ".join(map(str, want)) if want is not None else "C, H, W") + ")"
+            raise ValueError(f"{name} must have shape {shape} for this {self.label}, got {tuple(images.shape)}")
+        return images
 
     def kind_for(self, strategy: Strategy) -> str:
         """The layer kind ``strategy`` acts on here ("" for a strategy that keeps the model), or a ValueError of
@@ -106,24 +141,36 @@ def family_of(model) -> Family:
                     f"{', '.join(f.label for f in _FAMILIES.values())}")
 
 
+class _Captured(Exception):
+    """Raised by the last capture hook to end a forward pass whose remaining layers nobody reads."""
+
+
 @torch.no_grad()
 def capture_inputs(model: torch.nn.Module, modules, run: Callable, images: torch.Tensor,
-                   read: Callable = lambda args, kwargs: args[0].detach()) -> list:
+                   read: Callable = lambda args, kwargs: args[0].detach(), stop: bool = False) -> list:
     """Run ``run(images)`` in eval mode (restored afterwards) and return, per module of ``modules`` in call order,
-    ``read(args, kwargs)`` of its input: how the families read the tokens their layers see."""
+    ``read(args, kwargs)`` of its input: how the families read the tokens their layers see. ``stop``: end the
+    forward pass once every module has been reached (``modules`` are called once each, in order)."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         raise ValueError(f"images must be a (B, C, H, W) tensor, got "
                          f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
     param = next(model.parameters(), None)
     if param is not None:
         model_input(images, "images", param)
+    modules = list(modules)
     captured: list = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, kwargs: captured.append(read(args, kwargs)),
-                                         with_kwargs=True) for m in modules]
+
+    def hook(mod, args, kwargs):
+        captured.append(read(args, kwargs))
+        if stop and len(captured) == len(modules):
+            raise _Captured
+    hooks = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in modules]
     was = model.training
     model.eval()
     try:
         run(images)
+    except _Captured:
+        pass
     finally:
         for h in hooks:
             h.remove()
@@ -132,13 +179,6 @@ def capture_inputs(model: torch.nn.Module, modules, run: Callable, images: torch
 
 
 def offset_quality(maps: torch.Tensor, offsets: torch.Tensor, grid, keep: Callable, share: Callable) -> dict:
-    """How impulse-like the maps (1, heads, N, N) of one layer are: over the rows whose target (token + head offset)
-    is on the grid and that ``keep(rows, target_weight)`` accepts, the share whose argmax is the target
-    (``argmax_hit``) and the mean ``share(rows, target_weight)`` (``target_mass``)."""
-    target = impulse_targets(offsets, grid).argmax(-1)                        # (heads, N)
-    m = maps[0].to(torch.float64)
-    weight = m.gather(-1, target[..., None])[..., 0]
-    ok = valid_rows(offsets, grid) & keep(m, weight)
-    rows = max(int(ok.sum()), 1)
-    return {"argmax_hit": int(((m.argmax(-1) == target) & ok).sum()) / rows,
-            "target_mass": float((share(m, weight) * ok).sum()) / rows, "rows": int(ok.sum())}
+    """How impulse-like the maps (B, heads, N, N) of one layer are (``on_data.map_quality``, the one definition)."""
+    from .on_data import map_quality
+    return map_quality(maps, offsets, grid, keep, share)

@@ -75,7 +75,8 @@ def view(model, need_pos: bool = True) -> ViTView:
     heads = blocks[0].num_heads if blocks else 1
     v = ViTView(model=model, grid=grid, dim=dim, heads=heads, head_dim=dim // heads, prefix=prefix,
                 pos=emb.position_embeddings, pos_offset=prefix, blocks=blocks,
-                run=lambda images: base(pixel_values=images))
+                run=lambda images: base(pixel_values=images),
+                input_shape=(int(base.config.num_channels), int(img[0]), int(img[1])))
     return check_view(v, need_pos)
 
 

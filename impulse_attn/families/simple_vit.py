@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import List, Optional
 
+import torch
+
+from ..attention import ImpulseAttention
 from ..init.registry import Strategy
 from ..models import SimpleViT
-from .base import Family, InitReport, register_family
+from .base import Family, InitReport, capture_inputs, register_family
+from .on_data import map_quality, position_share
 
 NAME = "Simple ViT"
 
@@ -16,8 +20,8 @@ def matches(model) -> bool:
 
 
 def apply(model: SimpleViT, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: Optional[int] = None,
-          fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, options: Optional[dict] = None
-          ) -> InitReport:
+          fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, options: Optional[dict] = None,
+          images=None) -> InitReport:
     start = time.perf_counter()
     if options:
         raise ValueError(f"options {sorted(options)} do not apply to a Simple ViT (fit settings go in fit_kwargs)")
@@ -39,4 +43,35 @@ def maps(model: SimpleViT, images=None):
     return model.attention_maps(images)
 
 
-FAMILY = register_family(Family("simple_vit", NAME, matches, ("qk",), apply, maps))
+def _qk_input(layer, x: torch.Tensor):
+    """(what the layer's queries and keys read on tokens x, its position part), None where it has none: mode I
+    α·LN(x) + (1 − α)·P, mode II P, mode III nothing; a plain ViT layer LN(x) with P added upstream."""
+    xn = layer.norm(x)
+    if isinstance(layer, ImpulseAttention):
+        if layer.mode == "III":
+            return None, None
+        pos = layer.pos.to(xn)
+        return (pos.expand_as(xn) if layer.mode == "II" else layer.alpha * xn + (1 - layer.alpha) * pos), pos
+    return xn, None
+
+
+@torch.no_grad()
+def on_data(model: SimpleViT, images: torch.Tensor, offsets) -> List[dict]:
+    layers = model.attention_layers()
+    captured = capture_inputs(model, layers, model, images)
+    out = []
+    for i, (layer, x) in enumerate(zip(layers, captured)):
+        u, pos = _qk_input(layer, x)
+        if pos is None and u is not None and model.add_pos:
+            pos = model.pos
+        row = {"position_share": position_share(u, pos) if pos is not None else None}
+        off = offsets[i] if offsets is not None and i < len(offsets) else None
+        if off is not None:
+            q = map_quality(layer.attention_map(x), torch.as_tensor(off), model.grid_size)
+            row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
+        out.append(row)
+    return out
+
+
+FAMILY = register_family(Family("simple_vit", NAME, matches, ("qk",), apply, maps, on_data=on_data,
+                                input_shape=lambda m: (int(m.channels), *(int(v) for v in m.image_size))))

@@ -88,6 +88,8 @@ from ..fitting.structured import (LN_EPS, NOISE_BOUNDS, NOISE_SCALE, NOISE_STD, 
                                  layer_norm_rows, numpy_uniform, official_logits, official_offsets, official_qk,
                                  official_qk_float32, ortho_like, pinv_rank)
 from ..targets import impulse_targets, valid_rows
+from .calibration import (FIT_INPUT, FIT_INPUTS, POSITION_SHARE, calibrate_position, check_share, fit_on_data,
+                          synthetic_images)
 from .view import ViTView, tokens_from_hook
 
 __all__ = ["structured_init_", "attention_maps", "pseudo_input", "DEFAULT_FIT", "official_offsets", "TimmInitReport",
@@ -246,6 +248,27 @@ def attention_maps(view: ViTView, images: Optional[torch.Tensor] = None, *, dtyp
     return [_block_probs(blk, x, dtype)[1][..., p:, p:] for blk, x in zip(view.blocks, captured)]
 
 
+@torch.no_grad()
+def on_data(view: ViTView, images: torch.Tensor, offsets) -> List[dict]:
+    """Per block, the prior on ``images`` (``families.on_data``): argmax hit and target mass of the grid maps
+    (where ``offsets`` has the block's), and the position share of its query/key input (grid tokens)."""
+    from .base import capture_inputs
+    from .on_data import map_quality, position_share
+    captured = capture_inputs(view.model, [blk.module for blk in view.blocks], view.run, images, tokens_from_hook)
+    pos = view.pos.detach()[0, view.pos_offset:] if view.pos is not None else None
+    p = view.prefix
+    out = []
+    for i, (blk, x) in enumerate(zip(view.blocks, captured)):
+        row = {"position_share": position_share(x[:, p:], pos) if pos is not None else None}
+        off = offsets[i] if offsets is not None and i < len(offsets) else None
+        if off is not None:
+            maps = _block_probs(blk, x, torch.float64)[1][..., p:, p:]
+            q = map_quality(maps, torch.as_tensor(off), view.grid)
+            row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
+        out.append(row)
+    return out
+
+
 def _impulse_quality(maps: torch.Tensor, logits: torch.Tensor, offsets: torch.Tensor, grid, seconds: float,
                      fit_method: str, backend: str) -> FitReport:
     maps = maps.to(torch.float64)
@@ -275,7 +298,9 @@ def _check_scale(value, name: str) -> Optional[float]:
 def structured_init_(view: ViTView, init: str = "impulse", *, kernel_size: int = 3, fit_method: str = "closed_form",
                      seed: Optional[int] = 0, pos_scale: Optional[float] = None, qk_scale: Optional[float] = None,
                      vproj_scale: Optional[float] = None, vproj: bool = True, qk_bias: Optional[str] = None,
-                     compute_dtype=None, **fit_kwargs) -> TimmInitReport:
+                     compute_dtype=None, images: Optional[torch.Tensor] = None,
+                     position_share: Optional[float] = None, fit_input: str = FIT_INPUT,
+                     **fit_kwargs) -> TimmInitReport:
     """Re-initialize a standard ViT (seen through ``view``) in place with the structured (impulse) or mimetic init.
 
     Args:
@@ -294,6 +319,16 @@ def structured_init_(view: ViTView, init: str = "impulse", *, kernel_size: int =
         pos_scale, qk_scale, vproj_scale: override the public code's norm_p, norm_q, norm_v (impulse 18, 7, 1;
             mimetic 1, 1, 1). ``qk_scale`` only applies to the official fit and mimetic (the other fits set
             the logit scale themselves: pass ``target_mass``/``logit_scale``/``scale`` to ``fit_impulse``).
+            For the closed_form and iterative fits the position scale is calibrated unless ``pos_scale`` is given
+            (``families.calibration``): position carries ``position_share`` (default
+            ``calibration.POSITION_SHARE``) of every block's query/key input variance on ``images``.
+        images: (B, C, H, W) training images the calibration measures the model's content on (default: a batch of
+            unit-variance pixels, i.e. the patch embedding's weights). Read, never trained on.
+        position_share: the calibration's target share π in (0, 1); only for the closed_form / iterative fits.
+        fit_input: what the closed_form / iterative fits read: ``"position"`` (the pseudo-input LN(position
+            embedding), as the paper) or ``"data"`` (each block's own query/key input averaged over ``images``, block
+            by block after the calibration: what the block sees at init, position as the blocks before it pass it
+            on, plus the batch's mean content; ``calibration.fit_on_data``).
         vproj: re-initialize value and projection weights (True, as the public code) or leave them.
         qk_bias: ``"keep"`` or ``"zero"`` the query/key biases of ``attn.qkv``; default "keep" for the official
             fit and mimetic (the public code does not touch them), "zero" for closed_form / iterative (so the
@@ -335,6 +370,15 @@ def structured_init_(view: ViTView, init: str = "impulse", *, kernel_size: int =
     if compute_dtype is not None and not (init == "impulse" and fit_method == "official"):
         raise ValueError("compute_dtype only applies to init='impulse', fit_method='official'")
     compute_dtype = torch.float32 if compute_dtype is None else compute_dtype
+    position_share = check_share(position_share)
+    choice(fit_input, "fit_input", FIT_INPUTS)
+    if fit_input == "data" and not learned_fit:
+        raise ValueError("fit_input='data' refits the closed_form / iterative impulse fits on the blocks' inputs; it "
+                         "does not apply to the official fit or mimetic")
+    calibrate = learned_fit and pos_scale is None
+    if position_share is not None and not calibrate:
+        raise ValueError("position_share sets the calibrated position scale of the closed_form / iterative impulse "
+                         "fits; it does not apply with an explicit pos_scale, the official fit or mimetic")
 
     if init == "impulse" and view.pos is None:
         raise ValueError("model has no position embedding (e.g. pos_embed='none'): the impulse fit uses the "
@@ -351,7 +395,8 @@ def structured_init_(view: ViTView, init: str = "impulse", *, kernel_size: int =
             raise ValueError(f"kernel_size {kernel_size} reaches past a {grid[0]}x{grid[1]} grid: offsets of "
                              f"±{half} tokens leave no valid row")
     defaults = IMPULSE_SCALES if init == "impulse" else MIMETIC_SCALES
-    p_scale = defaults[0] if pos_scale is None else pos_scale
+    p_scale = defaults[0] if pos_scale is None else pos_scale       # calibrated below when ``calibrate``
+    base = _position_before(view)
     q_scale = defaults[1] if qk_scale is None else qk_scale
     v_scale = defaults[2] if vproj_scale is None else vproj_scale
     if qk_bias is None:
@@ -360,7 +405,7 @@ def structured_init_(view: ViTView, init: str = "impulse", *, kernel_size: int =
     saved = (torch.get_rng_state(), np.random.get_state()) if seed is None else None
     try:
         new = _compute(view, init, fit_method, kernel_size, seed, p_scale, q_scale, v_scale, vproj,
-                       compute_dtype, fit_kwargs)
+                       compute_dtype, fit_kwargs, base)
     except BaseException:
         if saved is not None:  # a refusal discovered mid-way leaves the global generators as they were
             torch.set_rng_state(saved[0])
@@ -380,6 +425,21 @@ def structured_init_(view: ViTView, init: str = "impulse", *, kernel_size: int =
             if qk_bias == "zero":
                 blk.zero_bias("q")
                 blk.zero_bias("k")
+    if calibrate:
+        target = POSITION_SHARE if position_share is None else position_share
+        batch = synthetic_images(view) if images is None else images
+        p_scale, shares, rounds = calibrate_position(view, base, batch, target, p_scale)
+        new["extra"]["position_calibration"] = {
+            "target_share": target, "block_shares": shares, "rounds": rounds, "pos_scale": p_scale,
+            "images": int(batch.shape[0]), "source": "synthetic unit-variance pixels" if images is None else "images"}
+    if fit_input == "data":
+        batch = synthetic_images(view) if images is None else images
+        kwargs = {**DEFAULT_FIT, **fit_kwargs} if fit_method == "closed_form" else dict(fit_kwargs)
+        kwargs.setdefault("scale", "auto")
+        refit = fit_on_data(view, batch, new["offsets"][0], kernel_size, fit_method, seed, kwargs)
+        new["extra"]["fit_input"] = {"images": int(batch.shape[0]), "seconds": refit}
+    if view.pos is not None:
+        _remember_position(view, base)
 
     reports: List[FitReport] = []
     offsets = new["offsets"]
@@ -413,8 +473,25 @@ def structured_init_(view: ViTView, init: str = "impulse", *, kernel_size: int =
                           extra=new["extra"])
 
 
+def _position_before(view: ViTView) -> Optional[torch.Tensor]:
+    """The position embedding as it was before this package's init scaled it: the model's own, or, when the model
+    still holds what an earlier ``init_`` wrote, what that call found (so a second call does not scale twice)."""
+    if view.pos is None:
+        return None
+    now = view.pos.detach().cpu()
+    record = getattr(view.model, "_impulse_attn_position", None)
+    if record is not None and record["written"].shape == now.shape and torch.equal(record["written"], now):
+        return record["before"].clone()
+    return now.clone()
+
+
+def _remember_position(view: ViTView, base: torch.Tensor) -> None:
+    view.model._impulse_attn_position = {"before": base.clone(), "written": view.pos.detach().cpu().clone()}
+
+
 def _compute(view: ViTView, init: str, fit_method: str, kernel_size: int, seed: Optional[int], p_scale: float,
-             q_scale: float, v_scale: float, vproj: bool, compute_dtype, fit_kwargs: dict) -> dict:
+             q_scale: float, v_scale: float, vproj: bool, compute_dtype, fit_kwargs: dict,
+             base: Optional[torch.Tensor]) -> dict:
     """Every new tensor (CPU), computed without touching the model. Raises before anything is written."""
     grid, n, dim, heads, hd, depth = view.grid, view.n, view.dim, view.heads, view.head_dim, view.depth
     blocks = view.blocks
@@ -436,14 +513,14 @@ def _compute(view: ViTView, init: str, fit_method: str, kernel_size: int, seed: 
             out["qk"].append(rows)
             if vproj:
                 _vproj(out, dim, v_scale, uniform, official_orientation_mimetic=(fit_method == "official"))
-        if view.pos is not None and p_scale != 1.0:
-            out["pos"] = view.pos.detach().cpu() * p_scale
+        if base is not None:
+            out["pos"] = base * p_scale
         out["fit_seconds"] = time.perf_counter() - t0
         out["backend"] = "numpy"
         return out
 
     # impulse: scale the position embedding first; the fit reads the scaled one (as the public code).
-    pos = view.pos.detach().cpu() * p_scale
+    pos = base * p_scale
     if not bool(torch.isfinite(pos).all()):
         raise ValueError("model.pos_embed (times pos_scale) has NaN/Inf values. Note: timm versions that build "
                          "parameters with torch.empty leave pos_embed uninitialized under weight_init='skip'; "

@@ -115,8 +115,8 @@ def _quality(maps: torch.Tensor, offsets: torch.Tensor, grid) -> dict:
 
 
 def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: Optional[int] = None,
-          fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, options: Optional[dict] = None
-          ) -> InitReport:
+          fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, options: Optional[dict] = None,
+          images=None) -> InitReport:
     start = time.perf_counter()
     bl = blocks(model)
     if fit_kwargs or fit_method not in (None, "closed_form"):
@@ -135,5 +135,26 @@ def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: O
     return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start, rows, src)
 
 
+def on_data(model, images: torch.Tensor, offsets) -> List[dict]:
+    """Per block, the token MLP's linearization on ``images`` (per round, as ``token_mixing_maps``) against its
+    shifts: argmax hit and the target's share of each row's absolute weight. A Mixer has no query/key input."""
+    maps = token_mixing_maps(model, images)
+    grid = grid_of(model)
+    out = []
+    for i, m in enumerate(maps):
+        off = offsets[i] if offsets is not None and i < len(offsets) else None
+        row: dict = {}
+        if off is not None:
+            q = _quality(m, torch.as_tensor(off), grid)
+            row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
+        out.append(row)
+    return out
+
+
+def input_shape(model) -> tuple:
+    stem = model.stem
+    return (int(stem.proj.in_channels), *(int(v) for v in stem.img_size))
+
+
 FAMILY = register_family(Family("timm_mixer", NAME, matches, ("token_mix",), apply, token_mixing_maps,
-                                pseudo_input=False))
+                                pseudo_input=False, on_data=on_data, input_shape=input_shape))

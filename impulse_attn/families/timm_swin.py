@@ -146,6 +146,17 @@ def attention_maps(model, images: Optional[torch.Tensor] = None) -> List[torch.T
                 logits = logits + mask.to(torch.float64)[:, None]
             out.append(_global(b, logits.softmax(-1), 1))
         return out
+    return [_global(b, logits.softmax(-1), images.shape[0])
+            for b, (logits, _) in zip(bl, _data_logits(model, images))]
+
+
+@torch.no_grad()
+def _data_logits(model, images: torch.Tensor) -> list:
+    """Per block, on ``images`` (eval mode, restored): (its window logits (B·windows, heads, A, A) with bias and
+    shifted-window mask, as its forward, and the bias share of their variance over the windows' unmasked
+    entries)."""
+    from .on_data import logit_share
+    bl = blocks(model)
     captured = capture_inputs(model, [b.attn for b in bl], model.forward_features, images,
                               lambda args, kwargs: (args[0].detach(),
                                                     kwargs.get("mask", args[1] if len(args) > 1 else None)))
@@ -154,12 +165,36 @@ def attention_maps(model, images: Optional[torch.Tensor] = None) -> List[torch.T
         a = b.attn
         bw, n, c = x.shape
         qkv = a.qkv(x).reshape(bw, n, 3, a.num_heads, -1).permute(2, 0, 3, 1, 4)
-        logits = (qkv[0] * a.scale) @ qkv[1].transpose(-2, -1) + _rel_bias(b)[None]
+        content = (qkv[0] * a.scale) @ qkv[1].transpose(-2, -1)
+        bias = _rel_bias(b)[None].expand_as(content)
+        share = logit_share(bias, content)
+        logits = content + bias
         if mask is not None:
             nw = mask.shape[0]
             logits = (logits.view(-1, nw, a.num_heads, n, n) + mask[None, :, None]).view(-1, a.num_heads, n, n)
-        out.append(_global(b, logits.softmax(-1), images.shape[0]))
+        out.append((logits, share))
     return out
+
+
+def on_data(model, images: torch.Tensor, offsets) -> List[dict]:
+    """Per block, on ``images``: argmax hit and target mass of its window maps (rows whose target is in the
+    query's window), and the bias share of its logits (relative position bias against query·key content)."""
+    bl = blocks(model)
+    out = []
+    for i, (b, (logits, share)) in enumerate(zip(bl, _data_logits(model, images))):
+        row = {"bias_share": share}
+        off = offsets[i] if offsets is not None and i < len(offsets) else None
+        if off is not None:
+            maps = _global(b, logits.softmax(-1), images.shape[0])
+            q = _quality(maps, torch.as_tensor(off), tuple(int(r) for r in b.input_resolution))
+            row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
+        out.append(row)
+    return out
+
+
+def input_shape(model) -> tuple:
+    pe = model.patch_embed
+    return (int(pe.proj.in_channels), *(int(v) for v in pe.img_size))
 
 
 def _quality(maps: torch.Tensor, offsets: torch.Tensor, grid) -> dict:
@@ -170,8 +205,8 @@ def _quality(maps: torch.Tensor, offsets: torch.Tensor, grid) -> dict:
 
 # --- apply ---------------------------------------------------------------------------------------------------
 def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: Optional[int] = None,
-          fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, options: Optional[dict] = None
-          ) -> InitReport:
+          fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, options: Optional[dict] = None,
+          images=None) -> InitReport:
     start = time.perf_counter()
     bl = blocks(model)
     k = 3 if kernel_size is None else kernel_size
@@ -202,4 +237,4 @@ def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: O
 
 
 FAMILY = register_family(Family("timm_swin", NAME, matches, ("window_bias", "qk"), apply, attention_maps,
-                                pseudo_input=False))
+                                pseudo_input=False, on_data=on_data, input_shape=input_shape))

@@ -57,7 +57,8 @@ def view(model, need_pos: bool = True) -> ViTView:
     prefix = int(model.num_prefix_tokens)
     v = ViTView(model=model, grid=grid, dim=dim, heads=heads, head_dim=dim // heads, prefix=prefix,
                 pos=model.pos_embed, pos_offset=0 if model.no_embed_class else prefix, blocks=blocks,
-                run=model.forward_features)
+                run=model.forward_features,
+                input_shape=(int(model.patch_embed.proj.in_channels), *(int(v) for v in model.patch_embed.img_size)))
     return check_view(v, need_pos)
 
 

@@ -57,7 +57,8 @@ class BlockView:
 class ViTView:
     """grid (H, W); dim; heads, head_dim; prefix: class/register/distillation tokens
     before the grid tokens; pos: the position embedding parameter (1, T, D) or None; pos_offset: its rows before
-    the grid's (0 when prefix tokens get no position); run: images → the model's forward (maps are read by hooks)."""
+    the grid's (0 when prefix tokens get no position); run: images → the model's forward (maps are read by hooks);
+    input_shape: the (C, H, W) of those images."""
 
     model: nn.Module
     grid: Tuple[int, int]
@@ -69,6 +70,7 @@ class ViTView:
     pos_offset: int
     blocks: List[BlockView]
     run: Callable[[torch.Tensor], object]
+    input_shape: Tuple[int, int, int] = (0, 0, 0)     # (channels, height, width) of the images ``run`` takes
 
     @property
     def depth(self) -> int:

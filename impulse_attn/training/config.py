@@ -378,6 +378,20 @@ class TrainConfig:
                                           "hf ViTs, 0.7 for Swin (docs/RESULTS.md)")
     mix_gain: Optional[float] = option(None, "MLP-Mixer impulse init: gain of the token MLP's shift bank", "model",
                                        check=positive_float, none_means="2.0, chosen on val/ (docs/RESULTS.md, 'Every family')")
+    position_share: Optional[float] = option(None, "timm/HF ViT impulse init: the share of every block's "
+                                             "query/key input variance that position carries at init, on a batch "
+                                             "of training images; the position embedding's scale is calibrated to "
+                                             "it (docs/families.md, 'The prior on data')", "model", check=unit_open,
+                                             none_means="the calibrated default, chosen on val/ (docs/RESULTS.md)")
+    pos_scale: Optional[float] = option(None, "timm/HF ViT impulse init: a fixed multiplier of the position "
+                                        "embedding instead of the calibration (18: the structured-init paper's)",
+                                        "model", check=positive_float,
+                                        none_means="calibrated (--position-share)")
+    fit_input: Optional[str] = option(None, "timm/HF ViT impulse init: what the query/key fit reads: position (the "
+                                      "layer-normed position embedding, as the paper) or data (each block's input "
+                                      "averaged over a batch of training images)", "model",
+                                      choices=lambda: ("position", "data"),
+                                      none_means="the calibrated default, chosen on val/ (docs/RESULTS.md)")
     attention_backend: str = option("auto", "attention implementation (auto: the fastest that gives the "
                                     "reference's result here)", "model", choices=_attention_backends)
     filters: str = option("learned", "ConvMixer depthwise filters: learned from PyTorch's init, or a filter bank",
@@ -739,6 +753,14 @@ APPLIES: Dict[str, Applies] = {
                            "with --init impulse and --fit-method iterative"),
     "mix_gain": Applies((_kind("timm", "hf"), _is("init", "impulse")),
                         "to timm MLP-Mixer models with --init impulse"),
+    "position_share": Applies((_kind("timm", "hf"), _is("init", "impulse"), _is("fit_method", "closed_form",
+                                                                                  "iterative")),
+                              "to timm and HF ViTs with --init impulse and --fit-method closed_form or iterative"),
+    "pos_scale": Applies((_kind("timm", "hf"), _is("init", "impulse"), _is("fit_method", "closed_form", "iterative")),
+                         "to timm and HF ViTs with --init impulse and --fit-method closed_form or iterative"),
+    "fit_input": Applies((_kind("timm", "hf"), _is("init", "impulse"), _is("fit_method", "closed_form",
+                                                                             "iterative")),
+                         "to timm and HF ViTs with --init impulse and --fit-method closed_form or iterative"),
     "filters": Applies((_kind("convmixer"),), "to --model convmixer", always=_external),
     "freeze": Applies((_kind("convmixer"), Condition("filters", lambda c: c.filters != "learned")),
                       "to --model convmixer with a filter bank (--filters other than learned)", always=_external),
@@ -991,3 +1013,11 @@ def check_external_name(config) -> None:
             raise UserError(f"--dim {c.dim} is not divisible by --num-heads {c.num_heads}", "change one of them")
     if c.mix_gain is not None and family != "timm_mixer":
         raise UserError("--mix-gain applies to timm MLP-Mixer models only", "drop it")
+    if c.pos_scale is not None and c.position_share is not None:
+        raise UserError("--pos-scale fixes the position embedding's scale; --position-share calibrates it",
+                        "give one of them")
+    for flag, value in (("--position-share", c.position_share), ("--fit-input", c.fit_input),
+                        ("--pos-scale", c.pos_scale)):
+        if value is not None and family not in (None, "timm_vit"):
+            raise UserError(f"{flag} applies to timm and Hugging Face ViTs only (their position embedding and "
+                            f"query/key fit)", "drop it")

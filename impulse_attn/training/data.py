@@ -125,6 +125,31 @@ def build_transform(image_size: int, augment: str, resize: bool, crop_scale: flo
     return T.Compose(steps)
 
 
+#: Training images the init reads (a standard ViT's position calibration, the prior-on-data figures at step 0)
+INIT_IMAGES = 256
+
+
+def init_images(data: "DataBundle", seed: int, count: int = INIT_IMAGES) -> torch.Tensor:
+    """The first ``count`` training images (all when there are fewer), through the run's training transform with
+    every random stream it could use seeded from ``seed`` and restored afterwards: the same batch for the same
+    run, whatever ran before, and the run's own streams untouched."""
+    import random
+
+    import numpy as np
+    ds = data.train
+    n = min(count, len(ds))
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2 ** 32)
+        try:
+            return torch.stack([ds[i][0] for i in range(n)])
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
 def per_class_indices(targets: Sequence[int], n: int, seed: int = 0) -> List[int]:
     """Indices of exactly ``n`` items per class, the same for the same (targets, n, seed), sorted.
 

@@ -139,14 +139,21 @@ def _init_options(c, family: str) -> Tuple[Optional[str], dict, dict]:
         return None, {}, ({"target_mass": c.target_mass} if c.target_mass is not None else {})
     if family == "timm_mixer":
         return None, {}, ({"gain": c.mix_gain} if c.mix_gain is not None else {})
-    fit_kwargs = {}
+    fit_kwargs, options = {}, {}
     if c.init == "impulse" and c.fit_method in ("closed_form", "iterative"):
         fit_kwargs = {k: v for k, v in _fit_kwargs(c).items() if k != "offsets"}  # offsets: the paper's order
-    return (c.fit_method if c.init in ("impulse", "mimetic") else None), fit_kwargs, {}
+        if c.fit_input is not None:
+            fit_kwargs["fit_input"] = c.fit_input
+        if c.pos_scale is not None:
+            fit_kwargs["pos_scale"] = c.pos_scale
+        if c.position_share is not None:
+            options["position_share"] = c.position_share
+    return (c.fit_method if c.init in ("impulse", "mimetic") else None), fit_kwargs, options
 
 
 def build_external_model(config, num_classes: int, image_size: int, channels: int = 3,
-                         fit_kwargs: Optional[dict] = None, qk_init: bool = True) -> Tuple[torch.nn.Module, dict]:
+                         fit_kwargs: Optional[dict] = None, qk_init: bool = True,
+                         images: Optional[torch.Tensor] = None) -> Tuple[torch.nn.Module, dict]:
     """A timm or Hugging Face model for ``config`` and its init record. The init (``config.init``, seeded by
     ``config.seed``) goes through ``impulse_attn.init_``; ``default`` keeps the model's own init, and
     ``qk_init=False`` skips the init (ranks other than 0 under torchrun)."""
@@ -192,7 +199,7 @@ def build_external_model(config, num_classes: int, image_size: int, channels: in
         fkw.update(fit_kwargs or {})
         try:
             report = init_(target, init_name, seed=c.seed, kernel_size=c.kernel_size, fit_method=fit_method,
-                           fit_kwargs=fkw or None, **options)
+                           fit_kwargs=fkw or None, images=images, **options)
         except (ValueError, TypeError) as e:
             raise UserError(f"impulse_attn.init_ refused {c.model} with --init {c.init}: {str(e).splitlines()[0]}",
                             "change the model, the init or its flags (see docs/families.md)") from None
@@ -230,7 +237,8 @@ def _fit_kwargs(c) -> dict:
 
 
 def build_model(config, num_classes: int, image_size: int, channels: int = 3,
-                fit_kwargs: Optional[dict] = None, qk_init: bool = True) -> Tuple[torch.nn.Module, dict]:
+                fit_kwargs: Optional[dict] = None, qk_init: bool = True,
+                images: Optional[torch.Tensor] = None) -> Tuple[torch.nn.Module, dict]:
     """The model and an ``init`` record: init seconds, and for impulse init the fit report.
 
     Model parameters are drawn from the global torch RNG (seed it first); the query/key init from
@@ -243,7 +251,8 @@ def build_model(config, num_classes: int, image_size: int, channels: int = 3,
     extra: dict = {}
     try:
         if c.kind in ("timm", "hf"):
-            model, extra = build_external_model(c, num_classes, image_size, channels, fit_kwargs, qk_init=qk_init)
+            model, extra = build_external_model(c, num_classes, image_size, channels, fit_kwargs, qk_init=qk_init,
+                                                images=images)
         elif c.model == "vit":
             kwargs = dict(fit_kwargs or {})
             if c.init == "impulse":
@@ -268,7 +277,39 @@ def build_model(config, num_classes: int, image_size: int, channels: int = 3,
     if fits:
         record["fit"] = {k: v for k, v in fits[0].report.as_dict().items() if k != "extra"}
         record["fit_summary"] = str(fits[0].report)
+    if images is not None:
+        data = prior_on_data(model, images, record)
+        if data is not None:
+            record["on_data"] = data
     return model, record
+
+
+def _family_target(model):
+    """The module an init family knows (a Hugging Face model inside its classifier wrapper), and its family, or
+    (model, None)."""
+    from ..families import family_of
+    target = model.hf if isinstance(model, HFClassifier) else model
+    try:
+        return target, family_of(target)
+    except TypeError:
+        return target, None
+
+
+def prior_on_data(model: torch.nn.Module, images: torch.Tensor, init: Optional[dict] = None) -> Optional[dict]:
+    """The prior on ``images`` at init (``families.on_data``), for any init: per layer the map quality against the
+    offsets the init record holds (None for inits without offsets), the position (or Swin bias) share; and its
+    mean. None for models without attention or token-mixing maps (the ConvMixer)."""
+    from ..families.on_data import summary
+    target, fam = _family_target(model)
+    if fam is None or fam.on_data is None:
+        return None
+    if isinstance(model, SimpleViT):
+        offsets = [getattr(layer, "impulse_offsets", None) for layer in model.attention_layers()]
+    else:
+        offsets = [None if o is None else torch.as_tensor(o) for o in (init or {}).get("offsets") or []]
+    param = next(target.parameters())
+    layers = fam.on_data(target, images.to(device=param.device, dtype=param.dtype), offsets)
+    return _plain({"images": int(images.shape[0]), "mean": summary(layers), "layers": layers})
 
 
 def _layer_state(model) -> Optional[list]:
@@ -280,19 +321,20 @@ def _layer_state(model) -> Optional[list]:
 
 
 def build_model_synced(config, num_classes: int, image_size: int, channels: int, dist,
-                       fit_kwargs: Optional[dict] = None, device=None) -> Tuple[torch.nn.Module, dict]:
+                       fit_kwargs: Optional[dict] = None, device=None,
+                       images: Optional[torch.Tensor] = None) -> Tuple[torch.nn.Module, dict]:
     """``build_model`` under torchrun, on ``device``: rank 0 builds the model (the query/key init and impulse fit
     run there only), the other ranks build it without that init and receive every parameter and buffer of rank
     0, and all ranks check that they hold bit-identical weights (SHA-256, recorded as ``weights_sha256``). A
     failure on any rank is raised on every rank. One process: ``build_model``."""
     if not dist.active:
-        model, init = build_model(config, num_classes, image_size, channels, fit_kwargs)
+        model, init = build_model(config, num_classes, image_size, channels, fit_kwargs, images=images)
         return (model.to(device) if device is not None else model), init
     c = config.resolved()
     built = {}
 
     def on_main():
-        built["model"], init = build_model(c, num_classes, image_size, channels, fit_kwargs)
+        built["model"], init = build_model(c, num_classes, image_size, channels, fit_kwargs, images=images)
         return init, _layer_state(built["model"])
     init, layers = dist.decide(on_main)
     if dist.is_main:
@@ -322,6 +364,8 @@ class AttentionProbe:
     offsets: List[Optional[torch.Tensor]]
     maps: Callable[[torch.Tensor], List[torch.Tensor]]
     family: str
+    #: per layer (1, heads, N, N): the maps with no content (the pseudo-input; a Simple ViT's on zero tokens)
+    pseudo: Optional[Callable[[], List[torch.Tensor]]] = None
 
 
 def attention_probe(model: torch.nn.Module, init: Optional[dict] = None) -> AttentionProbe:
@@ -330,9 +374,14 @@ def attention_probe(model: torch.nn.Module, init: Optional[dict] = None) -> Atte
     token MLPs' maps per round of shifts). Offsets come from the run's init record. Anything else is a UserError."""
     from ..families import attention_maps, family_of
     if isinstance(model, SimpleViT):
+        def zero_tokens():
+            z = torch.zeros(1, model.grid_size[0] * model.grid_size[1], model.head.in_features,
+                            dtype=model.head.weight.dtype, device=model.head.weight.device)
+            return [layer.attention_map(z + model.pos.to(z) if model.add_pos else z)
+                    for layer in model.attention_layers()]
         return AttentionProbe(tuple(model.grid_size),
                               [getattr(layer, "impulse_offsets", None) for layer in model.attention_layers()],
-                              model.attention_maps, "vit")
+                              model.attention_maps, "vit", zero_tokens)
     target = model.hf if isinstance(model, HFClassifier) else model
     try:
         fam = family_of(target)
@@ -346,7 +395,8 @@ def attention_probe(model: torch.nn.Module, init: Optional[dict] = None) -> Atte
         grid = tuple(int(r) for r in first[0].input_resolution)
         keep = [i for i, b in enumerate(first) if tuple(int(r) for r in b.input_resolution) == grid]
         offsets = [torch.as_tensor(offs[i]) if offs and offs[i] is not None else None for i in keep]
-        return AttentionProbe(grid, offsets, lambda x: [attention_maps(target, x)[i] for i in keep], fam.name)
+        return AttentionProbe(grid, offsets, lambda x: [attention_maps(target, x)[i] for i in keep], fam.name,
+                              lambda: [attention_maps(target)[i] for i in keep])
     if fam.name == "timm_mixer":
         from ..families.timm_mixer import grid_of
         grid, depth = grid_of(target), len(target.blocks)
@@ -355,4 +405,5 @@ def attention_probe(model: torch.nn.Module, init: Optional[dict] = None) -> Atte
         view = (hf_vit if fam.name == "hf_vit" else timm_vit).view(target, need_pos=False)
         grid, depth = view.grid, view.depth
     offsets = [torch.as_tensor(o) if o is not None else None for o in offs] if offs else [None] * depth
-    return AttentionProbe(grid, offsets, lambda x: attention_maps(target, x), fam.name)
+    return AttentionProbe(grid, offsets, lambda x: attention_maps(target, x), fam.name,
+                          lambda: attention_maps(target))

@@ -3,10 +3,12 @@
 The model at init is rebuilt from the run's config exactly as the training loop built it (same seeds, same fit),
 the trained one is loaded from ``checkpoint.pt`` (weights only). Maps are read through ``factory.attention_probe``:
 a Simple ViT's own ``attention_maps``, or ``impulse_attn.timm.attention_maps`` for a timm model (grid tokens
-only; impulse offsets from the run's init record). Both see the same evaluation images. Per layer
-and head (``analysis.head_stats``): mass still on the impulse target, the best single offset of the k×k window
-and its mass (convolution-likeness, for any init), mass inside the window, attention distance, entropy, and how
-far the map moved (total variation between init and trained maps).
+only; impulse offsets from the run's init record). Both see the same evaluation images; the model at init is also
+read with no content (its maps on the pseudo-input: what the init shaped), so the picture and the table put what
+the init set beside what real images get from it. Per layer and head (``analysis.head_stats``): mass still on the
+impulse target, the best single offset of the k×k window and its mass (convolution-likeness, for any init), mass
+inside the window, attention distance, entropy, and how far the map moved (total variation between init and
+trained maps). The run's own step-0 figures on its training images (``init.on_data``) are copied beside them.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import torch
 from ..analysis import head_stats, map_change
 from .checkpoint import REQUIRED, check_train_state, load_checkpoint
 from .config import TrainConfig
-from .data import build_datasets
+from .data import build_datasets, init_images
 from .errors import UserError
 from .factory import attention_probe, build_model
 from .loop import CHECKPOINT
@@ -48,7 +50,8 @@ def _model_at_init(cfg: TrainConfig, data):
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    return build_model(cfg, data.num_classes, data.image_size, data.channels)
+    images = init_images(data, cfg.seed) if cfg.kind in ("vit", "timm", "hf") else None
+    return build_model(cfg, data.num_classes, data.image_size, data.channels, images=images)
 
 
 def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, out=None,
@@ -94,15 +97,16 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
                         f"pass a row in [0, {grid[0] - 1}] and a column in [0, {grid[1] - 1}]")
     x = _eval_images(data, images)
     with torch.no_grad():
-        before, after = probe_init.maps(x), probe_trained.maps(x)
+        before, after, pseudo = probe_init.maps(x), probe_trained.maps(x), probe_init.pseudo()
     offsets = probe_init.offsets
     s0 = head_stats(before, grid, cfg.kernel_size, offsets)
     s1 = head_stats(after, grid, cfg.kernel_size, offsets)
+    sp = head_stats(pseudo, grid, cfg.kernel_size, offsets)
     moved = [map_change(b, a) for b, a in zip(before, after)]
     rows = []
-    for a, b in zip(s0, s1):
-        rows.append({"layer": a.layer, "head": a.head, "init": a.as_dict(), "trained": b.as_dict(),
-                     "map_change": float(moved[a.layer][a.head])})
+    for a, b, c in zip(s0, s1, sp):
+        rows.append({"layer": a.layer, "head": a.head, "pseudo": c.as_dict(), "init": a.as_dict(),
+                     "trained": b.as_dict(), "map_change": float(moved[a.layer][a.head])})
     out = Path(out) if out is not None else run
     out.mkdir(parents=True, exist_ok=True)
     from ..plots import plot_maps_before_after
@@ -110,12 +114,17 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
     title = (f"{run.name}: init {cfg.init}" + (f" ({cfg.fit_method})" if fitted else "") +
              f", epoch {state['epoch']}; attention of query ({qr},{qc}) averaged over {len(x)} images")
     picture = plot_maps_before_after([m.mean(0) for m in before], [m.mean(0) for m in after], grid,
-                                     qr * grid[1] + qc, out / "maps.png", rows=rows, title=title)
+                                     qr * grid[1] + qc, out / "maps.png", rows=rows, title=title,
+                                     pseudo=[m[0] for m in pseudo])
     table = _table(rows)
     write_json(out / "inspect.json", {"run": str(run), "epoch": state["epoch"], "images": len(x),
                                       "query": [qr, qc], "kernel_size": cfg.kernel_size, "heads": rows,
-                                      "layers": _layer_summary(rows)})
+                                      "layers": _layer_summary(rows), "prior_on_data": init_record.get("on_data")})
     log(table)
+    if init_record.get("on_data"):
+        from ..families.on_data import describe
+        log(f"\nat init on {init_record['on_data']['images']} training images: "
+            f"{describe(init_record['on_data']['layers'])}")
     log(f"\nper-head numbers: {out / 'inspect.json'}\nmaps at init vs trained: {picture}")
     return Inspection(out, rows, picture, table)
 
@@ -129,7 +138,7 @@ def _layer_summary(rows: List[dict]) -> List[dict]:
             vals = [r[path[0]][path[1]] if len(path) == 2 else r[path[0]] for r in rs]
             vals = [v for v in vals if v is not None]
             return float(np.mean(vals)) if vals else None
-        out.append({"layer": li, **{f"{w}_{k}": mean((w, k)) for w in ("init", "trained")
+        out.append({"layer": li, **{f"{w}_{k}": mean((w, k)) for w in ("pseudo", "init", "trained")
                                      for k in ("target_mass", "best_offset_mass", "local_mass", "distance")},
                     "map_change": mean(("map_change",))})
     return out
@@ -138,10 +147,12 @@ def _layer_summary(rows: List[dict]) -> List[dict]:
 def _table(rows: List[dict]) -> str:
     def f(v):
         return "—" if v is None else f"{v:.2f}"
-    lines = ["| layer | mass on impulse target (init → trained) | best single offset mass | mass in k×k window | "
-             "attention distance (tokens) | map moved (TV) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| layer | mass on impulse target (init, no content / images → trained) | best single offset mass | "
+             "mass in k×k window | attention distance (tokens) | map moved (TV) |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for s in _layer_summary(rows):
-        lines.append(f"| {s['layer']} | {f(s['init_target_mass'])} → {f(s['trained_target_mass'])} | "
+        lines.append(f"| {s['layer']} | {f(s['pseudo_target_mass'])} / {f(s['init_target_mass'])} → "
+                     f"{f(s['trained_target_mass'])} | "
                      f"{f(s['init_best_offset_mass'])} → {f(s['trained_best_offset_mass'])} | "
                      f"{f(s['init_local_mass'])} → {f(s['trained_local_mass'])} | "
                      f"{f(s['init_distance'])} → {f(s['trained_distance'])} | {f(s['map_change'])} |")

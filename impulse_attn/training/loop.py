@@ -36,7 +36,7 @@ from . import distributed
 from .checkpoint import (REQUIRED, check_state_fits_run, check_train_state, load_checkpoint, remove_stale_temps,
                          rng_state, save_checkpoint, set_rng_state)
 from .config import TrainConfig, check_out_path
-from .data import build_datasets
+from .data import build_datasets, init_images
 from .distributed import GlobalBatches
 from .errors import TrainingDiverged, UserError
 from .factory import build_model_synced, check_attention_backend, check_geometry
@@ -366,8 +366,9 @@ def _build_model(run: _Run, state: Optional[dict]) -> None:
     # A resumed run loads its weights: skip the (possibly long) iterative fit, keep the layers' scale.
     skip_fit = {"steps": 0, "warn": False} if state and cfg.init == "impulse" and cfg.fit_method == "iterative" \
         else None
+    images = init_images(run.data, cfg.seed) if cfg.kind in ("vit", "timm", "hf") else None
     run.model, run.init = build_model_synced(cfg, run.data.num_classes, run.data.image_size, run.data.channels,
-                                             dist, fit_kwargs=skip_fit, device=run.device)
+                                             dist, fit_kwargs=skip_fit, device=run.device, images=images)
     if state is not None:
         run.init = state["init"]
         dist.agree(lambda: _restore_weights(run.model, state, run.ckpt_path))
@@ -469,6 +470,10 @@ def _record_init(run: _Run) -> None:
             f"({run.epochs} epochs of {run.steps_per_epoch})")
     if "fit_summary" in init:
         run.log(f"impulse fit: {init['fit_summary']}")
+    if "on_data" in init:
+        from ..families.on_data import describe
+        run.log(f"prior on {init['on_data']['images']} training images at init: "
+                f"{describe(init['on_data']['layers'])}")
 
 
 def _write_first_files(run: _Run) -> None:
