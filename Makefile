@@ -17,7 +17,7 @@ export MAX_JOBS ?= 2
 
 setup: $(STAMP)
 
-$(STAMP): setup.py Makefile $(wildcard csrc/*)
+$(STAMP): setup.py pyproject.toml Makefile $(wildcard csrc/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q $(DEV_DEPS)
@@ -52,8 +52,8 @@ clean:
 	rm -rf build *.egg-info impulse_attn/*.so .pytest_cache .benchmarks
 
 # The GPU acceptance run (docs/gpu-check.md): the system Python ($(PYTHON)), no venv, no downloads, at most 6 minutes
-# on one H200, build included. Writes report.md, figures.json and gpu-check.log to GPU_CHECK_OUT (default: $OUT when
-# set, else runs/gpu-check), rewritten after every stage. DRY_RUN=1: the same stages on the CPU, the GPU untouched.
+# on one H100 or H200, build included. Writes report.md, figures.json and gpu-check.log to GPU_CHECK_OUT (default:
+# $OUT when set, else runs/gpu-check), rewritten after every stage. DRY_RUN=1: the same stages on the CPU, the GPU untouched.
 # The CUDA build uses every core unless MAX_JOBS is given.
 GPU_CHECK_JOBS ?= $(if $(filter file,$(origin MAX_JOBS)),$(shell nproc 2>/dev/null || echo 4),$(MAX_JOBS))
 DRY_RUN ?=

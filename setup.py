@@ -10,7 +10,9 @@ PATH) and torch is a CUDA build, CPU-only otherwise. Environment switches:
     MAX_JOBS                   parallel compile jobs (ninja)
 
 Install with ``pip install --no-build-isolation -e .`` after torch, so that the extension builds against the torch
-that is installed.
+that is installed. pyproject.toml's [build-system] (setuptools only, torch deliberately not listed) keeps pip on the
+PEP 517/660 path: without it, a pip older than 25.3 with ``wheel`` installed runs the legacy ``setup.py develop``,
+which setuptools >= 80 turns into a pip run with build isolation that downloads setuptools (and fails offline).
 """
 import os
 import shutil

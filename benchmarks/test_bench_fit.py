@@ -21,6 +21,10 @@ from impulse_attn.fitting.iterative import fit_iterative_reference, init_qk
 from impulse_attn.fitting import compiled as fit_ext
 from impulse_attn.targets import draw_offsets, impulse_targets, sincos_2d
 
+from .gpu_check.compiles import NO_LAUNCHES
+
+LAUNCHES = NO_LAUNCHES   # the GPU check's benchmarks stage counts compiles from this (compiled C++/CUDA only)
+
 PAPER = dict(num_heads=8, grid_size=(16, 16), kernel_size=5, dim=512, rank=64, layers=6)
 STEPS = 10_000
 REF_STEPS = 20       # the reference's timed run; its per-step time is extrapolated to 10,000 steps

@@ -97,11 +97,21 @@ def assert_within(name: str, got: torch.Tensor, truth: torch.Tensor, bound: torc
 # long sums that dominate. It is 10-100× the float32 error actually seen and still far below 1%. A plain
 # low-precision PyTorch run (logits and softmax in bfloat16) would round far more than the kernel does and give
 # a bound above 1% for bfloat16; the model rounds exactly where the kernel must. Its error is a sum of many
-# independent roundings, so the kernel's
-# (same roundings, other values and order) is the same to within a few percent on tensors of thousands of
-# elements (measured in the interpreter at float16: kernel/model error ratio 0.94-1.03): FACTOR = 1.5 leaves that
-# margin and keeps every bound of the tests below 1% (tests/test_triton_attention.py checks both).
-FACTOR = 1.5
+# independent roundings, so the kernel's (same roundings, other values and order) is the same to within a few
+# percent on tensors of thousands of elements.
+#
+# FACTOR is pinned by that ratio, ‖kernel − truth‖ / ‖model − truth‖, measured on the kernel in the interpreter
+# at float16 (the 13 shapes of tests/test_triton_attention.py's cases, two draws each, N ≥ 7): 0.954 to 1.022
+# (MEASURED_RATIO, the largest). Less is needed where the accumulation term carries part of the error (at most
+# 0.915 of the model's error), and at float32 the accumulation term alone bounds the kernel (the model's error
+# there is the final rounding only). FACTOR is the smallest multiple of 0.05 at least MEASURED_RATIO·(1 + MARGIN),
+# MARGIN = 20% for draws and shapes not measured and the GPU's other summation order: 1.25. A looser FACTOR
+# lets errors through that the kernel does not make: at 3.4, a 1% error of bfloat16 dq at the paper's head shape
+# passes. tests/test_triton_attention.py holds FACTOR to this rule, re-measures the ratio at the mutation case and
+# checks that no shape a test uses lets 1% through.
+MEASURED_RATIO = 1.022
+MARGIN = 0.2
+FACTOR = 1.25
 
 
 def rounding_model(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, grad_out: torch.Tensor,

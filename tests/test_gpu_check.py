@@ -1,10 +1,13 @@
 """`make gpu-check` without a GPU: its dry run goes through every stage on the CPU and writes report.md and
 figures.json to GPU_CHECK_OUT after every stage; a run killed mid-way leaves a valid partial report; a failing
-and a hanging stage are recorded and the run goes on; the declared stage budgets fit the 6-minute device budget.
-This is what keeps the GPU acceptance command from rotting between GPU runs.
+and a hanging stage are recorded and the run goes on; the declared stage budgets fit the 6-minute device budget,
+and each stage's budget holds the compiles its tests ask for (counted from their parametrization,
+benchmarks/gpu_check/compiles.py); the runner ends a stage, a child and a hung probe within their time; a report
+is never seen half written. This is what keeps the GPU acceptance command from rotting between GPU runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,13 +18,17 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.gpu_check import __main__ as gc  # noqa: E402
-from benchmarks.gpu_check import pytest_stage, stages  # noqa: E402
-from benchmarks.gpu_check.runner import FIGURES_NAME, LOG_NAME, REPORT_NAME  # noqa: E402
+from benchmarks.gpu_check import build, compiles, pytest_stage, runner, stages  # noqa: E402
+from benchmarks.gpu_check.runner import FIGURES_NAME, LOG_NAME, REPORT_NAME, write_atomic  # noqa: E402
+
+LATE = 0.25   # s past a deadline that process scheduling may add on a busy 2-core machine
+PYTEST_STAGES = ["fit-parity", "attention-parity", "benchmarks", "training", "compile"]
 
 
 def _start(tmp: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
@@ -96,6 +103,99 @@ def dry_run(tmp_path_factory):
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     return dict(tmp=tmp, rc=proc.returncode, output=output, seen=seen, seconds=time.monotonic() - start)
+
+
+def test_each_stage_budget_holds_the_compiles_its_tests_ask_for(dry_run):
+    # Counted from the parametrization each stage collects (the dry run's plan), in pipeline order, with the keys
+    # earlier stages compiled taken from Triton's on-disk cache, at the stated costs (compiles.COSTS).
+    st = _figures(dry_run["tmp"])["stages"]
+    plans = {name: st[name]["figures"].get("compiles") for name in PYTEST_STAGES}
+    print("\ncompile plans:", json.dumps(plans, indent=1))
+    for name, plan in plans.items():
+        assert plan and "error" not in plan, f"{name}: no compile plan: {plan}"
+        assert not plan["undeclared"], f"{name}: tests that do not declare what they launch: {plan['undeclared']}"
+        cost = (compiles.COSTS["start"] + stages.BY_NAME[name].run_s + compiles.COSTS["triton"] * plan["triton"]
+                + compiles.COSTS["inductor"] * plan["inductor"] + compiles.COSTS["autotune"] * plan["autotune_configs"])
+        assert plan["seconds"] == pytest.approx(cost, abs=0.1)
+        usable = stages.BY_NAME[name].budget - sum(runner.kill_margins(stages.BY_NAME[name].budget))
+        assert cost <= usable, f"{name}: {cost:.0f} s of compiles and tests > the {usable:.1f} s its budget leaves"
+    assert plans["attention-parity"]["triton"] > 0 and plans["compile"]["inductor"] == 2   # one per backend
+    # the later stages run the kernels the attention stage compiled: a new specialization there (e.g. one head,
+    # Triton's argument == 1) would be compiled again inside a stage sized for none
+    for name in ("benchmarks", "training", "compile"):
+        assert plans[name]["triton"] == 0 and plans[name]["triton_cached"] > 0, (name, plans[name])
+
+
+def _plan(*calls, cached=None) -> compiles.Process:
+    proc = compiles.Process(cached)
+    proc.add(calls)
+    return proc
+
+
+def test_compile_counts_follow_tritons_specialization():
+    # Four kernels per pinned forward and backward (forward, delta, dK/dV, dQ); a new key where Triton specializes
+    # an integer argument (divisible by 16 or not, equal to 1), a constexpr (head dim) or a dtype changes; the
+    # same key costs nothing the second time, in the same process or from an earlier stage's cache.
+    bf, call = torch.bfloat16, compiles.Call
+    base = _plan(call(4, 8, 197, 64, bf))
+    assert len(base.new) == 4
+    assert len(_plan(call(4, 8, 197, 64, bf), call(2, 3, 65, 64, bf)).new) == 4          # same specialization
+    assert len(_plan(call(4, 8, 197, 64, bf), call(4, 8, 256, 64, bf)).new) == 8         # N divisible by 16
+    assert len(_plan(call(4, 8, 197, 64, bf), call(4, 1, 197, 64, bf)).new) == 8         # H == 1
+    assert len(_plan(call(4, 8, 197, 64, bf), call(4, 8, 1, 64, bf)).new) == 8           # N == 1
+    assert len(_plan(call(4, 8, 197, 64, bf), call(4, 8, 197, 48, bf)).new) == 8         # head dim
+    assert len(_plan(call(4, 8, 197, 64, bf), call(4, 8, 197, 64, torch.float16)).new) == 8
+    assert len(_plan(call(4, 8, 197, 64, bf, backward=False)).new) == 1
+    assert len(_plan(call(4, 8, 197, 64, bf), cached=set(base.new)).new) == 0
+    # autotuned: every config of the dtype's space (3 per kernel at 16 bits, 2 at float32) and the delta kernel
+    tuned = _plan(call(4, 8, 256, 64, bf, None))
+    assert (len(tuned.new), tuned.autotune_configs) == (10, 9)
+    assert len(_plan(call(4, 8, 256, 64, torch.float32, None)).new) == 7
+    # ... and then each kernel pinned to any config of its space, or another batch, compiles nothing new
+    again = [call(4, 8, 256, 64, bf, (32, 64, 4, 2), kernel="dkdv"), call(64, 2, 256, 64, bf, None)]
+    proc = _plan(call(4, 8, 256, 64, bf, None), *again)
+    assert len(proc.new) == 10 and proc.autotune_configs == 9
+    # the same tuning key with a new specialization compiles the chosen config once per kernel, not all of them
+    assert len(_plan(call(4, 8, 256, 64, bf, None), call(4, 1, 256, 64, bf, None)).new) == 14
+    inductor = _plan(compiles.Inductor("a model"), call(4, 8, 197, 64, bf))
+    assert inductor.summary()["inductor"] == 1 and len(inductor.new) == 4
+
+
+def test_counted_launches_are_the_ones_the_kernels_make():
+    # The plan runs the wrapper on meta tensors; here the kernels really run (interpreter, float32, strided q, k
+    # and v as SimpleViT lays them out, the gradient of its head merge): the same keys. A contiguous layout has
+    # other strides (d = 24 is not divisible by 16, 2·H·d is) and must give other keys (all but the delta kernel's,
+    # which reads only O and the gradient), or this test shows nothing.
+    from impulse_attn.attention import triton_flash as ta
+    assert ta._INTERPRETER, "tests/conftest.py sets TRITON_INTERPRET=1 on a machine without a GPU"
+    b, h, n, d = 2, 3, 19, 24
+    g = torch.Generator().manual_seed(0)
+    q, k = (t.reshape(b, n, h, d).transpose(1, 2) for t in torch.randn(b, n, 2 * h * d, generator=g).chunk(2, -1))
+    v = torch.randn(b, n, h * d, generator=g).reshape(b, n, h, d).transpose(1, 2)
+    go = torch.randn(b, n, h, d, generator=g).transpose(1, 2)
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    real = []
+    with compiles.intercept(run=True, on_launch=lambda *launch: real.append(compiles.launch_signature(*launch))):
+        torch.autograd.grad(ta.flash_attention(q, k, v, 0.2), (q, k, v), go)
+    interp = tuple(ta._INTERPRETER_CONFIG[x] for x in ("BLOCK_M", "BLOCK_N", "num_warps", "num_stages"))
+    planned = [compiles.launch_signature(*launch) for launch in compiles.call_launches(
+        [compiles.Call(b, h, n, d, torch.float32, interp, layout="qk", grad="merged")])]
+    assert len(real) == 4 and real == planned
+    contiguous = [compiles.launch_signature(*launch) for launch in compiles.call_launches(
+        [compiles.Call(b, h, n, d, torch.float32, interp)])]
+    assert len(set(contiguous) - set(real)) == 3
+
+
+def test_a_module_that_does_not_declare_its_launches_is_refused():
+    module = type(sys)("test_somewhere_gpu")
+    with pytest.raises(compiles.Undeclared, match="LAUNCHES"):
+        compiles.declared(module, "test_x", {})
+    module.LAUNCHES = {"test_x": lambda n: [compiles.Call(1, 2, n, 64, torch.bfloat16)]}
+    assert compiles.declared(module, "test_x", {"n": 7})[0].n == 7
+    with pytest.raises(compiles.Undeclared, match="test_y"):
+        compiles.declared(module, "test_y", {})
+    module.LAUNCHES = compiles.NO_LAUNCHES
+    assert compiles.declared(module, "test_y", {}) == []
 
 
 def test_dry_run_passes_every_stage_and_reports_after_each(dry_run):
@@ -186,3 +286,127 @@ def test_make_target_runs_the_package_with_the_system_python():
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "python3 -m benchmarks.gpu_check --dry-run" in out.stdout and ".venv" not in out.stdout
+
+
+# --- the runner keeps its deadlines ------------------------------------------------------------------------------
+
+def _sleeper(ctx, timeout):
+    o = ctx.run([sys.executable, "-c", "import time; print('asleep', flush=True); time.sleep(20)"], timeout)
+    return runner.failed(o, "slept") if not o.ok else runner.StageResult("passed", "woke up")
+
+
+def _quick(ctx, timeout):
+    return runner.StageResult("passed", f"given {timeout:.1f} s")
+
+
+def test_the_runner_ends_a_stage_within_its_budget(tmp_path, monkeypatch):
+    # A stage whose child sleeps past the stage's budget is ended within that budget and recorded as timed out; the
+    # next stage runs with its own budget. (The run's budget is the selected stages' sum: a larger one would let
+    # the child sleep on.)
+    by_name = stages.BY_NAME
+    monkeypatch.setitem(by_name, "fit-parity", dataclasses.replace(by_name["fit-parity"], run=_sleeper, budget=6))
+    monkeypatch.setitem(by_name, "attention-parity", dataclasses.replace(by_name["attention-parity"], run=_quick,
+                                                                         budget=6))
+    for k in [k for k in os.environ if k.startswith("GPU_CHECK_")]:
+        monkeypatch.delenv(k)
+    start = time.monotonic()
+    code = gc.main(["--stages", "fit-parity,attention-parity", "--out", str(tmp_path / "out")])
+    took = time.monotonic() - start
+    st = json.loads((tmp_path / "out" / FIGURES_NAME).read_text())["stages"]
+    assert code == 1 and st["fit-parity"]["status"] == "timeout", st["fit-parity"]
+    assert st["fit-parity"]["seconds"] <= 6 + LATE, st["fit-parity"]
+    assert st["attention-parity"]["status"] == "passed" and st["attention-parity"]["timeout"] >= 6 - LATE
+    assert took <= 12 + 2 * LATE
+
+
+def test_a_child_that_ignores_sigterm_is_ended_by_its_timeout(tmp_path):
+    ctx = runner.Context(dry=True, out=tmp_path, budget=10, inject={})
+    try:
+        o = ctx.run([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                                           "print('up', flush=True); time.sleep(60)"], 3.0)
+    finally:
+        shutil.rmtree(ctx.work, ignore_errors=True)
+    assert o.timed_out and o.rc is None and "up" in o.tail
+    assert o.seconds <= 3.0 + LATE, f"killed {o.seconds - 3.0:.1f} s after its timeout"
+
+
+def test_the_build_stage_ends_within_its_time_when_its_probes_hang(tmp_path, monkeypatch):
+    # nvidia-smi and nvcc --version run in the stage's own process: a hung driver must not hold the stage past its
+    # time (they had fixed 10 s and 20 s timeouts of their own).
+    fake = tmp_path / "cuda"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "lib64").mkdir()
+    for name in ("nvidia-smi", "nvcc"):
+        exe = fake / "bin" / name
+        exe.write_text("#!/bin/sh\nsleep 60\n")
+        exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("CUDA_HOME", str(fake))
+    ctx = runner.Context(dry=True, out=tmp_path / "out", budget=10, inject={})
+    (tmp_path / "out").mkdir()
+    start = time.monotonic()
+    try:
+        res = build.run(ctx, 6.0)
+    finally:
+        shutil.rmtree(ctx.work, ignore_errors=True)
+    took = time.monotonic() - start
+    assert took <= 6.0 + 2 * LATE, f"the build stage took {took:.1f} s of its 6 s"
+    assert res.status in ("failed", "timeout")
+
+
+def test_a_failed_report_write_leaves_the_last_report_whole(tmp_path):
+    # A reader (the device's copy of $OUT, a person) sees the previous report or the next, never part of one: the
+    # text is written beside the report and renamed over it. Here the write fails midway (text that cannot be
+    # encoded): the report before it must be untouched, and no temporary file left.
+    path = tmp_path / FIGURES_NAME
+    write_atomic(path, json.dumps({"stages": {"build": "passed"}}))
+    with pytest.raises(UnicodeEncodeError):
+        write_atomic(path, json.dumps({"stages": {"build": "x" * 100_000}})[:-2] + "\ud800\"}}")
+    assert json.loads(path.read_text()) == {"stages": {"build": "passed"}}
+    assert [p.name for p in tmp_path.iterdir()] == [FIGURES_NAME]
+
+
+def test_an_installed_benchmarks_package_does_not_hide_the_gpu_check(tmp_path):
+    # A regular package named "benchmarks" later on sys.path (installed distributions ship some) takes precedence
+    # over a namespace package: benchmarks/ must be a regular package, or `python -m benchmarks.gpu_check` finds no
+    # gpu_check and nothing runs.
+    site = tmp_path / "site-packages"
+    (site / "benchmarks").mkdir(parents=True)
+    (site / "benchmarks" / "__init__.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_CHECK_")}
+    env["PYTHONPATH"] = str(site)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--list"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "attention-parity" in out.stdout
+
+
+# --- the GPU tests as the GPU runs them, without one ---------------------------------------------------------
+
+_REPLAY = """
+import torch
+# The GPU tests' fixtures, pins and declarations, run as on a GPU; the kernels themselves cannot run here, so the
+# tests' check() does nothing.
+torch.cuda.is_available = lambda: True
+torch.cuda.is_bf16_supported = lambda *a, **k: True
+import pytest
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.module.check = lambda *a, **k: None
+"""
+
+
+def test_no_gpu_test_leaves_a_pinned_config_behind(tmp_path):
+    # A pin that outlives its test silences the autotuner for the rest of the stage's process. The GPU modules' guard
+    # (tests/gpu/launch_guard.py) fails any test that leaves one; replayed here with the fixtures' real setup and
+    # teardown order.
+    (tmp_path / "gpu_replay.py").write_text(_REPLAY)
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PYTEST_ADDOPTS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(REPO)])
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "gpu_replay", "-p", "no:cacheprovider", "-q",
+                          "tests/gpu/test_triton_attention_gpu.py", "-k", "autotuned or every_config or vit_shapes"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout and "skipped" not in out.stdout, out.stdout[-2000:]

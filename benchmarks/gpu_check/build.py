@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from .runner import REPO, Context, StageResult, failed
+from .runner import REPO, Context, StageResult, failed, kill_group
 
 HINTS = (
     ("externally-managed-environment", "pip refuses to install into this Python (PEP 668): run with a Python whose "
@@ -52,13 +52,29 @@ def find_cuda_home() -> tuple:
     return None, "not found (no CUDA_HOME, no /usr/local/cuda, no nvcc on PATH)"
 
 
-def nvcc_version(cuda_home: Optional[str]) -> Optional[str]:
+def _probe(cmd: List[str], timeout: float) -> Optional[str]:
+    """stdout of a short probe (nvidia-smi, nvcc --version), or None when it fails or outlives ``timeout``. It runs
+    in its own process group, which is killed on the timeout, so a hung driver call cannot hold the stage."""
+    if timeout <= 0:
+        return None
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                text=True, start_new_session=True)
+    except OSError:
+        return None
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        kill_group(proc, grace=0.0, reap=0.5)
+        return None
+
+
+def nvcc_version(cuda_home: Optional[str], timeout: float = 20.0) -> Optional[str]:
     nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else shutil.which("nvcc")
     if not nvcc or not os.path.exists(nvcc):
         return None
-    try:
-        text = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
+    text = _probe([nvcc, "--version"], timeout)
+    if text is None:
         return None
     m = re.search(r"release ([\d.]+), V([\d.]+)", text)
     return m.group(2) if m else (text.strip().splitlines() or [None])[-1]
@@ -68,12 +84,10 @@ def nvidia_smi(timeout: float) -> Optional[dict]:
     exe = shutil.which("nvidia-smi")
     if exe is None:
         return None
-    try:
-        text = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total,compute_cap",
-                               "--format=csv,noheader"], capture_output=True, text=True,
-                              timeout=max(timeout, 1)).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return {"error": "nvidia-smi did not answer"}
+    text = _probe([exe, "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
+                  timeout)
+    if text is None:
+        return {"error": f"nvidia-smi did not answer within {timeout:.0f} s"}
     rows = [[c.strip() for c in line.split(",")] for line in text.strip().splitlines() if line.strip()]
     return {"gpus": [dict(zip(("name", "driver", "memory", "compute_cap"), r)) for r in rows]}
 
@@ -129,13 +143,22 @@ def child_verify_build(args) -> dict:
 
 
 
+PROBE_TIMEOUT = 10.0   # s for nvidia-smi and for nvcc --version, each, within what is left of the stage
+
+
 def run(ctx: Context, timeout: float) -> StageResult:
     deadline = time.monotonic() + timeout
+
+    def left(at_most: float = float("inf"), keep: float = 0.0) -> float:
+        """Seconds a step may take: at most ``at_most``, keeping ``keep`` for the steps after it; never past the
+        stage's deadline (so the stage ends within its budget whatever hangs)."""
+        return max(min(at_most, deadline - time.monotonic() - keep), 0.0)
+
     o, facts = ctx.child("environment", min(40.0, timeout / 3))
     facts = facts or {}
-    facts["nvidia_smi"] = nvidia_smi(10.0)
+    facts["nvidia_smi"] = nvidia_smi(left(PROBE_TIMEOUT))
     cuda_home, how = find_cuda_home()
-    facts.update(cuda_home=cuda_home, cuda_home_source=how, nvcc=nvcc_version(cuda_home))
+    facts.update(cuda_home=cuda_home, cuda_home_source=how, nvcc=nvcc_version(cuda_home, left(PROBE_TIMEOUT)))
     facts["arch_list"], facts["arch_source"] = arch_list(facts)
     facts["max_jobs"] = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 4)
     ctx.facts.update(facts)
@@ -151,14 +174,20 @@ def run(ctx: Context, timeout: float) -> StageResult:
         extra["CUDA_HOME"] = cuda_home
     cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index",
            "--disable-pip-version-check", "-e", "."] + (["--dry-run"] if ctx.dry else [])
-    pip = ctx.run(cmd, max(deadline - time.monotonic() - 20, 5), ctx.env(extra))
+    if left() < 1:
+        return StageResult("timeout", "no time left for pip install", dict(environment=facts), [o.command])
+    # pip gets what is left less 20 s for the import check after it (or half of what is left, when less remains)
+    pip = ctx.run(cmd, left(keep=min(20.0, left() / 2)), ctx.env(extra))
     commands = [o.command, " ".join(f"{k}={shlex.quote(v)}" for k, v in extra.items()) + " " + pip.command]
     figures = dict(environment=facts, pip_seconds=round(pip.seconds, 1))
     if not pip.ok:
         res = failed(pip, "pip install failed", hints=_hints(pip.tail), **figures)
         res.commands = commands
         return res
-    v, verify = ctx.child("verify-build", max(deadline - time.monotonic(), 5))
+    if left() < 1:
+        res = StageResult("timeout", "no time left to check the built package", figures, commands)
+        return res
+    v, verify = ctx.child("verify-build", left())
     figures["verify"] = verify or {}
     commands.append(v.command)
     if not v.ok:

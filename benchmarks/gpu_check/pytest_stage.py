@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 from typing import Dict, List
 
-from .runner import REPO, Context, Outcome, StageResult
+from .runner import REPO, Context, Outcome, StageResult, read_json, write_atomic
+
+KEYS_ENV = "GPU_CHECK_KEYS"   # the child's file of Triton keys compiled by earlier stages (the on-disk cache)
 
 def summarize_events(path: Path, collect_only: bool = False) -> dict:
     """Per-test outcomes from the recorder's JSON lines (see _recorder): what finished, what was running when the
@@ -17,6 +19,7 @@ def summarize_events(path: Path, collect_only: bool = False) -> dict:
     collected: List[str] = []
     collect_errors, collect_skips, benchmarks = [], [], {}
     finished = False
+    plan = None
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -54,6 +57,8 @@ def summarize_events(path: Path, collect_only: bool = False) -> dict:
                 t["outcome"] = "passed"
             elif when == "teardown" and t.get("outcome") == "running":  # passed setup, no call: should not happen
                 t["outcome"] = "passed"
+        elif kind == "plan":
+            plan = {k: v for k, v in ev.items() if k != "event"}
         elif kind == "finish":
             finished = True
     counts: Dict[str, int] = {}
@@ -64,7 +69,22 @@ def summarize_events(path: Path, collect_only: bool = False) -> dict:
             t["outcome"] = "timeout"  # it was running when the stage was killed
         counts[t["outcome"]] = counts.get(t["outcome"], 0) + 1
     return dict(tests=list(tests.values()), counts=counts, collected=len(collected), finished=finished,
-                collect_errors=collect_errors, collect_skips=collect_skips, benchmarks=benchmarks)
+                collect_errors=collect_errors, collect_skips=collect_skips, benchmarks=benchmarks, plan=plan)
+
+
+def compile_plan(items) -> dict:
+    """The collected tests' compiles (compiles.py) on top of the keys earlier stages compiled (file $GPU_CHECK_KEYS):
+    the plan's summary, the keys this stage adds, and the tests that declare nothing. Never raises: a plan that
+    cannot be made is reported, and the tests still run."""
+    import os
+    try:
+        from . import compiles
+        path = os.environ.get(KEYS_ENV)
+        cached = set(read_json(Path(path)) or []) if path else set()
+        proc, errors = compiles.plan_items(items, cached)
+        return dict(summary=proc.summary(), new_keys=proc.new, errors=errors)
+    except Exception as e:  # noqa: BLE001 - reported in the stage's figures instead
+        return dict(error=f"{type(e).__name__}: {e}")
 
 
 
@@ -104,6 +124,7 @@ def _recorder(path: Path):
 
         def pytest_collection_finish(self, session):
             self.write(event="collected", nodeids=[item.nodeid for item in session.items])
+            self.write(event="plan", **compile_plan(session.items))
 
         def pytest_runtest_logstart(self, nodeid, location):
             self.write(event="start", nodeid=nodeid)
@@ -137,10 +158,35 @@ def _recorder(path: Path):
 
 
 
-def status(ctx: Context, o: Outcome, s: dict, what: str) -> tuple:
-    """(status, summary). On a GPU every test must run and pass: a skip there means something was not verified."""
+def plan_figures(stage: str, plan) -> dict:
+    """The stage's compile plan against its budget: compiles.COSTS["start"] + Stage.run_s + the compiles' cost must
+    fit in the budget less the margin before it at which the stage's children are ended (stages.py)."""
+    from .runner import kill_margins
+    from .stages import BY_NAME
+    st = BY_NAME[stage]
+    if not plan or "summary" not in plan:
+        return dict(error=(plan or {}).get("error", "no plan: the recorder wrote none"), budget=st.budget)
+    out = dict(plan["summary"], run_s=st.run_s, budget=st.budget, undeclared=plan.get("errors", []))
+    out["seconds"] = round(out["seconds"] + st.run_s, 1)
+    out["usable"] = round(st.budget - sum(kill_margins(st.budget)), 1)
+    out["fits"] = out["seconds"] <= out["usable"]
+    return out
+
+
+def _plan_text(c: dict) -> str:
+    if "error" in c:
+        return f"compile plan failed: {c['error']}"
+    return (f"plan: {c['triton']} Triton compile(s) ({c['triton_cached']} cached), {c['inductor']} inductor, "
+            f"{c['autotune_configs']} autotuned config(s): ≈ {c['seconds']:.0f} s of {c['usable']:.1f} s usable in "
+            f"{c['budget']:.0f} s")
+
+
+def status(ctx: Context, o: Outcome, s: dict, what: str, stage: str = "") -> tuple:
+    """(status, summary). On a GPU every test must run and pass: a skip there means something was not verified.
+    The dry run also fails a stage whose compile plan does not fit its budget or has undeclared tests."""
     counts = s["counts"]
     text = _count_text(counts)
+    plan = plan_figures(stage, s.get("plan")) if stage else None
     if s["collect_errors"]:
         text += f"; {len(s['collect_errors'])} collection error(s)"
     if s["collect_skips"]:
@@ -150,21 +196,31 @@ def status(ctx: Context, o: Outcome, s: dict, what: str) -> tuple:
         ok = not o.timed_out and not s["collect_errors"] and (
             (o.rc == 0 and s["collected"] > 0) or (o.rc in (0, 5) and bool(s["collect_skips"])))
         skipped = f"; {len(s['collect_skips'])} module(s) skip without CUDA" if s["collect_skips"] else ""
+        if plan is not None:
+            ok = ok and "error" not in plan and plan["fits"] and not plan["undeclared"]
+            skipped += f"; {_plan_text(plan)}" + ("; undeclared: " + " ".join(plan["undeclared"])
+                                                  if plan.get("undeclared") else "")
         return ("passed" if ok else "failed"), f"dry run (--collect-only): {s['collected']} {what} collected" + \
             skipped
     if o.timed_out:
         return "timeout", f"{o.why()}: {text}"
+    if plan is not None:
+        text += f"; {_plan_text(plan)}"
     bad = [k for k in ("failed", "error", "skipped", "timeout", "not run") if counts.get(k)]
     if bad or s["collect_errors"] or s["collect_skips"] or not counts.get("passed") or o.rc not in (0, 1):
         return "failed", text + ("" if o.rc in (0, 1) else f" (pytest {o.why()})")
     return "passed", text
 
 
-def figures_of(s: dict) -> dict:
-    """What the report keeps of a pytest run: counts, and one row per test (node id, outcome, seconds, detail)."""
+def figures_of(s: dict, stage: str = "") -> dict:
+    """What the report keeps of a pytest run: counts, one row per test (node id, outcome, seconds, detail), and the
+    compile plan against the budget."""
     rows = [dict(t, detail=str(t.get("detail", ""))[-1500:]) for t in s["tests"]]
-    return dict(counts=s["counts"], collected=s["collected"], finished=s["finished"], tests=rows,
-                collect_errors=s["collect_errors"], collect_skips=s["collect_skips"], benchmarks=s["benchmarks"])
+    out = dict(counts=s["counts"], collected=s["collected"], finished=s["finished"], tests=rows,
+               collect_errors=s["collect_errors"], collect_skips=s["collect_skips"], benchmarks=s["benchmarks"])
+    if stage and s.get("plan") is not None:
+        out["compiles"] = plan_figures(stage, s["plan"])
+    return out
 
 
 def run_pytest(ctx: Context, stage: str, args: List[str], timeout: float, what: str = "tests") -> StageResult:
@@ -175,16 +231,20 @@ def run_pytest(ctx: Context, stage: str, args: List[str], timeout: float, what: 
 
     def progress():
         s = summarize_events(events, collect_only=ctx.dry)
-        ctx.partial(stage, StageResult("running", f"running: {_count_text(s['counts'])}", figures_of(s)))
+        ctx.partial(stage, StageResult("running", f"running: {_count_text(s['counts'])}", figures_of(s, stage)))
 
     ctx.progress = progress
+    keys = ctx.work / "compiled-keys.json"   # Triton keys the stages so far compiled: their on-disk cache
     try:
-        o, _ = ctx.child("pytest", timeout, args=["--events", str(events), "--"] + common + args)
+        o, _ = ctx.child("pytest", timeout, args=["--events", str(events), "--"] + common + args,
+                         env=ctx.env({KEYS_ENV: str(keys)}))
     finally:
         ctx.progress = None
     s = summarize_events(events, collect_only=ctx.dry)
-    state, summary = status(ctx, o, s, what)
-    return StageResult(state, summary, figures_of(s), [o.command], "" if o.ok else o.tail)
+    if s.get("plan") and s["plan"].get("new_keys"):
+        write_atomic(keys, json.dumps(sorted(set(read_json(keys) or []) | set(s["plan"]["new_keys"]))))
+    state, summary = status(ctx, o, s, what, stage)
+    return StageResult(state, summary, figures_of(s, stage), [o.command], "" if o.ok else o.tail)
 
 
 def child_pytest(events: Path, argv: List[str]) -> int:

@@ -66,6 +66,15 @@ def render(doc: dict) -> str:
             out += ["Benchmark figures (`extra_info`):", ""]
             out += _table(["benchmark", "figures"], [[k, json.dumps(v, default=str)[:600]]
                                                      for k, v in fig["extra_info"].items()]) + [""]
+        plan = fig.get("compiles")
+        if plan and "error" not in plan:
+            out += [f"Compile plan (counted from its tests, benchmarks/gpu_check/compiles.py): {plan['triton']} Triton "
+                    f"compile(s), {plan['triton_cached']} from earlier stages' cache, {plan['inductor']} inductor "
+                    f"compile(s), {plan['autotune_configs']} autotuned config(s) ≈ {plan['seconds']:.0f} s with "
+                    f"start-up and the tests' own time, of the {plan['usable']:.1f} s its {plan['budget']:.0f} s "
+                    f"budget leaves.", ""]
+        elif plan:
+            out += [f"Compile plan: {plan['error']}", ""]
         if fig.get("checks"):
             out += _table(["check", "holds"], [[k, v] for k, v in fig["checks"].items()]) + [""]
         tests = fig.get("tests", [])

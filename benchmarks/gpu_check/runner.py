@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "benchmarks.gpu_check"
 STATUSES = ("passed", "failed", "timeout", "not run", "error")
 KILL_GRACE = 2.0          # seconds between SIGTERM and SIGKILL of an overrunning child's process group
+REAP = 0.5                # seconds left after SIGKILL for the group to be gone, all inside the child's timeout
 PROGRESS_EVERY = 5.0      # seconds between rewrites of the report while a stage runs
 REPORT_NAME, FIGURES_NAME, LOG_NAME = "report.md", "figures.json", "gpu-check.log"
 
@@ -70,25 +71,43 @@ def display(cmd: List) -> str:
     return " ".join(shlex.quote(one(c)) for c in cmd)
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """End the child and everything it started (it leads its own process group): TERM, then KILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def kill_margins(timeout: float) -> tuple:
+    """(grace, reap) for a child with this timeout: SIGTERM goes out grace + reap seconds before the timeout and
+    SIGKILL reap seconds before it, so the child is ended by its timeout, not seconds after; short timeouts (the
+    self-check's) get proportionally shorter margins."""
+    return min(KILL_GRACE, 0.25 * timeout), min(REAP, 0.1 * timeout)
+
+
+def kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE, reap: float = REAP) -> bool:
+    """End the child and everything it started (it leads its own process group): SIGTERM, up to ``grace`` seconds
+    for it to exit, SIGKILL, up to ``reap`` seconds more. True when the child was reaped; a process stuck in the
+    kernel (e.g. in a GPU driver call) may outlive SIGKILL for a while, and the run goes on rather than wait."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, reap)):
         try:
             os.killpg(proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
         try:
-            proc.wait(timeout=KILL_GRACE)
-            return
+            proc.wait(timeout=max(wait, 0.01))
+            return True
         except subprocess.TimeoutExpired:
             continue
+    return False
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` by ``text`` so that a reader sees the old file or the new one, never part of one: the text
+    goes to a temporary file beside it, which then takes its name (os.replace, atomic on POSIX). A write that
+    fails leaves the old file as it was and no temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path):
@@ -146,10 +165,11 @@ class Context:
             proc = subprocess.Popen([str(c) for c in cmd], cwd=REPO, env=env or self.env(), stdout=f,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
             timed_out = False
+            grace, reap = kill_margins(timeout)
             while True:
-                left = timeout - (time.monotonic() - start)
-                if left <= 0:
-                    kill_group(proc)
+                left = timeout - grace - reap - (time.monotonic() - start)
+                if left <= 0:   # ended by its timeout: SIGTERM now, SIGKILL `reap` s before the timeout
+                    reaped = kill_group(proc, grace, reap)
                     timed_out = True
                     break
                 try:
@@ -160,7 +180,8 @@ class Context:
                         self.progress()
             seconds = time.monotonic() - start
             if timed_out:
-                f.write(f"\n[gpu-check: killed after {seconds:.1f} s, its timeout was {timeout:.0f} s]\n".encode())
+                f.write(f"\n[gpu-check: killed after {seconds:.1f} s, its timeout was {timeout:.0f} s"
+                        f"{'' if reaped else '; it had not exited yet'}]\n".encode())
         with open(self.log, "rb") as f:
             f.seek(offset)
             tail = "\n".join(f.read().decode("utf-8", "replace").rstrip().splitlines()[-25:])

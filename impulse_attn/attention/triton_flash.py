@@ -36,8 +36,8 @@ from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op, wrap_triton
 from triton.runtime.interpreter import InterpretedFunction
 
-__all__ = ["flash_attention", "flash_attention_with_lse", "unavailable_reason", "pinned_config", "active_config",
-           "tuning_space", "TUNING_SPACE", "MAX_HEAD_DIM", "CONFIG_ENV"]
+__all__ = ["flash_attention", "flash_attention_with_lse", "unavailable_reason", "pinned_config", "autotuning",
+           "active_config", "tuning_space", "TUNING_SPACE", "MAX_HEAD_DIM", "CONFIG_ENV"]
 
 MAX_HEAD_DIM = 128
 CONFIG_ENV = "IMPULSE_ATTN_TRITON_CONFIG"
@@ -49,6 +49,8 @@ _INTERPRETER_CONFIG = dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
 # Tests set this to True so every output buffer starts as NaN: an element the kernels fail to write shows up.
 _poison_outputs = False
 _pinned: Optional[dict] = None
+_pinned_kernel: Optional[str] = None   # set: _pinned applies to this kernel only
+_AUTOTUNE = {}   # the value of _pinned inside ``autotuning()``: autotune whatever the environment pins
 
 
 # --------------------------------------------------------------------------------------------------- kernels
@@ -360,24 +362,50 @@ def _check_config(cfg: dict, where: str) -> dict:
 
 
 @contextlib.contextmanager
-def pinned_config(block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2) -> Iterator[None]:
+def pinned_config(block_m: int = 64, block_n: int = 64, num_warps: int = 4, num_stages: int = 2,
+                  kernel: Optional[str] = None) -> Iterator[None]:
     """Run every kernel with this one config instead of autotuning (for tests, debugging and reproducible timing).
 
     block_m is the query block and block_n the key block in all three kernels. Takes precedence over the
-    IMPULSE_ATTN_TRITON_CONFIG environment variable.
+    IMPULSE_ATTN_TRITON_CONFIG environment variable. ``kernel`` ("fwd", "dkdv" or "dq") pins that kernel only;
+    the others autotune as they would without a pin (so each config of one kernel's space can be run on the keys
+    its autotuner compiled). The pin before is restored on the way out, whatever happens inside.
+
+    On CUDA a pinned config gets no out-of-resources pruning (the autotuner's): before its first launch for a
+    (kernel, dtype, head dim) its compiled shared memory is checked against the device's opt-in limit per block,
+    and a config that does not fit is refused with a RuntimeError that says so (``_check_shared_memory``).
     """
-    global _pinned
+    global _pinned, _pinned_kernel
+    if kernel is not None and kernel not in _KERNELS:
+        raise ValueError(f"pinned_config: kernel must be one of {sorted(_KERNELS)} or None, got {kernel!r}")
     cfg = _check_config(dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages),
                         "pinned_config")
-    previous, _pinned = _pinned, cfg
+    previous = _pinned, _pinned_kernel
+    _pinned, _pinned_kernel = cfg, kernel
     try:
         yield
     finally:
-        _pinned = previous
+        _pinned, _pinned_kernel = previous
+
+
+@contextlib.contextmanager
+def autotuning() -> Iterator[None]:
+    """Let the autotuner choose inside the block, even where a config is pinned around it (by ``pinned_config`` or
+    the environment); the interpreter keeps its own config. The pin in force before is restored on the way out,
+    whatever happens inside."""
+    global _pinned, _pinned_kernel
+    previous = _pinned, _pinned_kernel
+    _pinned, _pinned_kernel = _AUTOTUNE, None
+    try:
+        yield
+    finally:
+        _pinned, _pinned_kernel = previous
 
 
 def active_config() -> Optional[dict]:
     """The pinned config in force (context manager, then environment, then the interpreter's), or None: autotune."""
+    if _pinned is _AUTOTUNE:
+        return dict(_INTERPRETER_CONFIG) if _INTERPRETER else None
     if _pinned is not None:
         return dict(_pinned)
     text = os.environ.get(CONFIG_ENV, "").strip()
@@ -386,6 +414,59 @@ def active_config() -> Optional[dict]:
     if _INTERPRETER:
         return dict(_INTERPRETER_CONFIG)
     return None
+
+
+def _kernel_config(name: str) -> Optional[dict]:
+    """The config kernel ``name`` ("fwd", "dkdv", "dq", "delta") runs with, or None: its autotuner."""
+    cfg = active_config()
+    if cfg is None or _pinned_kernel is None or _pinned_kernel == name or _pinned is _AUTOTUNE:
+        return cfg
+    return dict(_INTERPRETER_CONFIG) if _INTERPRETER else None   # another kernel is pinned, not this one
+
+
+# --------------------------------------------------------------------------------------------------- shared memory
+
+_fits: dict = {}   # (kernel, device, dtype, constexprs, config) already checked against the device's limit
+
+
+def _can_check(t: torch.Tensor) -> bool:
+    # Compiled kernels on real CUDA tensors only: no check under the interpreter, on fake or meta tensors (tracing,
+    # compile planning), or while torch.compile traces (the compiled graph launches the kernels itself).
+    return not _INTERPRETER and t.is_cuda and not is_fake(t) and not torch.compiler.is_compiling()
+
+
+def _compiled_shared_memory(kernel, grid, args: tuple, kwargs: dict) -> Optional[int]:
+    """Bytes of shared memory the kernel compiled for these arguments uses (compiling it, as its launch would:
+    the launch then finds it in Triton's cache), or None where Triton does not say."""
+    compiled = kernel.warmup(*args, grid=grid, **kwargs)
+    return getattr(getattr(compiled, "metadata", None), "shared", None)
+
+
+def _shared_memory_limit(device: torch.device) -> int:
+    """The device's opt-in shared memory per block (what a kernel may use), as Triton reads it."""
+    from triton.runtime import driver
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return int(driver.active.utils.get_device_properties(index)["max_shared_mem"])
+
+
+def _check_shared_memory(name: str, kernel, grid, args: tuple, meta: dict, cfg: dict) -> None:
+    """Refuse a pinned config whose compiled kernel needs more shared memory than the device allows, with a message
+    that names it, instead of Triton's out-of-resources error at launch (the autotuner would have skipped it)."""
+    q = args[0]
+    if not _can_check(q):
+        return
+    key = (name, str(q.device), q.dtype, repr(sorted(meta.items())), repr(sorted(cfg.items())))
+    if key in _fits:
+        return
+    need = _compiled_shared_memory(kernel, grid, args, {**meta, **cfg})
+    limit = _shared_memory_limit(q.device)
+    if need is not None and need > limit:
+        raise RuntimeError(
+            f"the pinned Triton config {cfg} needs {need} bytes of shared memory in the {name} kernel "
+            f"({q.dtype}, head dim {meta['HEAD_DIM']}), more than the {limit} bytes per block this GPU allows: pin "
+            f"smaller tiles (BLOCK_M, BLOCK_N) or fewer num_stages, or let the autotuner choose (it skips configs "
+            f"that do not fit)")
+    _fits[key] = need
 
 
 def _skip_launch(t: torch.Tensor) -> bool:
@@ -397,10 +478,11 @@ def _skip_launch(t: torch.Tensor) -> bool:
 def _launch(name: str, grid, args: tuple, meta: dict) -> None:
     if _skip_launch(args[0]):
         return
-    cfg = active_config()
+    cfg = _kernel_config(name)
     if cfg is None:
         wrap_triton(_TUNED[name, tuning_space(args[0].dtype)])[grid](*args, **meta)
     else:
+        _check_shared_memory(name, _KERNELS[name], grid, args, meta, cfg)
         wrap_triton(_KERNELS[name])[grid](*args, **meta, **cfg)
 
 
@@ -537,7 +619,7 @@ def _flash_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torc
     if dq.numel() == 0:
         return dq, dk, dv
     delta = _new((bsz, heads, n), q, acc)
-    cfg = active_config() or dict(BLOCK_M=64, num_warps=4)
+    cfg = _kernel_config("delta") or dict(BLOCK_M=64, num_warps=4)
     if not _skip_launch(q):
         wrap_triton(_attn_bwd_delta)[(triton.cdiv(n, cfg["BLOCK_M"]) * bsz * heads,)](
             out, grad_out, delta, *_strides(out), *_strides(grad_out), heads, n,

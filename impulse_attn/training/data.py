@@ -130,21 +130,23 @@ INIT_IMAGES = 256
 
 
 def init_images(data: "DataBundle", seed: int, count: int = INIT_IMAGES) -> torch.Tensor:
-    """The first ``count`` training images (all when there are fewer), through the run's training transform with
-    every random stream it could use seeded from ``seed`` and restored afterwards: the same batch for the same
-    run, whatever ran before, and the run's own streams untouched."""
+    """``count`` training images spread evenly over the training set (which is ordered by class: every class is
+    represented; all of it when it holds fewer), through the run's training transform with every random stream it
+    could use seeded from ``seed`` and restored afterwards: the same batch for the same run, whatever ran before,
+    and the run's own streams untouched."""
     import random
 
     import numpy as np
     ds = data.train
     n = min(count, len(ds))
+    picked = sorted({round(i * (len(ds) - 1) / max(n - 1, 1)) for i in range(n)})
     py, npy = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2 ** 32)
         try:
-            return torch.stack([ds[i][0] for i in range(n)])
+            return torch.stack([ds[i][0] for i in picked])
         finally:
             random.setstate(py)
             np.random.set_state(npy)

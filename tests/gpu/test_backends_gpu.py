@@ -5,7 +5,9 @@ CPU with stand-ins); collected everywhere.
 """
 from __future__ import annotations
 
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,18 +18,41 @@ from impulse_attn.attention import attention, backends as attention_backends
 from impulse_attn.attention.reference import reference_attention
 from impulse_attn.fitting import backends as fit_backends
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/gpu_check/compiles.py
+from benchmarks.gpu_check.compiles import Call, pin_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # launch_guard.py
+from launch_guard import declared_launches_and_no_pin_left  # noqa: E402,F401  (autouse)
+
 CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not CUDA, reason="no CUDA GPU")
-DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+# The probes at the (dtype, head dim) pairs test_triton_attention_gpu.py compiles (the probe's shape, N = 37 and
+# three heads, has their specialization), each with that file's pinned config: these tests are about the choice
+# and the probes, not tuning, and add no compile.
+PROBES = [(torch.bfloat16, 64), (torch.bfloat16, 128), (torch.float16, 48), (torch.float32, 80)]
+AUTO_SHAPE = (2, 4, 37, 48)   # float16 "auto" input of test_auto_attention_takes_the_kernel_once_the_policy_lists_it
 
 
-@pytest.fixture
-def pinned():
-    """One Triton config: these tests are about the choice and the probes, not tuning (which
-    test_triton_attention_gpu.py covers), and must not autotune at every probe shape."""
+def _probe_call(dtype, head_dim):
+    return Call(2, 3, 37, head_dim, dtype, pin_for(dtype, head_dim), backward=False)   # attention_backends._probe
+
+
+def _pinned(dtype, head_dim):
     from impulse_attn.attention import triton_flash
-    with triton_flash.pinned_config(64, 64, 4, 2):
-        yield
+    return triton_flash.pinned_config(*pin_for(dtype, head_dim))
+
+
+LAUNCHES = {
+    "test_every_gpu_path_is_available": lambda: [],
+    "test_attention_parity_probe_passes": lambda dtype, head_dim: [_probe_call(dtype, head_dim)],
+    # "auto" on CUDA probes the kernel only once the policy lists it
+    "test_auto_attention_follows_the_policy": lambda: (
+        [_probe_call(torch.float16, 64)] if "triton" in attention_backends.AUTO_ORDER["cuda"] else []),
+    "test_auto_attention_takes_the_kernel_once_the_policy_lists_it": lambda: [
+        _probe_call(torch.float16, AUTO_SHAPE[-1]),
+        Call(*AUTO_SHAPE, torch.float16, pin_for(torch.float16, AUTO_SHAPE[-1]), backward=False)],
+    "test_fit_parity_probe_and_auto_choose_cuda": lambda: [],
+    "test_model_init_uses_the_cuda_fit": lambda: [],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -46,14 +71,14 @@ def test_every_gpu_path_is_available():
     assert not missing, f"fast paths not available on this GPU machine: {missing}"
 
 
-@pytest.mark.parametrize("head_dim", [16, 64])
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_attention_parity_probe_passes(pinned, dtype, head_dim):
+@pytest.mark.parametrize("dtype,head_dim", PROBES, ids=str)
+def test_attention_parity_probe_passes(dtype, head_dim):
     """The probe "auto" runs before it uses the kernel on a (device, dtype, head dim): a failure here would
     silently keep "auto" off the kernel once the policy lists it."""
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         pytest.skip("bfloat16 needs compute capability 8.0 or newer")
-    why = attention_backends._probe("triton", torch.device("cuda"), dtype, head_dim)
+    with _pinned(dtype, head_dim):
+        why = attention_backends._probe("triton", torch.device("cuda"), dtype, head_dim)
     assert why is None, why
 
 
@@ -63,13 +88,13 @@ def test_auto_attention_follows_the_policy():
     assert attention_backends.resolve("auto", q) == attention_backends.AUTO_ORDER["cuda"][0]
 
 
-def test_auto_attention_takes_the_kernel_once_the_policy_lists_it(pinned, monkeypatch):
+def test_auto_attention_takes_the_kernel_once_the_policy_lists_it(monkeypatch):
     """The switch the GPU acceptance data decides: with "triton" first in AUTO_ORDER["cuda"], "auto" must take it,
     without a fallback warning, and give the reference's result."""
     monkeypatch.setitem(attention_backends.AUTO_ORDER, "cuda", ("triton", "sdpa"))
     g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 37, 64, generator=g, device="cuda", dtype=torch.float16) for _ in range(3))
-    with warnings.catch_warnings():
+    q, k, v = (torch.randn(*AUTO_SHAPE, generator=g, device="cuda", dtype=torch.float16) for _ in range(3))
+    with warnings.catch_warnings(), _pinned(torch.float16, AUTO_SHAPE[-1]):
         warnings.simplefilter("error", RuntimeWarning)
         assert attention_backends.resolve("auto", q) == "triton"
         out = attention(q, k, v, 0.125, "auto")

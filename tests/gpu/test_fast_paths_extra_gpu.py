@@ -10,13 +10,42 @@ file holds the kernel to float64 truth).
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/gpu_check/compiles.py
+from benchmarks.gpu_check.compiles import Call, pin_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # launch_guard.py
+from launch_guard import declared_launches_and_no_pin_left  # noqa: E402,F401  (autouse)
+
 CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not CUDA, reason="no CUDA GPU")
-PINNED = (64, 64, 4, 2)  # (block_m, block_n, num_warps, num_stages): these tests are about addressing, not tuning
+BF16 = torch.bfloat16
+# (block_m, block_n, num_warps, num_stages): these tests are about addressing, not tuning; bfloat16 at d = 64 with
+# this pin is compiled by test_triton_attention_gpu.py, so nothing here compiles anew
+PINNED = pin_for(BF16, 64)
 NAMES = ("out", "dq", "dk", "dv")
+
+
+def _twice(*shape, **kw):
+    """The call under test and the contiguous one it is compared with."""
+    return [Call(*shape, BF16, PINNED, **kw), Call(*shape, BF16, PINNED)]
+
+
+LAUNCHES = {
+    "test_fused_projection_views": lambda: _twice(4, 8, 197, 64, layout="qkv"),
+    "test_transposed_head_dim": lambda: _twice(2, 4, 130, 64),   # a non-unit last stride is copied first
+    "test_broadcast_upstream_gradient": lambda kind: _twice(3, 4, 197, 64, grad="batch-broadcast"
+                                                            if kind == "batch broadcast" else "contiguous"),
+    "test_empty_inputs": lambda shape: [],   # nothing to launch
+    "test_attention_is_deterministic": lambda: _twice(8, 8, 257, 64),
+    "test_no_n_by_n_tensor_is_stored": lambda: [Call(8, 8, 2048, 64, BF16, PINNED)],
+    "test_fit_ops_opcheck_on_cuda": lambda: [],
+    "test_fit_is_deterministic_on_cuda": lambda: [],
+}
 
 
 @pytest.fixture

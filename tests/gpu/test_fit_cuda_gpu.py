@@ -19,8 +19,18 @@ and tiling change no arithmetic), so they must agree bit for bit.
 """
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/gpu_check/compiles.py
+from benchmarks.gpu_check.compiles import NO_LAUNCHES  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # launch_guard.py
+from launch_guard import declared_launches_and_no_pin_left  # noqa: E402,F401  (autouse)
+
+LAUNCHES = NO_LAUNCHES   # the CUDA fit is nvcc-built at install: nothing here compiles at run time
 
 if not torch.cuda.is_available():
     pytest.skip("no CUDA GPU: the CUDA fit is tested through the emulation in tests/test_cuda_emulated.py",

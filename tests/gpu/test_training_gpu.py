@@ -1,6 +1,7 @@
 """SimpleViT training on a GPU with attention_backend "triton" and "sdpa": mixed-precision (bf16 autocast) Adam steps
-in modes I, II and III, torch.compile of the forward and backward, and the training command on CUDA. Skipped
-without CUDA; collected everywhere, so `make gpu-check DRY_RUN=1` lists them.
+in modes I, II and III, torch.compile of the forward and backward (one cold compile per backend, which also proves
+one graph), and the training command on CUDA. Skipped without CUDA; collected everywhere, so `make gpu-check
+DRY_RUN=1` lists them and counts what they compile (LAUNCHES).
 
 Error model of the mixed-precision comparison (test_amp_steps_match_between_backends)
 ------------------------------------------------------------------------------------
@@ -41,7 +42,9 @@ from __future__ import annotations
 import copy
 import json
 import math
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,6 +53,11 @@ import torch.nn.functional as F
 from impulse_attn import SimpleViT
 from impulse_attn.attention import backends as attention_backends, functional
 from impulse_attn.attention.reference import reference_attention
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/gpu_check/compiles.py
+from benchmarks.gpu_check.compiles import Call, Inductor, pin_for  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # launch_guard.py
+from launch_guard import declared_launches_and_no_pin_left  # noqa: E402,F401  (autouse)
 
 CUDA = torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not CUDA, reason="no CUDA GPU: SimpleViT on the Triton kernel is tested on the CPU "
@@ -60,6 +68,31 @@ PAPER = dict(image_size=32, patch_size=2, num_classes=10, dim=512, depth=6, num_
 SMALL = dict(image_size=32, patch_size=2, num_classes=10, dim=128, depth=2, num_heads=2, head_dim=64, mlp_dim=256)
 BATCH, STEPS, LR = 64, 4, 1e-3
 LOSS_FLOOR = 1e-5
+# The training command's model: two heads, not one. Triton specializes an integer argument equal to 1, so one head
+# would compile every kernel anew; with two, the kernels are the attention stage's (H ≠ 1, N = 256, d = 64).
+COMMAND_HEADS = 2
+BF16 = torch.bfloat16
+# SimpleViT's attention inputs: q and k halves of one projection, v its own, the gradient through the head merge.
+_MODEL = dict(layout="qk", grad="merged")
+
+
+def _compiled_model_calls(backend):
+    what = (f"SimpleViT ({SMALL['depth']} blocks, {SMALL['num_heads']} heads of {SMALL['head_dim']}, 16×16 tokens), "
+            f"forward and backward under bf16 autocast, attention backend {backend!r}")
+    eager = [Call(32, SMALL["num_heads"], 256, SMALL["head_dim"], BF16, pin_for(BF16, SMALL["head_dim"]), **_MODEL)]
+    return [Inductor(what)] + (eager if backend == "triton" else [])
+
+
+LAUNCHES = {
+    # mode I runs the kernel (autotuned, as training does) per layer and step; II and III apply maps through sdpa
+    "test_amp_steps_match_between_backends": lambda mode: [Call(BATCH, PAPER["num_heads"], 256, PAPER["head_dim"],
+                                                                BF16, None, **_MODEL)] if mode == "I" else [],
+    "test_torch_compile_is_one_graph_and_matches_eager": _compiled_model_calls,
+    # training steps, then evaluation (forward only), each batch of 64 synthetic 32×32 images in 16×16 patches
+    "test_training_command_runs_on_cuda": lambda backend: [
+        Call(64, COMMAND_HEADS, 256, 64, BF16, None, **_MODEL),
+        Call(64, COMMAND_HEADS, 256, 64, BF16, None, backward=False, **_MODEL)] if backend == "triton" else [],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -173,15 +206,12 @@ def test_amp_steps_match_between_backends(paper_models, mode):
 
 
 # --- torch.compile ------------------------------------------------------------------------------------------
-# fp32: the compiled graph fuses and reorders elementwise ops and reductions (LayerNorm, softmax statistics, the
-# mean over tokens). A reordered float32 sum of m ≤ 512 terms differs by about sqrt(m)·2⁻²⁴ ≈ 1.4e-6 relative, and
-# a forward and backward through two blocks chains a few dozen of them: ≲ 3e-5 of each tensor's scale. 1e-4
-# leaves 3x. Matmuls are the same cuBLAS calls in both (TF32 off), and the attention kernels are the same.
 # bf16 autocast: a fused kernel may keep in float32 what eager rounds to bf16 between two ops, so values differ by
 # bf16 roundings (u = 2⁻⁸) at a handful of places per block: 2⁻⁵ of the scale for the logits, 2⁻⁴ for gradients
 # (which pass through more of them). A compiled graph that dropped or garbled the attention changes the q/k/v and
-# output-projection gradients by their own size.
-COMPILE_RTOL = {False: (1e-4, 1e-4), True: (2 ** -5, 2 ** -4)}  # amp -> (logits, gradients)
+# output-projection gradients by their own size. Matmuls are the same cuBLAS calls in both (TF32 off), and the
+# attention kernels are the same config.
+COMPILE_RTOL = {True: (2 ** -5, 2 ** -4)}  # amp -> (logits, gradients)
 
 
 def _logits_and_grads(model, params, x, y, amp):
@@ -201,18 +231,37 @@ def _small_model(backend):
     return SimpleViT(**SMALL, init="impulse", attention_backend=backend).cuda()
 
 
-@pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize("backend", ["sdpa", "triton"])
-def test_torch_compile_forward_backward_matches_eager(backend, amp):
-    if amp and not torch.cuda.is_bf16_supported():
+def test_torch_compile_is_one_graph_and_matches_eager(backend):
+    """One cold inductor compile per backend, of the forward and backward under bf16 autocast (what ``--compile``
+    training runs). fullgraph=True proves the model traces to one graph (--compile is only worth it if a break at
+    every attention call, the backend switch or the availability checks, does not hand each layer back to
+    Python); that graph holds the backend's attention; and the compiled logits and gradients match eager."""
+    if not torch.cuda.is_bf16_supported():
         pytest.skip("bfloat16 autocast needs compute capability 8.0 or newer")
-    eager = _small_model(backend)
-    twin = copy.deepcopy(eager)
-    compiled = torch.compile(twin)
-    x, y = _batch(32)
-    want_logits, want = _logits_and_grads(eager, dict(eager.named_parameters()), x, y, amp)
-    got_logits, got = _logits_and_grads(compiled, dict(twin.named_parameters()), x, y, amp)
-    rtol_logits, rtol_grads = COMPILE_RTOL[amp]
+    import contextlib
+    pin = contextlib.nullcontext()
+    if backend == "triton":   # one config per kernel for inductor to compile, not the autotuner's nine
+        pin = _triton_module().pinned_config(*pin_for(BF16, SMALL["head_dim"]))
+    graphs = []
+    inductor = torch._dynamo.lookup_backend("inductor")
+
+    def counting_inductor(gm, example_inputs):
+        graphs.append(gm.code)
+        return inductor(gm, example_inputs)
+
+    with pin:
+        eager = _small_model(backend)
+        twin = copy.deepcopy(eager)
+        compiled = torch.compile(twin, backend=counting_inductor, fullgraph=True)
+        x, y = _batch(32)
+        want_logits, want = _logits_and_grads(eager, dict(eager.named_parameters()), x, y, amp=True)
+        got_logits, got = _logits_and_grads(compiled, dict(twin.named_parameters()), x, y, amp=True)
+    torch._dynamo.reset()
+    assert len(graphs) == 1, f"{len(graphs)} graphs compiled for one model"
+    markers = ("flash_attention_fwd",) if backend == "triton" else ("scaled_dot_product_attention",)
+    assert any(m in graphs[0] for m in markers), f"the compiled graph holds none of {markers}"
+    rtol_logits, rtol_grads = COMPILE_RTOL[True]
     assert torch.isfinite(got_logits).all()
     err = (got_logits - want_logits).abs().max().item()
     assert err <= rtol_logits * want_logits.abs().max().item(), f"logits differ by {err:.3e}"
@@ -222,22 +271,6 @@ def test_torch_compile_forward_backward_matches_eager(backend, amp):
         err = (got[name] - g).abs().max().item()
         bound = rtol_grads * g.abs().max().item() + 1e-6 * top
         assert err <= bound, f"{name}: compiled gradient differs by {err:.3e} > {bound:.3e}"
-    torch._dynamo.reset()
-
-
-@pytest.mark.parametrize("backend", ["sdpa", "triton"])
-def test_simple_vit_traces_to_one_graph(backend):
-    """--compile is only worth it if the whole forward is one graph: a break at every attention call (the backend
-    switch, the availability checks) would hand each layer back to Python."""
-    model = _small_model(backend)
-    explanation = torch._dynamo.explain(model)(_batch(8)[0])
-    reasons = "; ".join(str(r.reason)[:300] for r in explanation.break_reasons)
-    assert explanation.graph_break_count == 0, f"graph breaks with backend {backend!r}: {reasons}"
-    code = "\n".join(g.code for g in explanation.graphs)
-    markers = ("flash_attention_fwd", "_attn_fwd", "triton_kernel_wrapper") if backend == "triton" else \
-        ("scaled_dot_product_attention",)
-    assert any(m in code for m in markers), f"the traced graph holds none of {markers}"
-    torch._dynamo.reset()
 
 
 # --- the training command -----------------------------------------------------------------------------------
@@ -249,7 +282,8 @@ def test_training_command_runs_on_cuda(tmp_path, backend):
     from impulse_attn import cli
     out = tmp_path / "run"
     code = cli.main(["train", "--dataset", "synthetic", "--synthetic-train", "256", "--synthetic-test", "64",
-                     "--dim", "64", "--depth", "2", "--num-heads", "1", "--head-dim", "64", "--mlp-dim", "128",
+                     "--dim", "64", "--depth", "2", "--num-heads", str(COMMAND_HEADS), "--head-dim", "64",
+                     "--mlp-dim", "128",
                      "--epochs", "2", "--batch-size", "64", "--lr", "1e-3", "--device", "cuda", "--amp", "on",
                      "--attention-backend", backend, "--no-progress", "--out", str(out)])
     assert code == 0
