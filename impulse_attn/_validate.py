@@ -213,3 +213,12 @@ def require_memory(nbytes: int, what: str, fix: str, device: Optional[torch.devi
     if free is not None and nbytes > free:
         raise ValueError(f"{what} needs about {nbytes / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB "
                          f"available: {fix}")
+
+
+def heads_divide(dim, heads, dim_name: str = "dim", heads_name: str = "num_heads") -> None:
+    """Refuse a width that the head count does not divide (every head gets dim / heads channels); None (a size left
+    to the model) passes."""
+    if dim is not None and heads is not None and heads and dim % heads:
+        raise ValueError(f"{dim_name} {dim} is not divisible by {heads_name} {heads} (each head gets dim / heads "
+                         f"channels): change one of them")
+

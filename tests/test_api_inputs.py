@@ -329,7 +329,7 @@ def test_public_exports_are_covered():
     (lambda: init_(_tiny_vit(), "impulse", kernel_size=3.0), TypeError, "kernel_size must be an int"),
     (lambda: init_(_tiny_vit(), "impulse", fit_method="exact"), ValueError, "fit_method must be one of"),
     (lambda: init_(_tiny_vit(), 3), ValueError, "init must be one of"),
-    (lambda: attention_maps(_tiny_vit(), torch.randn(1, 3, 4, 4)), ValueError, "img must have shape"),
+    (lambda: attention_maps(_tiny_vit(), torch.randn(1, 3, 4, 4)), ValueError, "must have shape"),
     (lambda: filter_bank("random", 2 ** 40), ValueError, "GiB"),
     (lambda: impulse_attn.conv_as_attention(torch.ones(3, 3), 2 ** 12), ValueError, "GiB"),
     (lambda: impulse_attn.impulse_targets([[0, 1]], 2 ** 12), ValueError, "GiB"),
@@ -348,11 +348,11 @@ def test_window_and_token_mixing_options_are_numbers():
     swin = SwinTransformer(img_size=56, embed_dim=16, depths=(1, 1), num_heads=(1, 2), num_classes=3)
     mixer = MlpMixer(img_size=32, patch_size=8, num_blocks=1, embed_dim=16, num_classes=3)
     for bad in ("x", None, [0.5]):
-        with pytest.raises(TypeError, match="^target_mass must be a number"):
-            init_(swin, "impulse", target_mass=bad)
+        with pytest.raises(TypeError, match="^window_mass must be a number"):
+            init_(swin, "impulse", window_mass=bad)
         with pytest.raises(TypeError, match="^gain must be a number"):
             init_(mixer, "impulse", gain=bad)
     with pytest.raises(ValueError, match="^gain must be a finite number > 0"):
         init_(mixer, "impulse", gain=float("inf"))
-    init_(swin, "impulse", target_mass=np.float32(0.5))
+    init_(swin, "impulse", window_mass=np.float32(0.5))
     init_(mixer, "impulse", gain=np.float64(1.5))

@@ -188,6 +188,8 @@ NOT_APPLYING = {
     "synthetic_test": (["--synthetic-test", "20"], ["--dataset", "cifar10"]),
     "synthetic_classes": (["--synthetic-classes", "3"], ["--dataset", "cifar10"]),
     "model_kwargs": (["--model-kwargs", "depth=2"], []),
+    "depth": (["--depth", "2"], ["--model", "timm:swin_tiny_patch4_window7_224", "--image-size", "32",
+                                 "--patch-size", "4", "--model-kwargs", "depths=(2,2);num_heads=(2,4);window_size=4"]),
     "num_heads": (["--num-heads", "4"], ["--model", "convmixer"]),
     "mlp_dim": (["--mlp-dim", "64"], ["--model", "convmixer"]),
     "attention": (["--attention", "plain"], ["--model", "convmixer"]),
@@ -205,6 +207,7 @@ NOT_APPLYING = {
     "fit_steps": (["--fit-steps", "50"], ["--fit-method", "closed_form"]),
     "fit_backend": (["--fit-backend", "reference"], ["--fit-method", "closed_form"]),
     "mix_gain": (["--mix-gain", "1.5"], ["--model", "vit"]),
+    "window_mass": (["--window-mass", "0.5"], ["--model", "vit"]),
     "position_share": (["--position-share", "0.5"], ["--model", "vit"]),
     "pos_scale": (["--pos-scale", "18"], ["--model", "vit"]),
     "fit_input": (["--fit-input", "data"], ["--model", "vit"]),
@@ -222,7 +225,7 @@ NOT_APPLYING = {
 ALWAYS_REFUSED = {"auto_augment", "reprob", "model_kwargs", "mixup_prob", "mixup_switch_prob", "mixup_mode",
                   "model_ema_decay", "model_ema_warmup"}
 REFUSED_FOR_EXTERNAL = {"attention", "mode", "alpha", "scale", "attention_backend", "head_dim", "value_init",
-                        "fit_offsets", "filters", "freeze", "box_n"}
+                        "filters", "freeze", "box_n"}
 
 
 def _applies_entries():
@@ -366,7 +369,8 @@ def test_every_fit_option_of_fitspec_is_a_flag_of_the_fit_command():
 
 
 def test_fit_defaults_are_the_models_defaults():
-    from impulse_attn.init import CLOSED_FORM_DEFAULTS
+    from impulse_attn.attention import FIT_DEFAULTS
+    CLOSED_FORM_DEFAULTS = FIT_DEFAULTS["closed_form"]
     args = _subparser("fit").parse_args([])
     vit = TrainConfig().resolved()
     assert args.alpha == vit.alpha == 0.2

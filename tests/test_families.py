@@ -151,7 +151,7 @@ def _argmax_on_offset(maps, offsets, grid, valid):
 
 def test_swin_maps_put_the_argmax_on_the_offset_inside_the_window():
     model = swin()
-    rep = ia.init_(model, "impulse", seed=3, target_mass=0.4)
+    rep = ia.init_(model, "impulse", seed=3, window_mass=0.4)
     images = torch.randn(2, 3, 40, 40)
     for maps_now in (ia.attention_maps(model), ia.attention_maps(model, images)):
         for layer, (m, offs) in enumerate(zip(maps_now, rep.offsets)):
@@ -416,7 +416,7 @@ def test_deit_drops_its_two_prefix_tokens():
     (mixer, "mimetic", "does not apply to a timm MLP-Mixer"),
     (mixer, "random", "does not apply to a timm MLP-Mixer"),
     (swin, "official", "needs a positional pseudo-input"),
-    (lambda: ia.ConvMixer(image_size=16, patch_size=2, dim=16, depth=1), "impulse", "no init family knows"),
+    (lambda: ia.ConvMixer(image_size=16, patch_size=2, dim=16, depth=1), "impulse", "a ConvMixer exposes no layer"),
     (timm_vit, "nope", "init must be one of"),
 ])
 def test_refusals_are_one_line_and_change_nothing(make, init, needle):

@@ -39,7 +39,7 @@ import torch
 import cpu_platform
 import impulse_attn
 import impulse_attn.timm as iat
-from impulse_attn.families import standard_vit
+from impulse_attn.init.strategies import _common as common, mimetic, official
 
 timm = pytest.importorskip("timm")
 
@@ -389,8 +389,8 @@ def test_promise_check_fails_on_a_wrong_position_scale():
 def test_promise_check_fails_on_a_transposed_offset(monkeypatch):
     name, _, case = _first("impulse")
     truth = _truth(case)
-    real = standard_vit.official_offsets
-    monkeypatch.setattr(standard_vit, "official_offsets", lambda h, k=3: real(h, k).flip(-1))
+    real = official.official_offsets
+    monkeypatch.setattr(official, "official_offsets", lambda h, k=3: real(h, k).flip(-1))
     model = _run(case)
     bad = promise_failures(model, case, truth, same_noise=_same_noise(name))
     assert any("(ours)" in b and "truth" in b for b in bad) and any("argmax agrees" in b for b in bad), bad
@@ -400,12 +400,16 @@ def test_promise_check_fails_on_a_transposed_offset(monkeypatch):
 def test_promise_check_fails_on_swapped_value_and_projection(monkeypatch, mode):
     name, _, case = _first(mode)
     truth = _truth(case) if mode == "impulse" else None
-    real = standard_vit._vproj
+    class Swapped:          # the adapter with value and projection written into each other's place
+        def __init__(self, layers):
+            self.layers, self.request = layers, layers.request
 
-    def swapped(out, *args, **kwargs):
-        real(out, *args, **kwargs)
-        out["v"][-1], out["proj"][-1] = out["proj"][-1], out["v"][-1]
-    monkeypatch.setattr(standard_vit, "_vproj", swapped)
+        def write_vproj(self, block, w_v, w_proj):
+            self.layers.write_vproj(block, w_proj, w_v)
+    real = common.write_paper_vproj
+    monkeypatch.setattr(common, "write_paper_vproj", lambda layers, *a, **k: real(Swapped(layers), *a, **k))
+    for module in (official, mimetic):
+        monkeypatch.setattr(module, "write_paper_vproj", common.write_paper_vproj)
     model = _run(case)
     bad = promise_failures(model, case, truth, same_noise=_same_noise(name))
     assert any("value-then-projection" in b for b in bad), bad

@@ -120,7 +120,8 @@ def test_strategies_talk_to_layers_only_through_the_protocol():
 
 
 def test_model_defaults_are_the_local_soft_closed_form_at_the_published_logit_budget():
-    from impulse_attn.init import CLOSED_FORM_DEFAULTS
+    from impulse_attn.attention import FIT_DEFAULTS
+    CLOSED_FORM_DEFAULTS = FIT_DEFAULTS["closed_form"]
     m = SimpleViT(image_size=32, patch_size=4, dim=64, depth=2, num_heads=4, head_dim=16, mlp_dim=32)
     rep = m.fit_results[0].report
     assert rep.extra["target"] == CLOSED_FORM_DEFAULTS["target"] == "laplace"

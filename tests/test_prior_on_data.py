@@ -108,7 +108,7 @@ def test_swin_on_data_hit_matches_its_own_window_softmax():
     model = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, patch_size=4,
                               window_size=4, embed_dim=24, depths=(2,), num_heads=(3,), num_classes=3).double()
     x = images(4, 32).double()
-    rep = ia.init_(model, "impulse", seed=2, images=x, target_mass=0.4)
+    rep = ia.init_(model, "impulse", seed=2, images=x, window_mass=0.4)
     blocks = list(model.layers[0].blocks)
     captured = []
     hooks = []
@@ -226,8 +226,8 @@ def test_a_changed_position_embedding_is_scaled_from_where_it_is():
     (lambda m: ia.init_(m, "impulse", images=torch.zeros(2, 1, 24, 24)), "images must have shape"),
     (lambda m: ia.init_(m, "impulse", images=[1, 2]), "images must be"),
     (lambda m: ia.init_(m, "impulse", position_share=1.0), "position_share must be a number in (0, 1)"),
-    (lambda m: ia.init_(m, "official", position_share=0.9), "does not apply"),
-    (lambda m: ia.init_(m, "mimetic", position_share=0.9), "does not apply"),
+    (lambda m: ia.init_(m, "official", position_share=0.9), "do not apply to init 'official'"),
+    (lambda m: ia.init_(m, "mimetic", position_share=0.9), "do not apply to init 'mimetic'"),
     (lambda m: ia.init_(m, "impulse", position_share=0.9, fit_kwargs={"pos_scale": 3}), "explicit pos_scale"),
     (lambda m: ia.init_(m, "impulse", fit_kwargs={"fit_input": "pixels"}), "fit_input"),
 ])

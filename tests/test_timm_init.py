@@ -280,7 +280,7 @@ def _unchanged(model, state):
     (dict(), dict(kernel_size=17), ValueError, "kernel_size"),
     (dict(), dict(seed=1.5), TypeError, "seed"),
     (dict(), dict(seed=None), ValueError, "seed=None"),
-    (dict(), dict(fit_method="official", steps=10), ValueError, "fit_impulse"),
+    (dict(), dict(fit_method="official", steps=10), ValueError, r"\['steps'\] do not apply"),
     (dict(), dict(qk_scale=7.0), ValueError, "qk_scale"),
     (dict(), dict(compute_dtype=torch.float64), ValueError, "compute_dtype"),
     (dict(), dict(offsets=[[0, 0]] * 3), ValueError, "set by init_"),

@@ -14,7 +14,8 @@ from impulse_attn import cli
 from impulse_attn.training import TrainConfig, build_model, load_checkpoint, train
 from impulse_attn.training import loop as loop_mod
 from impulse_attn.training.compare import parse_variant, run_compare
-from impulse_attn.training.factory import timm_kwargs
+from impulse_attn.families import timm_vit
+from impulse_attn.families.source import given_keywords
 from impulse_attn.training.inspect import inspect_run
 from impulse_attn.training.metrics import read_metrics
 
@@ -48,20 +49,20 @@ def _cfg(tmp_path, name="run", **kw) -> TrainConfig:
 # --- building ---------------------------------------------------------------------------------------------------
 def test_size_flags_become_timm_overrides():
     cfg = TrainConfig(**{**TINY, "dim": 48, "mlp_dim": 100, "num_heads": 3, "depth": 2})
-    kw = timm_kwargs(cfg, num_classes=7, image_size=16, channels=3)
+    kw = given_keywords(timm_vit.SOURCE, cfg.build_request(num_classes=7, image_size=16, channels=3))
     assert kw["embed_dim"] == 48 and kw["depth"] == 2 and kw["num_heads"] == 3 and kw["patch_size"] == 2
-    assert kw["img_size"] == 16 and kw["num_classes"] == 7 and kw["in_chans"] == 3 and kw["pretrained"] is False
+    assert kw["img_size"] == 16 and kw["num_classes"] == 7 and kw["in_chans"] == 3
     torch.manual_seed(0)
     model, _ = build_model(dataclasses.replace(cfg, init="random"), 7, 16)
     assert model.embed_dim == 48 and len(model.blocks) == 2 and model.blocks[0].attn.num_heads == 3
     assert model.blocks[0].mlp.fc1.out_features == 100           # 100 / 48 is no exact ratio: still 100 wide
     assert tuple(model.patch_embed.grid_size) == (8, 8) and model.head.out_features == 7
     # sizes that are not given stay the model's own (ViT-Ti: 192 wide, 12 blocks, 3 heads)
-    own = timm_kwargs(TrainConfig(model=NAME, image_size=32), num_classes=10, image_size=32, channels=3)
+    own = given_keywords(timm_vit.SOURCE, TrainConfig(model=NAME, image_size=32).build_request(10, 32, 3))
     assert not {"embed_dim", "depth", "num_heads", "mlp_ratio"} & set(own)
 
 
-@pytest.mark.parametrize("init, fit_method", [("impulse", "closed_form"), ("impulse", "official"),
+@pytest.mark.parametrize("init, fit_method", [("impulse", "closed_form"), ("official", "closed_form"),
                                               ("mimetic", "closed_form"), ("random", "closed_form"),
                                               ("default", "closed_form")])
 def test_inits_map_to_init_and_timms_own(init, fit_method):
@@ -72,14 +73,15 @@ def test_inits_map_to_init_and_timms_own(init, fit_method):
     plain = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=2, img_size=16, patch_size=2,
                               embed_dim=64, depth=1, num_heads=4, mlp_ratio=2.0)
     ratio = float(model.pos_embed.detach().norm() / plain.pos_embed.detach().norm())
-    if init == "impulse":   # init_ scales the position embedding (official: by 18; else calibrated) and fits q/k
-        scale = 18.0 if fit_method == "official" else rec["timm_init"]["constants"]["pos_scale"]
-        assert scale > 18.0 or fit_method == "official"      # the calibrated share needs more position than x18
+    if init in ("impulse", "official"):   # the position embedding scaled (official: x18; else calibrated), q/k fitted
+        scale = 18.0 if init == "official" else rec["timm_init"]["constants"]["pos_scale"]
+        assert scale > 18.0 or init == "official"      # the calibrated share needs more position than x18
         assert ratio == pytest.approx(scale, rel=1e-5)
-        assert rec["fit"]["fit_method"] == f"timm/{fit_method}" and len(rec["offsets"]) == 1
-        if fit_method == "closed_form":
+        method = "official" if init == "official" else fit_method
+        assert rec["fit"]["fit_method"] == f"timm/{method}" and len(rec["offsets"]) == 1
+        if init == "impulse":
             assert rec["fit"]["argmax_hit"] > 0.95 and rec["fit"]["target_mass"] == pytest.approx(0.1, abs=0.01)
-        assert "fit_summary" in rec and rec["timm_init"]["init"] == "impulse"
+        assert "fit_summary" in rec and rec["timm_init"]["init"] == init
     elif init == "mimetic":  # query/key/value re-initialized, position embedding untouched
         assert ratio == pytest.approx(1.0) and rec["timm_init"]["init"] == "mimetic" and "fit" not in rec
         assert not torch.equal(model.blocks[0].attn.qkv.weight, plain.blocks[0].attn.qkv.weight)
@@ -91,7 +93,7 @@ def test_inits_map_to_init_and_timms_own(init, fit_method):
         assert float(w[:128].abs().max()) <= 64 ** -0.5 and torch.equal(w[128:], plain.blocks[0].attn.qkv.weight[128:])
         assert "timm_init" not in rec
     else:                    # default: the model exactly as timm built it
-        assert "weight_init" not in rec["timm"]["kwargs"]
+        assert "weight_init" not in rec["model"]["model_kwargs"] and rec["model"]["family"] == "timm_vit"
         assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
 
 
@@ -103,7 +105,7 @@ def test_timm_run_trains_writes_files_and_records_the_init(tmp_path):
     out = Path(res.out)
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["model"] == NAME and run["init"]["fit"]["argmax_hit"] > 0.95
-    assert run["init"]["timm"]["kwargs"]["embed_dim"] == 64
+    assert run["init"]["model"]["flags"]["dim"] == 64
     ckpt = load_checkpoint(out / "checkpoint.pt")
     assert "pos_embed" in ckpt["model"] and "blocks.0.attn.qkv.weight" in ckpt["model"]
     assert scores(read_metrics(out / "metrics.jsonl")) == scores(h)
@@ -213,9 +215,9 @@ def _error(argv, capsys, *needles):
     (["--model", "timm:vit_tiny_patch16_2244"], ["timm has no model 'vit_tiny_patch16_2244'",
                                                  "timm:vit_tiny_patch16_224"]),
     (["--model", "timm:resnet18"], ["ResNet, which no init family handles"]),
-    (["--model", "timm:"], ["--model must be vit, convmixer, timm:<name>"]),
-    (["--model", "vitt"], ["--model must be vit, convmixer, timm:<name>"]),
-    (["--alpha", "0.1"], ["--alpha does not apply to the timm model"]),
+    (["--model", "timm:"], ["--model must be one of vit, convmixer, timm:<name>"]),
+    (["--model", "vitt"], ["--model must be one of vit, convmixer, timm:<name>"]),
+    (["--alpha", "0.1"], ["--alpha does not apply to the timm model timm:vit_tiny_patch16_224"]),
     (["--head-dim", "16", "--attention", "plain"], ["--attention --head-dim do not apply"]),
     (["--num-heads", "5"], ["--dim 32 is not divisible by --num-heads 5"]),
     (["--mixup-prob", "0.5"], ["--mixup-prob does not apply without --mixup or --cutmix"]),
@@ -230,16 +232,15 @@ def test_bad_timm_settings_are_one_line_errors_before_any_work(tmp_path, capsys,
     assert not out.exists()
 
 
-def test_official_fit_is_for_timm_models_only(tmp_path, capsys):
+def test_official_is_a_strategy_not_a_fit_method_of_impulse(tmp_path, capsys):
     _error(["train", "--dataset", "synthetic", "--fit-method", "official", "--out", str(tmp_path / "r")], capsys,
-           "--fit-method official", "timm models")
+           "--init impulse takes --fit-method closed_form or iterative, got official", "use --init official")
 
 
 def test_help_says_which_flags_apply_to_timm_models(capsys):
     assert cli.main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split()).replace("- ", "-")  # argparse may wrap at a hyphen
-    assert "timm:<name>" in text and "--mlp-dim replace the model's own sizes" in text
-    assert "(--attention, --mode, --alpha, --scale, --attention-backend, --head-dim, --filters, --freeze, --box-n) " \
-           "are refused" in text
+    assert "timm:<name>" in text and "--mlp-dim replace the model's own sizes where its family reads them" in text
+    assert "each flag is refused where it does not apply" in text
     assert "the model's own init: PyTorch's, timm's or Hugging Face's" in text and "--augment timm" in text
     assert "hf:<vit, deit" in text and "Swin" in text and "MLP-Mixer" in text

@@ -13,13 +13,18 @@ import torch.nn.functional as F
 
 from .._validate import (as_bool, choice, grid_pair, kwargs_dict, model_input, odd_kernel_size, positive_float,
                          positive_int, require_memory, seed_int)
+from ..fitting.spec import FIT_METHODS
 from ..init import INIT_STRATEGIES, QKRequest, default_scale, initialize_qk_
 from ..targets import sincos_2d
 from .functional import ATTENTION_BACKENDS, attention
 from .reference import attention_probs
 
 MODES = ("I", "II", "III")
-FIT_METHODS = ("closed_form", "iterative")
+#: The query/key layers' (and so the Simple ViT's) one table of init settings, read by the strategies through
+#: ``QKRequest.defaults``, by ``--help`` and docs/families.md: the closed form's target and sharpness in a model,
+#: a local, soft map (docs/RESULTS.md, "Why the closed form lagged the recipe"). ``fit_impulse`` called directly
+#: keeps the published values (target "impulse", mass 0.3).
+FIT_DEFAULTS = {"closed_form": {"target": "laplace", "target_mass": 0.1}}
 
 
 class QKAttention(nn.Module):
@@ -83,7 +88,7 @@ class QKAttention(nn.Module):
         x, alpha = self._pseudo_input() if with_pseudo_input else (None, getattr(self, "alpha", 0.0))
         return QKRequest(num_heads=self.num_heads, dim_in=self._qk_dim_in(), head_dim=self.head_dim,
                          grid_size=self.grid_size, pseudo_input=x, alpha=alpha, scale=self.scale,
-                         model_dim=self.dim)
+                         model_dim=self.dim, defaults=FIT_DEFAULTS)
 
     @torch.no_grad()
     def load_vproj(self, w_v: torch.Tensor, w_out: torch.Tensor) -> None:

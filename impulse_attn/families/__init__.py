@@ -1,17 +1,21 @@
 """One init call for every model family users train on small data: ``impulse_attn.init_(model, init)``.
 
-A family adapter (one file each) finds a model's attention or token-mixing layers and exposes them through the
-protocols of ``impulse_attn.init`` (query/key layers, window position biases, token-mixing MLPs); every registered
+A family (one file each, registered when imported) owns everything about its models: how to recognize one, which
+layer kinds it exposes to the strategies through the protocols of ``impulse_attn.init`` (a standard ViT as a whole,
+query/key layers, window position biases, token-mixing MLPs), its maps, the prior on data, its table of init
+defaults, how ``--model`` names and builds it (``families.source``) and how ``inspect`` probes it. Every registered
 strategy (``impulse_attn.init.strategies``, one file each) acts on the layer kinds it has a handler for, and a
-strategy that cannot apply to a family is refused in one line.
+strategy that cannot apply to a family is refused in one line. This package imports every module in its folder
+that registers a family, so a new family is one new file (or one ``register_family`` call in user code).
 
 ==================  ===================================  =====================================================
 family              models                               what "impulse" sets
 ==================  ===================================  =====================================================
 simple_vit          ``impulse_attn.SimpleViT``            query/key fit on each layer's pseudo-input
-timm_vit            timm ``VisionTransformer``           the structured init (pos_embed ×18, query/key fit on
-                                                         LN(pos_embed), value/projection)
-hf_vit              transformers ViT / DeiT              the same as timm_vit (equal maps for equal sizes)
+convmixer           ``impulse_attn.ConvMixer``            nothing (its filters are set by --filters)
+timm_vit            timm ``VisionTransformer``           the structured init (pos_embed calibrated, query/key
+                                                         fit on LN(pos_embed), value/projection)
+hf_vit              transformers ViT / DeiT              the same as timm_vit
 timm_swin           timm ``SwinTransformer`` (v1)        relative position bias tables (impulse logits)
 timm_mixer          timm ``MlpMixer``                    token-mixing MLPs (a bank of shifts)
 ==================  ===================================  =====================================================
@@ -24,10 +28,24 @@ import torch
 
 from .._validate import choice, kwargs_dict, odd_kernel_size, seed_int
 from ..init.registry import get_strategy
-from . import hf_vit, simple_vit, timm_mixer, timm_swin, timm_vit  # noqa: F401  (each registers its family)
-from .base import Family, InitReport, families, family_of
+import importlib
+import pkgutil
 
-__all__ = ["init_", "attention_maps", "family_of", "families", "Family", "InitReport"]
+from .base import Family, InitReport, Probe, families, family_for_spec, family_of, model_values
+from .source import BuildRequest, ModelSource
+
+# The built-in families in the order their models are matched and listed, then any other family file here.
+BUILTIN = ("simple_vit", "convmixer", "timm_vit", "timm_swin", "timm_mixer", "hf_vit")
+_HELPERS = ("base", "source", "view", "adapters", "on_data", "calibration", "standard_vit", "standard_apply",
+            "timm_registry")
+for _name in BUILTIN:
+    importlib.import_module(f"{__name__}.{_name}")
+for _info in pkgutil.iter_modules(__path__):
+    if _info.name not in BUILTIN + _HELPERS and not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+__all__ = ["init_", "attention_maps", "family_of", "family_for_spec", "families", "model_values", "Family",
+           "InitReport", "Probe", "ModelSource", "BuildRequest"]
 
 
 def init_(model: torch.nn.Module, init: str = "impulse", *, seed: int = 0, kernel_size: Optional[int] = None,
@@ -79,4 +97,9 @@ def attention_maps(model: torch.nn.Module, images: Optional[torch.Tensor] = None
     """Per layer, the model's maps (B, heads, N, N) on its token grid: attention maps (Swin: window maps placed on
     the stage's grid) or, for an MLP-Mixer, the token MLP's linearization per round of shifts. ``images=None``:
     the maps with no content (the position part alone), what the impulse init shapes."""
-    return family_of(model).maps(model, images)
+    fam = family_of(model)
+    if fam.maps is None:
+        raise ValueError(f"a {fam.label} has no attention or token-mixing maps")
+    if images is not None:
+        images = fam.check_images(model, images)
+    return fam.maps(model, images)

@@ -15,10 +15,12 @@ class BlockQKLayer:
     block's query/key weights (head h's query of token x is x @ Q_h); the query/key biases are zeroed so the map
     on the pseudo-input is the one set. ``pseudo_input``: None (the strategy may not need one) or a callable."""
 
-    def __init__(self, block: BlockView, grid: Tuple[int, int], pseudo_input: Optional[Callable[[], torch.Tensor]]):
+    def __init__(self, block: BlockView, grid: Tuple[int, int], pseudo_input: Optional[Callable[[], torch.Tensor]],
+                 defaults: Optional[dict] = None):
         self.block = block
         self.grid = grid
         self._pseudo_input = pseudo_input
+        self.defaults = defaults
         self.offsets: Optional[torch.Tensor] = None
 
     def qk_request(self, with_pseudo_input: bool = True) -> QKRequest:
@@ -26,7 +28,8 @@ class BlockQKLayer:
         d = b.weight("q").shape[1]
         x = self._pseudo_input() if (with_pseudo_input and self._pseudo_input is not None) else None
         return QKRequest(num_heads=b.num_heads, dim_in=d, head_dim=b.weight("q").shape[0] // b.num_heads,
-                         grid_size=self.grid, pseudo_input=x, alpha=0.0, scale=b.scale, model_dim=b.proj.out_features)
+                         grid_size=self.grid, pseudo_input=x, alpha=0.0, scale=b.scale, model_dim=b.proj.out_features,
+                         defaults=self.defaults)
 
     @torch.no_grad()
     def load_qk(self, q: torch.Tensor, k: torch.Tensor, offsets: Optional[torch.Tensor] = None) -> None:

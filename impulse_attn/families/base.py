@@ -7,8 +7,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from typing import TYPE_CHECKING
+
 from .._validate import model_input
 from ..init.registry import LAYER_KINDS, Strategy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .source import ModelSource
 
 
 @dataclass
@@ -70,6 +75,18 @@ class InitReport:
         return "\n".join(lines)
 
 
+@dataclass
+class Probe:
+    """How to read a model's maps for ``impulse-attn inspect``: its token grid, the impulse offsets per layer (None
+    where unknown), ``maps(images)``: per layer (B, heads, N, N) over the grid tokens, ``pseudo()``: the same with no
+    content (B = 1), and the family's name."""
+    grid: Tuple[int, int]
+    offsets: List[Optional[torch.Tensor]]
+    maps: Callable[[torch.Tensor], List[torch.Tensor]]
+    pseudo: Callable[[], List[torch.Tensor]]
+    family: str
+
+
 @dataclass(frozen=True)
 class Family:
     """name: the registry key; label: for messages; matches(model); kinds: the layer kinds it can expose, in the
@@ -87,6 +104,27 @@ class Family:
     on_data: Optional[Callable[..., List[dict]]] = None
     #: input_shape(model) -> (channels, height, width) of the images its forward takes
     input_shape: Optional[Callable[[torch.nn.Module], Tuple[int, int, int]]] = None
+    #: how ``--model`` names and builds its models (``families.source``); None: reachable from Python only
+    source: Optional["ModelSource"] = None
+    #: probe(model, offsets) -> Probe: the maps ``impulse-attn inspect`` reads (default: every layer's, on the
+    #: model's token grid, from ``maps``); None with ``maps`` None: no maps to inspect
+    probe: Optional[Callable[..., "Probe"]] = None
+    #: the init settings of its layers' defaults (``FIT_DEFAULTS`` of the family's file), for --help and docs
+    fit_defaults: Optional[dict] = None
+
+    def probe_of(self, model: torch.nn.Module, offsets=None) -> "Probe":
+        """What ``inspect`` reads: this family's own probe, or every layer of ``maps`` on ``grid_of(model)``."""
+        if self.probe is not None:
+            return self.probe(model, offsets)
+        if self.maps is None or self.grid_of is None:
+            raise ValueError(f"a {self.label} has no attention or token-mixing maps to inspect")
+        maps = self.maps
+        n = len(maps(model)) if offsets is None else len(offsets)
+        offsets = list(offsets) if offsets is not None else [None] * n
+        return Probe(self.grid_of(model), [None if o is None else torch.as_tensor(o) for o in offsets],
+                     lambda x: maps(model, x), lambda: maps(model), self.name)
+
+    grid_of: Optional[Callable[[torch.nn.Module], Tuple[int, int]]] = None
 
     def check_images(self, model: torch.nn.Module, images, name: str = "images") -> torch.Tensor:
         """``images`` as this model's forward takes them, or a ValueError/TypeError of one line naming what is
@@ -116,8 +154,9 @@ class Family:
         has = [k for k in LAYER_KINDS if strategy.handler(k) is not None]
         why = (" (its query/key handler needs a positional pseudo-input, which this model has not)"
                if "qk" in has and "qk" in self.kinds else "")
+        exposes = ", ".join(self.kinds) or "no layer an init strategy sets"
         raise ValueError(f"init {strategy.name!r} does not apply to a {self.label}: it sets "
-                         f"{', '.join(has) or 'nothing'}, a {self.label} exposes {', '.join(self.kinds)}{why}")
+                         f"{', '.join(has) or 'nothing'}, a {self.label} exposes {exposes}{why}")
 
 
 _FAMILIES: Dict[str, Family] = {}
@@ -130,6 +169,37 @@ def register_family(family: Family) -> Family:
 
 def families() -> Tuple[Family, ...]:
     return tuple(_FAMILIES.values())
+
+
+def family_for_spec(spec) -> Tuple[Family, str]:
+    """The family that builds ``--model spec`` and the model name after the prefix ("" for the package's own), or
+    a ValueError of one line saying what the families take."""
+    from .source import ModelSource  # noqa: F401  (the type of Family.source)
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"--model must name a model, got {spec!r}")
+    prefix, sep, name = (part.strip() for part in spec.partition(":"))
+    sources = [f for f in _FAMILIES.values() if f.source is not None]
+    if not sep:
+        for fam in sources:
+            if not fam.source.prefixed and fam.source.spec == prefix:
+                return fam, ""
+    else:
+        candidates = [f for f in sources if f.source.prefixed and f.source.spec == prefix]
+        if candidates and name:
+            for fam in candidates:
+                if fam.source.claims(name):
+                    return fam, name
+            raise ValueError(candidates[0].source.explain(name) or f"no family builds --model {spec}")
+    raise ValueError(f"--model must be one of {', '.join(model_values())}, got {spec!r}")
+
+
+def model_values() -> List[str]:
+    """Every ``--model`` form the registered families build (``vit``, ``timm:<name>``, ...), in registry order."""
+    out: List[str] = []
+    for fam in _FAMILIES.values():
+        if fam.source is not None and fam.source.model_value() not in out:
+            out.append(fam.source.model_value())
+    return out
 
 
 def family_of(model) -> Family:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from .._validate import heads_divide
+from .source import BuildRequest, ModelSource, given_keywords
+from .standard_vit import parameter_estimate
 from .view import BlockView, ViTView, check_view
 
 NAME = "Hugging Face ViT"
@@ -80,9 +83,96 @@ def view(model, need_pos: bool = True) -> ViTView:
     return check_view(v, need_pos)
 
 
+class HFClassifier(nn.Module):
+    """A Hugging Face image classifier whose forward takes images and returns logits, like every other model the
+    training loop trains; ``hf`` is the transformers model (what the init and the maps see)."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, images):
+        return self.hf(pixel_values=images).logits
+
+
+def hf_config(name: str, kwargs: dict):
+    """A transformers ViT/DeiT config: "vit"/"deit" with ``kwargs``, or a local config.json (or a folder with one)
+    with ``kwargs`` set on it. No download. Errors are one-line ValueErrors."""
+    try:
+        import transformers
+    except ImportError:
+        raise ValueError("--model hf:<name> needs the transformers package (pip install transformers)") from None
+    from pathlib import Path
+    if name in _BASES:
+        cls = transformers.ViTConfig if name == "vit" else transformers.DeiTConfig
+        try:
+            return cls(**kwargs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"--model hf:{name}: {e}") from None
+    path = Path(name)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ValueError(f"--model hf:{name} is neither {' nor '.join(_BASES)} nor a config.json (no download is "
+                         f"made): use hf:vit, hf:deit or hf:<folder with config.json>")
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(str(path.parent), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises assorted errors for an unreadable config
+        raise ValueError(f"--model hf:{name}: transformers could not read {path} ({type(e).__name__}): pass a ViT "
+                         f"or DeiT config.json") from None
+    if cfg.model_type not in _BASES:
+        raise ValueError(f"--model hf:{name} is a {cfg.model_type!r} config: use a ViT or DeiT config")
+    for k, v in kwargs.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _claims(name: str) -> bool:
+    from pathlib import Path
+    return name in _BASES or Path(name).is_dir() or Path(name).is_file()
+
+
+def build(r: BuildRequest) -> HFClassifier:
+    import transformers
+    kw = {**r.model_kwargs, **given_keywords(SOURCE, r)}
+    cfg = hf_config(r.name, kw)
+    cls = transformers.ViTForImageClassification if cfg.model_type == "vit" else \
+        transformers.DeiTForImageClassification
+    try:
+        return HFClassifier(cls(cfg))
+    except (ValueError, TypeError, RuntimeError, AttributeError) as e:
+        raise ValueError(f"transformers could not create {cls.__name__} with {kw} ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:160]})") from None
+
+
+def check(r: BuildRequest) -> None:
+    cfg = hf_config(r.name, {})
+    dim = r.flags.get("dim", r.model_kwargs.get("hidden_size", cfg.hidden_size))
+    heads = r.flags.get("num_heads", r.model_kwargs.get("num_attention_heads", cfg.num_attention_heads))
+    for key, value in (("hidden_size", dim), ("num_attention_heads", heads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"--model-kwargs {key}={value!r} must be a positive integer")
+    heads_divide(dim, heads, "--dim", "--num-heads")
+
+
+SOURCE = ModelSource(
+    spec="hf", prefixed=True, build=build, check=check, unwrap=lambda m: m.hf, claims=_claims,
+    explain=lambda name: f"--model hf:{name} is neither {' nor '.join(_BASES)} nor a config.json (no download is "
+                         f"made): use hf:vit, hf:deit or hf:<folder with config.json>",
+    flags=("dim", "depth", "num_heads", "mlp_dim", "patch_size", "kernel_size", "model_kwargs"),
+    keywords={"dim": "hidden_size", "depth": "num_hidden_layers", "num_heads": "num_attention_heads",
+              "mlp_dim": "intermediate_size", "patch_size": "patch_size", "num_classes": "num_labels",
+              "image_size": "image_size", "channels": "num_channels"},
+    defaults={"kernel_size": 3}, parameters=parameter_estimate,
+    describe="hf:<vit, deit or a config.json / folder with one>: a Hugging Face ViTForImageClassification or "
+             "DeiTForImageClassification built from its config, no download (DeiT starts its position embedding at "
+             "zero: the impulse and official inits refuse it)",
+    examples=("hf:vit", "hf:deit"))
+
+
 def _family():
     from .standard_apply import standard_family
-    return standard_family("hf_vit", NAME, matches, view)
+    return standard_family("hf_vit", NAME, matches, view, source=SOURCE, grid_of=lambda m: view(m, False).grid)
 
 
 FAMILY = _family()

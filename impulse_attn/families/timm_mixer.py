@@ -12,9 +12,15 @@ import torch.nn as nn
 
 from ..init.protocol import TokenMixRequest
 from ..init.registry import Strategy
+from . import timm_registry
 from .base import Family, InitReport, capture_inputs, offset_quality, register_family
+from .source import BuildRequest, ModelSource, given_keywords
 
 NAME = "timm MLP-Mixer"
+#: The MLP-Mixer's one table of init settings, read by the strategies (``TokenMixRequest.defaults``), ``--help`` and
+#: docs/families.md: the gain of the shift bank, chosen on val/ among 0.5, 1, 2 (docs/RESULTS.md, "Every family":
+#: 44.0, 44.4, 47.1 at 100 images per class, seed 0).
+FIT_DEFAULTS = {"gain": 2.0}
 
 
 def _classes():
@@ -62,7 +68,7 @@ class TokenMix:
         n = self.grid[0] * self.grid[1]
         if fc1.in_features != n:
             raise ValueError(f"the token MLP reads {fc1.in_features} tokens, the grid has {n}")
-        return TokenMixRequest(self.grid, int(fc1.out_features), "gelu")
+        return TokenMixRequest(self.grid, int(fc1.out_features), "gelu", FIT_DEFAULTS)
 
     @torch.no_grad()
     def load_token_mix(self, w1, b1, w2, b2, offsets=None) -> None:
@@ -119,7 +125,7 @@ def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: O
           images=None) -> InitReport:
     start = time.perf_counter()
     bl = blocks(model)
-    if fit_kwargs or fit_method not in (None, "closed_form"):
+    if fit_kwargs or fit_method is not None:
         raise ValueError("fit settings (fit_method, fit_kwargs) do not apply to an MLP-Mixer: it has no query/key "
                          "fit; the token-mixing init takes options such as gain")
     if kind == "":
@@ -156,5 +162,47 @@ def input_shape(model) -> tuple:
     return (int(stem.proj.in_channels), *(int(v) for v in stem.img_size))
 
 
+def _own(name: str) -> dict:
+    """The registered model's own sizes (its meta-device copy): timm's mixer entry points fix them."""
+    m = timm_registry.describe(name).get("model")
+    if m is None:
+        return {}
+    blk = m.blocks[0]
+    dim = int(m.embed_dim)
+    return {"embed_dim": dim, "num_blocks": len(m.blocks),
+            "mlp_ratio": (blk.mlp_tokens.fc1.out_features / dim, blk.mlp_channels.fc1.out_features / dim)}
+
+
+def build(r: BuildRequest):
+    """timm's mixer entry points fix the patch size, depth and width: build the class with the registered model's
+    sizes, the given ones in their place."""
+    from timm.models.mlp_mixer import MlpMixer
+    args = {**_own(r.name), **r.model_kwargs}
+    kw = given_keywords(SOURCE, r)
+    if "mlp_dim" in r.flags:
+        ratio = (args["mlp_ratio"][0], r.flags["mlp_dim"] / kw.get("embed_dim", args["embed_dim"]))
+        if "mlp_ratio" in r.model_kwargs and tuple(r.model_kwargs["mlp_ratio"]) != ratio:
+            raise ValueError(f"--model-kwargs sets mlp_ratio={r.model_kwargs['mlp_ratio']!r} but --mlp-dim "
+                             f"{r.flags['mlp_dim']} sets the channel ratio to {ratio[1]!r}: give it once")
+        kw["mlp_ratio"] = ratio
+    try:
+        return MlpMixer(**{**args, **kw})
+    except (AssertionError, ValueError, TypeError, RuntimeError, IndexError) as e:
+        raise ValueError(f"timm's MlpMixer could not be built with {args} ({type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0][:160]})") from None
+
+
+SOURCE = ModelSource(
+    spec="timm", prefixed=True, build=build,
+    claims=lambda name: timm_registry.builds(name, matches), explain=timm_registry.explain,
+    flags=("dim", "depth", "mlp_dim", "patch_size", "kernel_size", "model_kwargs"),
+    keywords={"dim": "embed_dim", "depth": "num_blocks", "patch_size": "patch_size", "num_classes": "num_classes",
+              "image_size": "img_size", "channels": "in_chans"},
+    defaults={"kernel_size": 3},
+    describe="timm:<mixer name>: a timm MlpMixer (MixerBlocks), whose --mlp-dim sizes the channel MLP and whose "
+             "token MLP's ratio goes in --model-kwargs, e.g. 'mlp_ratio=(1.0,4.0)'",
+    examples=("timm:mixer_s16_224",))
+
 FAMILY = register_family(Family("timm_mixer", NAME, matches, ("token_mix",), apply, token_mixing_maps,
-                                pseudo_input=False, on_data=on_data, input_shape=input_shape))
+                                pseudo_input=False, on_data=on_data, input_shape=input_shape, source=SOURCE,
+                                fit_defaults=FIT_DEFAULTS, grid_of=grid_of))

@@ -4,7 +4,7 @@ window attention's relative position bias table (docs/families.md, "Swin").
 Swin has no absolute position embedding (timm's default), so there is no pseudo-input for a query/key fit; but
 inside a window the bias depends only on the key's offset from the query, so the table can hold an impulse logit
 exactly: head h's bias is L at its offset and 0 elsewhere, with L set by the mass it should put on the target of
-an interior query (``init.WINDOW_DEFAULTS``). Query/key weights are left as built (timm: truncated normal, std
+an interior query (``window_mass``, default in ``FIT_DEFAULTS``). Query/key weights are left as built (timm: truncated normal, std
 0.02), so their logits start small next to L.
 
 Window edges and shifted windows: attention never leaves a window, so a query whose target token lies in another
@@ -27,10 +27,17 @@ import torch.nn as nn
 from ..init.protocol import WindowRequest
 from ..init.registry import Strategy
 from .adapters import BlockQKLayer
-from .base import Family, InitReport, capture_inputs, offset_quality, register_family
+from . import timm_registry
+from .base import Family, InitReport, Probe, capture_inputs, offset_quality, register_family
+from .source import BuildRequest, ModelSource, given_keywords
 from .view import BlockView
 
 NAME = "timm Swin Transformer"
+#: The window-bias families' one table of init settings (timm's and torchvision's Swin), read by the strategies
+#: (``WindowRequest.defaults``), ``--help`` and docs/families.md: the mass the impulse bias puts on the target key of
+#: an interior query, chosen on val/ among 0.3, 0.5, 0.7 (docs/RESULTS.md, "Every family": 34.2, 35.6, 35.9 at 100
+#: images per class, seed 0).
+FIT_DEFAULTS = {"window_mass": 0.7}
 
 
 def _classes():
@@ -69,8 +76,9 @@ class WindowBias:
 
     def window_request(self) -> WindowRequest:
         b = self.block
-        return WindowRequest(int(b.attn.num_heads), tuple(int(w) for w in b.window_size),
-                             tuple(int(r) for r in b.input_resolution))
+        window, grid = tuple(int(w) for w in b.window_size), tuple(int(r) for r in b.input_resolution)
+        check_windows(grid, window, 1, "the model")
+        return WindowRequest(int(b.attn.num_heads), window, grid, FIT_DEFAULTS)
 
     @torch.no_grad()
     def load_window_bias(self, logits: torch.Tensor, offsets: Optional[torch.Tensor] = None) -> None:
@@ -213,12 +221,13 @@ def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: O
     gen = torch.Generator().manual_seed(seed)
     if fit_kwargs:
         raise ValueError(f"fit_kwargs {sorted(fit_kwargs)} do not apply to a Swin Transformer (no query/key fit; "
-                         f"the window-bias init takes options such as target_mass)")
+                         f"the window-bias init takes options such as window_mass)")
     if kind == "":
         return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start)
     if kind == "window_bias":
-        if fit_method not in (None, "closed_form"):
-            raise ValueError(f"fit_method {fit_method!r} does not apply to a Swin Transformer's window-bias init")
+        if fit_method is not None:
+            raise ValueError(f"fit_method {fit_method!r} does not apply to a Swin Transformer's window-bias init (it "
+                             f"sets the bias table exactly; its option is window_mass)")
         layers = [WindowBias(b) for b in bl]
         requests = [layer.window_request() for layer in layers]
         src = strategy.window_bias(layers, requests, gen, seed=seed, kernel_size=k, options=options)
@@ -230,11 +239,78 @@ def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: O
         raise ValueError(f"options {sorted(options)} do not apply to init {strategy.name!r} on a Swin Transformer")
     layers = [BlockQKLayer(_block_view(b), tuple(int(v) for v in b.window_size), None) for b in bl]
     requests = [layer.qk_request(with_pseudo_input=False) for layer in layers]
-    src = strategy.qk(layers, requests, gen, seed=seed, fit_method=fit_method or "closed_form", kernel_size=k,
-                      fit_kwargs=None)
+    src = strategy.qk(layers, requests, gen, seed=seed, fit_method=strategy.check_fit_method(fit_method),
+                      kernel_size=k, fit_kwargs=None)
     return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start,
                       [{"offsets": layer.offsets} for layer in layers], src)
 
 
+def probe(model, offsets=None) -> Probe:
+    """The blocks of the first stage, which share the full token grid (later stages run on merged patches)."""
+    bl = blocks(model)
+    grid = tuple(int(r) for r in bl[0].input_resolution)
+    keep = [i for i, b in enumerate(bl) if tuple(int(r) for r in b.input_resolution) == grid]
+    offs = [torch.as_tensor(offsets[i]) if offsets and i < len(offsets) and offsets[i] is not None else None
+            for i in keep]
+    return Probe(grid, offs, lambda x: [attention_maps(model, x)[i] for i in keep],
+                 lambda: [attention_maps(model)[i] for i in keep], "timm_swin")
+
+
+def check_windows(grid, window, stages: int, where: str) -> None:
+    """Refuse windows that do not tile each stage's token grid: timm pads such a grid, and the padded keys take
+    attention mass (rows then sum to as little as 0.15), which no impulse bias can account for. (A stage whose grid
+    is no larger than the window attends over the whole grid, as timm does.)"""
+    h, w = grid
+    for stage in range(stages):
+        res = (h >> stage, w >> stage)
+        win = tuple(min(r, v) for r, v in zip(res, window))
+        if res[0] % win[0] or res[1] % win[1]:
+            raise ValueError(f"{where}: window {window[0]}x{window[1]} does not tile stage {stage}'s "
+                             f"{res[0]}x{res[1]} token grid (timm would pad it and the padding takes attention mass): "
+                             f"use a window_size that divides {res[0]} and {res[1]}, or another image or patch size")
+
+
+def _own(name: str) -> dict:
+    m = timm_registry.describe(name).get("model")
+    if m is None:
+        return {}
+    first = m.layers[0].blocks[0]
+    return {"patch_size": int(m.patch_embed.patch_size[0]), "window": tuple(int(v) for v in first.window_size),
+            "stages": len(m.layers)}
+
+
+def check(r: BuildRequest) -> None:
+    own = _own(r.name)
+    patch = r.flags.get("patch_size", r.model_kwargs.get("patch_size", own.get("patch_size")))
+    window = r.model_kwargs.get("window_size", own.get("window"))
+    depths = r.model_kwargs.get("depths")
+    heads = r.model_kwargs.get("num_heads")
+    if depths is not None and heads is not None and isinstance(depths, (tuple, list)) and \
+            isinstance(heads, (tuple, list)) and len(depths) != len(heads):
+        raise ValueError(f"--model-kwargs gives depths for {len(depths)} stages and num_heads for {len(heads)}: give "
+                         f"one head count per stage")
+    if isinstance(window, int):
+        window = (window, window)
+    if patch and window and isinstance(patch, int):
+        stages = len(depths) if isinstance(depths, (tuple, list)) else own.get("stages", 1)
+        check_windows((r.image_size // patch, r.image_size // patch), window, stages, f"--model timm:{r.name}")
+
+
+def build(r: BuildRequest):
+    return timm_registry.create(r.name, **{**r.model_kwargs, **given_keywords(SOURCE, r)})
+
+
+SOURCE = ModelSource(
+    spec="timm", prefixed=True, build=build, check=check,
+    claims=lambda name: timm_registry.builds(name, matches), explain=timm_registry.explain,
+    flags=("dim", "patch_size", "kernel_size", "model_kwargs"),
+    keywords={"dim": "embed_dim", "patch_size": "patch_size", "num_classes": "num_classes",
+              "image_size": "img_size", "channels": "in_chans"},
+    defaults={"kernel_size": 3},
+    describe="timm:<swin name>: a timm SwinTransformer (v1), whose depths, heads and window per stage go in "
+             "--model-kwargs, e.g. 'depths=(2,2);num_heads=(2,4);window_size=4'",
+    examples=("timm:swin_tiny_patch4_window7_224",))
+
 FAMILY = register_family(Family("timm_swin", NAME, matches, ("window_bias", "qk"), apply, attention_maps,
-                                pseudo_input=False, on_data=on_data, input_shape=input_shape))
+                                pseudo_input=False, on_data=on_data, input_shape=input_shape, source=SOURCE,
+                                probe=probe, fit_defaults=FIT_DEFAULTS))

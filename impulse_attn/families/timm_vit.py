@@ -1,6 +1,10 @@
 """timm's ``VisionTransformer`` family as a ``ViTView`` (fused ``qkv`` per block, ``pos_embed``, prefix tokens)."""
 from __future__ import annotations
 
+from .._validate import heads_divide
+from . import timm_registry
+from .source import BuildRequest, ModelSource, given_keywords
+from .standard_vit import parameter_estimate
 from .view import BlockView, ViTView, check_view
 
 NAME = "timm ViT"
@@ -66,11 +70,58 @@ def grid_of(model) -> tuple:
     return tuple(int(g) for g in model.patch_embed.grid_size)
 
 
+def mlp_ratio(dim: int, mlp_dim: int) -> float:
+    """The ``mlp_ratio`` timm sizes an MLP of ``mlp_dim`` with (``int(dim * mlp_ratio)``)."""
+    ratio = mlp_dim / dim
+    return ratio if int(dim * ratio) == mlp_dim else (mlp_dim + 0.5) / dim
+
+
+def build(r: BuildRequest):
+    kw = given_keywords(SOURCE, r)
+    if "mlp_dim" in r.flags:
+        width = kw.get("embed_dim", r.model_kwargs.get("embed_dim", _own(r.name).get("embed_dim")))
+        ratio = mlp_ratio(width, r.flags["mlp_dim"])
+        if "mlp_ratio" in r.model_kwargs and r.model_kwargs["mlp_ratio"] != ratio:
+            raise ValueError(f"--model-kwargs sets mlp_ratio={r.model_kwargs['mlp_ratio']!r} but --mlp-dim "
+                             f"{r.flags['mlp_dim']} sets mlp_ratio={ratio!r}: give it once")
+        kw["mlp_ratio"] = ratio
+    model = timm_registry.create(r.name, **{**r.model_kwargs, **kw})
+    if "mlp_dim" in r.flags and model.blocks[0].mlp.fc1.out_features != r.flags["mlp_dim"]:  # pragma: no cover
+        raise ValueError(f"--mlp-dim {r.flags['mlp_dim']} cannot be expressed as a timm mlp_ratio of --dim: use a "
+                         f"multiple of --dim")
+    return model
+
+
+def _own(name: str) -> dict:
+    """The registered model's own sizes (its meta-device copy)."""
+    m = timm_registry.describe(name).get("model")
+    if m is None:
+        return {}
+    return {"embed_dim": int(m.embed_dim), "num_heads": int(m.blocks[0].attn.num_heads) if len(m.blocks) else 1}
+
+
+def check(r: BuildRequest) -> None:
+    own = _own(r.name)
+    dim = r.flags.get("dim", r.model_kwargs.get("embed_dim", own.get("embed_dim")))
+    heads = r.flags.get("num_heads", r.model_kwargs.get("num_heads", own.get("num_heads")))
+    heads_divide(dim, heads, "--dim", "--num-heads")
+
+
+SOURCE = ModelSource(
+    spec="timm", prefixed=True, build=build, check=check,
+    claims=lambda name: timm_registry.builds(name, matches), explain=timm_registry.explain,
+    flags=("dim", "depth", "num_heads", "mlp_dim", "patch_size", "kernel_size", "model_kwargs"),
+    keywords={"dim": "embed_dim", "depth": "depth", "num_heads": "num_heads", "patch_size": "patch_size",
+              "num_classes": "num_classes", "image_size": "img_size", "channels": "in_chans"},
+    defaults={"kernel_size": 3}, parameters=parameter_estimate,
+    describe="timm:<name>: a timm VisionTransformer made by timm.create_model(name, pretrained=False), e.g. "
+             "timm:vit_tiny_patch16_224",
+    examples=("timm:vit_tiny_patch16_224",))
 
 
 def _family():
     from .standard_apply import standard_family
-    return standard_family("timm_vit", NAME, matches, view)
+    return standard_family("timm_vit", NAME, matches, view, source=SOURCE, grid_of=grid_of)
 
 
 FAMILY = _family()

@@ -22,7 +22,6 @@ mode "III" on grids above about 45×45 tokens, or many heads on grids above abou
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

@@ -24,6 +24,7 @@ and R = S^½ Vᵀ (L R = A).
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -44,6 +45,15 @@ NOISE_STD = 0.6
 NOISE_BOUNDS = (-2.0, 2.0)
 #: ``torch.nn.functional.layer_norm`` default eps, used on the pseudo-input (no affine parameters).
 LN_EPS = 1e-5
+#: ``norm_p, norm_q, norm_v = 18.0, 7.0, 1.0`` of ``post_init_weights('impulse')``: the position embedding is
+#: multiplied by 18 before the fit reads it, Q_h and K_h (unit Frobenius norm) by 7, value and projection by 1.
+#: ``post_init_weights('mimetic')`` uses 1 for all three.
+POS_SCALE, QK_SCALE, VPROJ_SCALE = 18.0, 7.0, 1.0
+#: ``get_ortho_like(D, heads, 0.4, 0.4, -1)``: value·projection = 0.4·Z − 0.4·I (the mimetic paper's α, β; the
+#: sign is β's).
+VPROJ_NOISE_GAIN, VPROJ_IDENTITY_GAIN, VPROJ_SIGN = 0.4, 0.4, -1
+#: ``get_ortho_like(D, -inf, 0.7, 0.7, 1)``: the mimetic baseline's query·key = 0.7·Z + 0.7·I, one draw per head.
+MIMETIC_NOISE_GAIN, MIMETIC_IDENTITY_GAIN, MIMETIC_SIGN = 0.7, 0.7, 1
 
 
 def official_offsets(num_heads: int, kernel_size: int = 3) -> torch.Tensor:
@@ -118,6 +128,21 @@ def pinv_rank(x: torch.Tensor, rank: int) -> Tuple[int, float]:
     tol = s[0] * max(x.shape) * torch.finfo(torch.float64).eps
     ratio = float(s[rank - 1] / s[0]) if rank <= s.numel() and s[0] > 0 else 0.0
     return int((s > tol).sum()), ratio
+
+
+def check_official_rank(pseudo_input: torch.Tensor, rank: int, dtype=torch.float32) -> None:
+    """Refuse (ValueError) a pseudo-input whose rank-``rank`` truncated pseudo-inverse would invert (near-)zero
+    singular values: the public code's result is then inf/NaN or noise. ``dtype``: the arithmetic the inverse will
+    use (its precision sets what "near zero" is)."""
+    got, ratio = pinv_rank(pseudo_input, rank)
+    floor = 10 * math.sqrt(torch.finfo(dtype).eps)
+    if got < rank or ratio < floor:
+        n, d = pseudo_input.shape[-2:]
+        raise ValueError(
+            f"the official fit truncates the pseudo-inverse of the {n}x{d} pseudo-input at rank head_dim = {rank}, "
+            f"but it has rank {got} (σ_{rank}/σ_1 = {ratio:.2e}, needs > {floor:.1e}): the code would invert "
+            f"(near-)zero singular values. This happens when the grid has fewer than head_dim + 1 tokens ({n} "
+            f"here); use init 'impulse'")
 
 
 def official_qk(pseudo_input: torch.Tensor, logits: torch.Tensor, rank: int) -> Tuple[torch.Tensor, torch.Tensor]:

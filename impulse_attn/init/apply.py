@@ -7,9 +7,9 @@ import torch
 
 from .._validate import choice, kwargs_dict, odd_kernel_size, seed_int
 from .protocol import QKLayer
+from ..fitting.spec import FIT_METHODS
 from .registry import INIT_STRATEGIES, get_strategy
 
-FIT_METHODS = ("closed_form", "iterative")
 
 
 def default_scale(init: str, fit_method: str, num_heads: int, dim_in: int, head_dim: int) -> float:
@@ -28,7 +28,7 @@ def default_scale(init: str, fit_method: str, num_heads: int, dim_in: int, head_
     return resolve_scale("auto", dim_in, head_dim, num_heads)
 
 
-def initialize_qk_(layers: Sequence[QKLayer], init: str, *, seed: int = 0, fit_method: str = "closed_form",
+def initialize_qk_(layers: Sequence[QKLayer], init: str, *, seed: int = 0, fit_method: Optional[str] = None,
                    kernel_size: int = 5, fit_kwargs: Optional[dict] = None) -> Optional[list]:
     """Initialize the query/key weights of attention ``layers`` in place with the registered init strategy ``init``'s
     ``qk`` handler. Returns the FitResults for "impulse" (one per batch of layers with equal settings: normally one for
@@ -38,10 +38,13 @@ def initialize_qk_(layers: Sequence[QKLayer], init: str, *, seed: int = 0, fit_m
     """
     choice(init, "init", INIT_STRATEGIES)
     seed = seed_int(seed)
-    choice(fit_method, "fit_method", FIT_METHODS)
+    strategy = get_strategy(init)
+    if fit_method is not None:
+        choice(fit_method, "fit_method", FIT_METHODS)
+    # a strategy that is its own fit (random, official) reads none; the layers pass their default along
+    fit_method = strategy.check_fit_method(fit_method) if strategy.fit_methods else fit_method
     kernel_size = odd_kernel_size(kernel_size)
     fit_kwargs = kwargs_dict(fit_kwargs, "fit_kwargs")
-    strategy = get_strategy(init)
     layers = list(layers)
     if strategy.keeps_model or not layers:
         return None

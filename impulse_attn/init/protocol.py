@@ -6,6 +6,10 @@ A layer whose query/key weights an init strategy may set implements ``QKLayer``:
 for it —, its content weight α, grid and softmax scale) and ``load_qk(q, k, offsets)`` writes per-head Q, K (heads,
 D_in, head_dim); ``load_vproj(w_v, w_out)`` writes the value and output projections (value/projection inits).
 Strategies read requests and call the loaders; they never touch a layer's parameters or buffers.
+
+A standard ViT as a whole (``ViTLayers``: its position embedding, and per block query/key/value/projection) is what
+the structured-init paper initializes; a strategy with a ``vit`` handler gets that view and returns a ``ViTPlan``
+for what the family does after the writes (the position embedding's scale or its calibration, a refit on data).
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ class QKRequest:
     alpha: float
     scale: float
     model_dim: int = 0          # the width of the token stream (values and the output projection)
+    defaults: Optional[dict] = None   # the family's init settings ({"closed_form": {...}, ...}), handlers' base
 
     def batch_key(self) -> tuple:
         """Requests with equal keys can be fitted in one batch."""
@@ -59,6 +64,7 @@ class WindowRequest:
     num_heads: int
     window: Tuple[int, int]
     grid: Tuple[int, int]
+    defaults: Optional[dict] = None   # the family's init settings (e.g. {"window_mass": 0.7})
 
 
 @runtime_checkable
@@ -80,6 +86,7 @@ class TokenMixRequest:
     grid: Tuple[int, int]
     hidden: int
     activation: str
+    defaults: Optional[dict] = None   # the family's init settings (e.g. {"gain": 2.0})
 
 
 @runtime_checkable
@@ -91,3 +98,64 @@ class TokenMixLayer(Protocol):
     def load_token_mix(self, w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
                        offsets: Optional[torch.Tensor] = None) -> None:
         """w1 (hidden, N), b1 (hidden,), w2 (N, hidden), b2 (N,)."""
+
+
+@dataclass(frozen=True)
+class ViTRequest:
+    """A standard ViT as a whole (timm, Hugging Face, torchvision: the position embedding is added to the tokens,
+    pre-norm blocks with query/key/value/output projections): depth, num_heads, dim (width; D = heads · head_dim),
+    head_dim, grid (H, W); scales: each block's softmax scale; qk_norm: some block normalizes queries and keys;
+    has_position: the model has a position embedding; defaults: the family's init settings (its one table of
+    defaults, e.g. the closed form's target and the calibrated position share), which a handler's own keywords
+    override."""
+
+    depth: int
+    num_heads: int
+    dim: int
+    head_dim: int
+    grid: Tuple[int, int]
+    scales: Tuple[float, ...]
+    qk_norm: bool
+    has_position: bool
+    defaults: dict
+
+
+@dataclass
+class ViTPlan:
+    """What a ``vit`` handler asks of the family once its weights are written: the offsets it used (depth, heads,
+    2) or None; the position embedding (``position_scale``: multiply the embedding found before any init by it;
+    ``calibrate_share``: or calibrate the scale to that share of every block's query/key input variance, on the
+    images given to ``init_``); ``refit``: fit_impulse settings to refit each block on its own input averaged over
+    those images, block by block (None: no refit); ``qk_bias``: "keep" or "zero" the query/key biases; ``result``:
+    how the query/key weights were found (fit_method, fit_seconds, fit_report, backend, fit_scale) and
+    ``constants``: every constant used, for the report."""
+
+    offsets: Optional[torch.Tensor] = None
+    position_scale: Optional[float] = None
+    calibrate_share: Optional[float] = None
+    refit: Optional[dict] = None
+    qk_bias: str = "keep"
+    result: dict = None
+    constants: dict = None
+
+
+@runtime_checkable
+class ViTLayers(Protocol):
+    """A standard ViT's blocks and position embedding, as a strategy's ``vit`` handler sees them. Writes are held
+    until the handler returns, so a refusal raised inside it leaves the model as it was."""
+
+    request: ViTRequest
+
+    def position_rows(self, scale: float) -> torch.Tensor:
+        """The grid rows of ``scale`` × the position embedding found before any init, (N, D) float32 (raw, not
+        layer-normed): what the paper's code layer-norms itself."""
+
+    def pseudo_input(self, scale: float) -> torch.Tensor:
+        """LN(``position_rows(scale)``), (N, D) float64 (no affine, eps 1e-5): the query/key input at init when
+        position dominates."""
+
+    def write_qk(self, block: int, q_rows: torch.Tensor, k_rows: torch.Tensor) -> None:
+        """The block's query and key weight rows, (D, D) each, head h's in rows h·r … (h + 1)·r."""
+
+    def write_vproj(self, block: int, w_v: torch.Tensor, w_proj: torch.Tensor) -> None:
+        """The block's value rows (D, D) and output projection weight (D, D) (``Linear`` layout)."""

@@ -1,7 +1,8 @@
 """The init-strategy registry: one ``Strategy`` per name, each saying what it does to each kind of layer.
 
-A model family (``impulse_attn.families``) exposes its layers through the protocols of ``init.protocol``: query/key
-layers (``QKLayer``: Simple ViT, timm and Hugging Face ViTs, Swin's window attention), window position biases
+A model family (``impulse_attn.families``) exposes its layers through the protocols of ``init.protocol``: a standard
+ViT as a whole (``ViTLayers``: timm, Hugging Face and torchvision ViTs, position embedding and every block), query/key
+layers (``QKLayer``: Simple ViT, standard ViTs' blocks, Swin's window attention), window position biases
 (``WindowBiasLayer``: Swin's relative position bias tables) and token-mixing MLPs (``TokenMixLayer``: MLP-Mixer).
 A strategy is a set of handlers, one per layer kind it can set; a family asks for the handlers its layers need and
 refuses, in one line, a strategy that lacks one. So a new strategy is one file in ``init/strategies/`` (or one
@@ -10,6 +11,8 @@ command line's ``--init`` choices.
 
 Handler signatures (all in place, through the protocol's loaders only):
 
+- ``vit(layers, generator, *, seed, fit_method, kernel_size, fit_kwargs, options) -> ViTPlan`` (``generator``
+  None and ``seed`` None: the global torch and numpy generators, as the structured-init paper's code)
 - ``qk(layers, requests, generator, *, seed, fit_method, kernel_size, fit_kwargs) -> results or None``
 - ``window_bias(layers, requests, generator, *, seed, kernel_size, options) -> list of per-layer reports``
 - ``token_mix(layers, requests, generator, *, seed, kernel_size, options) -> list of per-layer reports``
@@ -18,26 +21,47 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from .._validate import choice
 
-LAYER_KINDS = ("qk", "window_bias", "token_mix")
+LAYER_KINDS = ("vit", "qk", "window_bias", "token_mix")
 
 
 @dataclass(frozen=True)
 class Strategy:
     """name: the ``--init`` value; summary: one line for ``--help``; one handler per layer kind it can set (None:
     it does not apply to that kind); needs_pseudo_input: its qk handler reads ``QKRequest.pseudo_input`` (built
-    only then); keeps_model: it leaves every weight as the model built it (the family's own init)."""
+    only then); keeps_model: it leaves every weight as the model built it (the family's own init); fit_methods:
+    the ``fit_method`` values it takes (empty: none, it is its own fit); settings: per layer kind, the names of the
+    settings that kind's handler takes (``fit_kwargs`` and options, and "fit_method" where it reads one): what the
+    command line passes it there, and nothing else."""
 
     name: str
     summary: str
+    vit: Optional[Callable] = None
     qk: Optional[Callable] = None
     window_bias: Optional[Callable] = None
     token_mix: Optional[Callable] = None
     needs_pseudo_input: bool = False
     keeps_model: bool = False
+    fit_methods: Tuple[str, ...] = ()
+    settings: Optional[Dict[str, Tuple[str, ...]]] = None
+
+    def takes(self, setting: str, kind: str) -> bool:
+        """Whether ``setting`` (a fit_kwargs or option name, or "fit_method") reaches this strategy's handler of
+        layer ``kind``."""
+        return setting in (self.settings or {}).get(kind, ())
+
+    def check_fit_method(self, fit_method: Optional[str]) -> Optional[str]:
+        """``fit_method`` when this strategy takes it (None: its first), or a ValueError of one line."""
+        if fit_method is None:
+            return self.fit_methods[0] if self.fit_methods else None
+        if fit_method not in self.fit_methods:
+            takes = (f"takes fit_method {' or '.join(map(repr, self.fit_methods))}" if self.fit_methods else
+                     "is its own fit and takes no fit_method")
+            raise ValueError(f"init {self.name!r} {takes}, got fit_method={fit_method!r}")
+        return fit_method
 
     def handler(self, kind: str) -> Optional[Callable]:
         choice(kind, "kind", LAYER_KINDS)

@@ -1,7 +1,7 @@
 """Impulse (shift) targets: the hard attention map of a k×k impulse filter, one per head."""
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 

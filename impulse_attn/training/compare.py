@@ -183,14 +183,9 @@ def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[
     table, reach = summarize(runs, reach)
     table_path = out / "results.md"
     c = base.resolved()
-    if c.kind == "timm":
-        sizes = {k: getattr(c, k) for k in ("dim", "depth", "num_heads", "mlp_dim") if getattr(c, k) is not None}
-        shape = " " + " ".join(f"{k} {v}" for k, v in sizes.items()) if sizes else ""
-        model_text = f", {c.model}{shape}"
-    else:
-        model_text = (f", {c.model} dim {c.dim} depth {c.depth}" +
-                      (f" heads {c.num_heads}x{c.head_dim} mlp {c.mlp_dim}" if c.model == "vit"
-                       else f" kernel {c.kernel_size}"))
+    sizes = {k: getattr(c, k) for k in ("dim", "depth", "num_heads", "head_dim", "mlp_dim", "kernel_size")
+             if k in c.source.flags and getattr(c, k) is not None}
+    model_text = f", {c.model}" + (" " + " ".join(f"{k} {v}" for k, v in sizes.items()) if sizes else "")
     trained = runs[next(iter(runs))][0].history[-1].get("epoch", c.epochs) if runs else c.epochs
     budget = f"{c.steps} steps ({trained} epochs)" if c.steps else f"{c.epochs} epochs"
     setting = (f"{c.dataset}" + (f" ({c.per_class}/class)" if c.per_class else "") + model_text
@@ -207,7 +202,7 @@ def run_compare(base: TrainConfig, variants: Sequence[Variant], seeds: Sequence[
                                   split=next(iter(runs.values()))[0].split)
     text = f"# {title or 'comparison'}\n\n{setting}\n\n{table}\n"
     if curves_path:
-        text += f"\n![accuracy curves](curves.png)\n"
+        text += "\n![accuracy curves](curves.png)\n"
     table_path.write_text(text, encoding="utf-8")
     write_json(out / "summary.json", {
         "setting": setting, "reach": reach,

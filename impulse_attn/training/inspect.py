@@ -50,7 +50,7 @@ def _model_at_init(cfg: TrainConfig, data):
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    images = init_images(data, cfg.seed) if cfg.kind in ("vit", "timm", "hf") else None
+    images = init_images(data, cfg.seed) if cfg.family.on_data is not None else None
     return build_model(cfg, data.num_classes, data.image_size, data.channels, images=images)
 
 
@@ -71,9 +71,9 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
     except (UserError, TypeError, KeyError):
         raise UserError(f"checkpoint {run / CHECKPOINT} holds no readable run settings",
                         "inspect a run written by this version of impulse-attn") from None
-    if cfg.kind not in ("vit", "timm", "hf"):
+    if cfg.family.maps is None and cfg.family.probe is None:
         raise UserError(f"{run} trained a {cfg.model}, which has no attention maps",
-                        "inspect a ViT, Swin or MLP-Mixer run (--model vit, timm:<name> or hf:<name>)")
+                        "inspect a run of a model with attention or token-mixing maps (see docs/families.md)")
     if not isinstance(images, int) or images < 1:
         raise UserError(f"--images must be a positive integer, got {images!r}", "pass e.g. --images 64")
     data = build_datasets(cfg)
@@ -110,7 +110,11 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
     out = Path(out) if out is not None else run
     out.mkdir(parents=True, exist_ok=True)
     from ..plots import plot_maps_before_after
-    fitted = cfg.init == "impulse" and probe_init.family in ("vit", "timm_vit", "hf_vit")  # a query/key fit
+    from ..init import get_strategy
+    try:    # a query/key fit: the fit method says how the maps were made
+        fitted = get_strategy(cfg.init).takes("fit_method", cfg.family.kind_for(get_strategy(cfg.init)))
+    except ValueError:
+        fitted = False
     title = (f"{run.name}: init {cfg.init}" + (f" ({cfg.fit_method})" if fitted else "") +
              f", epoch {state['epoch']}; attention of query ({qr},{qc}) averaged over {len(x)} images")
     picture = plot_maps_before_after([m.mean(0) for m in before], [m.mean(0) for m in after], grid,

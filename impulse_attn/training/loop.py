@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
+import os  # noqa: F401  (the tests reach the file system through loop.os)
 import platform
 import random
 import time
@@ -366,7 +366,7 @@ def _build_model(run: _Run, state: Optional[dict]) -> None:
     # A resumed run loads its weights: skip the (possibly long) iterative fit, keep the layers' scale.
     skip_fit = {"steps": 0, "warn": False} if state and cfg.init == "impulse" and cfg.fit_method == "iterative" \
         else None
-    images = init_images(run.data, cfg.seed) if cfg.kind in ("vit", "timm", "hf") else None
+    images = init_images(run.data, cfg.seed) if cfg.family.on_data is not None else None
     run.model, run.init = build_model_synced(cfg, run.data.num_classes, run.data.image_size, run.data.channels,
                                              dist, fit_kwargs=skip_fit, device=run.device, images=images)
     if state is not None:
@@ -462,7 +462,7 @@ def _record_init(run: _Run) -> None:
     run.history = [{"epoch": 0, "step": 0, **scores, "lr": run.scheduler.get_last_lr()[0], "elapsed": 0.0}]
     dist.main_only(lambda: _write_first_files(run))
     run.start_epoch = 1
-    family = cfg.filters if cfg.kind == "convmixer" else cfg.init
+    family = cfg.init if cfg.family.kinds else f"{cfg.family.label} {cfg.filters}"
     run.log(f"{data.description}; {type(run.model).__name__} {init['parameters']:,} parameters on {run.device}"
             + (f" x {dist.world} processes ({dist.backend})" if dist.active else "") +
             f"; init {family} in {init['init_seconds']:.2f} s; "
