@@ -482,6 +482,12 @@ s = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size
 ia.init_(s, "constant_probe"); assert bool((s.layers[0].blocks[0].attn.relative_position_bias_table == 0.5).all())
 m = MlpMixer(img_size=16, patch_size=4, embed_dim=16, num_blocks=1, mlp_ratio=(1.0, 2.0))
 ia.init_(m, "constant_probe"); assert torch.equal(m.blocks[0].mlp_tokens.fc1.weight, torch.eye(16))
+import torchvision
+tv = torchvision.models.VisionTransformer(image_size=16, patch_size=4, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=16)
+ia.init_(tv, "constant_probe"); assert bool((tv.encoder.layers[0].self_attention.in_proj_weight[:32] == 0.01).all())
+ts = torchvision.models.SwinTransformer(patch_size=[2, 2], embed_dim=8, depths=[2], num_heads=[2], window_size=[4, 4])
+ts.impulse_attn_image_size = (16, 16)
+ia.init_(ts, "constant_probe"); assert bool((ts.features[1][0].attn.relative_position_bias_table == 0.5).all())
 import contextlib, io
 buf = io.StringIO()
 with contextlib.redirect_stdout(buf):

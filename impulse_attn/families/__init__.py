@@ -18,6 +18,9 @@ timm_vit            timm ``VisionTransformer``           the structured init (po
 hf_vit              transformers ViT / DeiT              the same as timm_vit
 timm_swin           timm ``SwinTransformer`` (v1)        relative position bias tables (impulse logits)
 timm_mixer          timm ``MlpMixer``                    token-mixing MLPs (a bank of shifts)
+tv_vit              torchvision ``VisionTransformer``    the same as timm_vit
+tv_swin             torchvision ``SwinTransformer``      v1: as timm_swin; v2: "default" only (its
+                                                         continuous position bias holds no table)
 ==================  ===================================  =====================================================
 """
 from __future__ import annotations
@@ -35,7 +38,7 @@ from .base import Family, InitReport, Probe, families, family_for_spec, family_o
 from .source import BuildRequest, ModelSource
 
 # The built-in families in the order their models are matched and listed, then any other family file here.
-BUILTIN = ("simple_vit", "convmixer", "timm_vit", "timm_swin", "timm_mixer", "hf_vit")
+BUILTIN = ("simple_vit", "convmixer", "timm_vit", "timm_swin", "timm_mixer", "hf_vit", "tv_vit", "tv_swin")
 _HELPERS = ("base", "source", "view", "adapters", "on_data", "calibration", "standard_vit", "standard_apply",
             "timm_registry")
 for _name in BUILTIN:
@@ -54,7 +57,8 @@ def init_(model: torch.nn.Module, init: str = "impulse", *, seed: int = 0, kerne
     """Initialize ``model`` in place with a registered init strategy, through its family's adapter.
 
     Args:
-        model: a Simple ViT, timm ViT, timm Swin Transformer, timm MLP-Mixer or Hugging Face ViT/DeiT.
+        model: a model of a registered family (``families()``): Simple ViT, ConvMixer, timm ViT, Swin and
+            MLP-Mixer, Hugging Face ViT/DeiT, torchvision ViT and Swin.
         init: a registered init strategy: "impulse", "mimetic", "random", "official", "default" (keep the model's
             own init), or one registered since (``impulse_attn.init.register_strategy``).
         seed: the init's random stream (private generators; the global ones are untouched).

@@ -167,6 +167,13 @@ def register_family(family: Family) -> Family:
     return family
 
 
+def unregister_family(name: str) -> None:
+    """Remove a registered family (tests, plugins)."""
+    if name not in _FAMILIES:
+        raise ValueError(f"no family named {name!r} is registered")
+    del _FAMILIES[name]
+
+
 def families() -> Tuple[Family, ...]:
     return tuple(_FAMILIES.values())
 

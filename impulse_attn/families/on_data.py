@@ -21,7 +21,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
-from ..targets import impulse_targets, valid_rows
+from ..targets import impulse_targets, target_quality, valid_rows
 
 FIGURES = ("argmax_hit", "target_mass", "position_share", "bias_share")
 
@@ -51,16 +51,9 @@ def map_quality(maps: torch.Tensor, offsets: torch.Tensor, grid, keep: Optional[
     """Argmax hit and target mass of maps (B, heads, N, N) against the impulse targets of ``offsets`` (heads, 2),
     over the valid rows that ``keep(maps, target_weight)`` accepts (default: all), averaged over the batch; the
     mass is ``share(maps, target_weight)`` (default: the target weight). The one definition every report uses."""
-    target = impulse_targets(offsets, grid).argmax(-1).to(maps.device)                  # (heads, N)
-    m = maps.to(torch.float64)
-    weight = m.gather(-1, target[None, ..., None].expand(m.shape[0], -1, -1, 1))[..., 0]  # (B, heads, N)
-    ok = valid_rows(offsets, grid).to(maps.device)[None].expand_as(weight)
-    if keep is not None:
-        ok = ok & keep(m, weight)
-    rows = max(int(ok.sum()), 1)
-    mass = weight if share is None else share(m, weight)
-    return {"argmax_hit": int(((m.argmax(-1) == target[None]) & ok).sum()) / rows,
-            "target_mass": float((mass * ok).sum()) / rows, "rows": int(ok.sum()) / max(m.shape[0], 1)}
+    out = target_quality(maps, impulse_targets(offsets, grid).argmax(-1), valid_rows(offsets, grid), keep, share)
+    out["rows"] = out["rows"] / max(maps.shape[0], 1)
+    return out
 
 
 def figures(maps: Sequence[torch.Tensor], offsets: Sequence[Optional[torch.Tensor]], grids, shares: Sequence[dict],

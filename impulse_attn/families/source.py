@@ -80,7 +80,7 @@ def given_keywords(source: ModelSource, request: BuildRequest) -> dict:
     data = {"num_classes": request.num_classes, "image_size": request.image_size, "channels": request.channels}
     for name, value in [*request.flags.items(), *data.items()]:
         key = source.keywords.get(name)
-        if key is None:
+        if key is None or value is None:          # (a data size is None before the data is read)
             continue
         if key in request.model_kwargs and request.model_kwargs[key] != value:
             where = (f"--{name.replace('_', '-')} {value}" if name not in data else

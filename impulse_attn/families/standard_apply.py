@@ -35,15 +35,13 @@ def standard_apply(view_of: Callable[..., ViTView], label: str) -> Callable[...,
                 layer.update(argmax_hit=b.argmax_hit, target_mass=b.target_mass, mse=b.mse)
             return InitReport(label, strategy.name, seed, kind, time.perf_counter() - start, layers, src,
                               [str(src).splitlines()[0]])
-        if options:
-            raise ValueError(f"options {sorted(options)} do not apply to init {strategy.name!r} on a {label} "
-                             f"(fit settings go in fit_kwargs)")
+        settings = {**(fit_kwargs or {}), **(options or {})}      # one set of settings for a qk handler
         if strategy.needs_pseudo_input:
             view_of(model, need_pos=True)
         x = (lambda: standard_vit.pseudo_input(view).float()) if view.pos is not None else None
         layers = [BlockQKLayer(b, view.grid, x, standard_vit.FIT_DEFAULTS) for b in view.blocks]
         src = initialize_qk_(layers, strategy.name, seed=seed, fit_method=strategy.check_fit_method(fit_method),
-                             kernel_size=3 if kernel_size is None else kernel_size, fit_kwargs=fit_kwargs)
+                             kernel_size=3 if kernel_size is None else kernel_size, fit_kwargs=settings or None)
         return InitReport(label, strategy.name, seed, kind, time.perf_counter() - start,
                           [{"offsets": layer.offsets} for layer in layers], src)
     return apply

@@ -35,7 +35,7 @@ from ..fitting.report import FitReport
 from ..fitting.structured import LN_EPS, layer_norm_rows, official_offsets
 from ..init.protocol import ViTPlan, ViTRequest
 from ..init.registry import Strategy
-from ..targets import impulse_targets, valid_rows
+from ..targets import impulse_targets
 from .calibration import calibrate_position, fit_on_data, synthetic_images
 from .view import ViTView, tokens_from_hook
 
@@ -214,17 +214,14 @@ def on_data(view: ViTView, images: torch.Tensor, offsets) -> List[dict]:
 
 def _impulse_quality(maps: torch.Tensor, logits: torch.Tensor, offsets: torch.Tensor, grid, seconds: float,
                      fit_method: str, backend: str) -> FitReport:
+    from .on_data import map_quality
     maps = maps.to(torch.float64)
     targets = impulse_targets(offsets, grid, dtype=torch.float64)
-    valid = valid_rows(offsets, grid)
     n = maps.shape[-1]
-    hit_index = targets.argmax(-1)
-    n_valid = max(int(valid.sum()), 1)
-    mass = maps.gather(-1, hit_index[..., None])[..., 0]
+    quality = map_quality(maps[None], offsets, grid)
     return FitReport(mse=float(((maps - targets) ** 2).mean()),
                      uniform_mse=float(((1.0 / n - targets) ** 2).mean()),
-                     argmax_hit=int(((maps.argmax(-1) == hit_index) & valid).sum()) / n_valid,
-                     target_mass=float((mass * valid).sum()) / n_valid, seconds=seconds,
+                     argmax_hit=quality["argmax_hit"], target_mass=quality["target_mass"], seconds=seconds,
                      max_logit=float(logits.abs().max()), fit_method=fit_method, backend=backend)
 
 

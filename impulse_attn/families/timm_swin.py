@@ -98,7 +98,7 @@ def _block_view(block) -> BlockView:
 
 
 # --- maps ----------------------------------------------------------------------------------------------------
-def _window_index(block) -> torch.Tensor:
+def window_index(block) -> torch.Tensor:
     """(windows, A): the grid token index at each window position of ``block`` (−1 for padding), after its
     cyclic shift, in timm's window order."""
     from timm.models.swin_transformer import window_partition
@@ -119,14 +119,14 @@ def _rel_bias(block) -> torch.Tensor:
     return a.relative_position_bias_table[a.relative_position_index.view(-1)].view(area, area, -1).permute(2, 0, 1)
 
 
-def _global(block, probs: torch.Tensor, batch: int) -> torch.Tensor:
+def scatter_windows(block, probs: torch.Tensor, batch: int) -> torch.Tensor:
     """Window maps (batch·windows, heads, A, A) scattered into (batch, heads, N, N) on the block's grid."""
-    index = _window_index(block)                                   # (W, A)
+    index = window_index(block).to(probs.device)                  # (W, A)
     nw, area = index.shape
     h, w = (int(r) for r in block.input_resolution)
     heads = probs.shape[1]
     probs = probs.reshape(batch, nw, heads, area, area)
-    out = torch.zeros(batch, heads, h * w, h * w, dtype=probs.dtype)
+    out = torch.zeros(batch, heads, h * w, h * w, dtype=probs.dtype, device=probs.device)
     for win in range(nw):
         keep = index[win] >= 0
         tok = index[win][keep]
@@ -147,14 +147,14 @@ def attention_maps(model, images: Optional[torch.Tensor] = None) -> List[torch.T
         out = []
         for b in bl:
             logits = _rel_bias(b).to(torch.float64)[None]        # (1, heads, A, A)
-            nw = _window_index(b).shape[0]
+            nw = window_index(b).shape[0]
             logits = logits.expand(nw, -1, -1, -1)
             mask = getattr(b, "attn_mask", None)
             if mask is not None:
                 logits = logits + mask.to(torch.float64)[:, None]
-            out.append(_global(b, logits.softmax(-1), 1))
+            out.append(scatter_windows(b, logits.softmax(-1), 1))
         return out
-    return [_global(b, logits.softmax(-1), images.shape[0])
+    return [scatter_windows(b, logits.softmax(-1), images.shape[0])
             for b, (logits, _) in zip(bl, _data_logits(model, images))]
 
 
@@ -193,8 +193,8 @@ def on_data(model, images: torch.Tensor, offsets) -> List[dict]:
         row = {"bias_share": share}
         off = offsets[i] if offsets is not None and i < len(offsets) else None
         if off is not None:
-            maps = _global(b, logits.softmax(-1), images.shape[0])
-            q = _quality(maps, torch.as_tensor(off), tuple(int(r) for r in b.input_resolution))
+            maps = scatter_windows(b, logits.softmax(-1), images.shape[0])
+            q = window_quality(maps, torch.as_tensor(off), tuple(int(r) for r in b.input_resolution))
             row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
         out.append(row)
     return out
@@ -205,7 +205,7 @@ def input_shape(model) -> tuple:
     return (int(pe.proj.in_channels), *(int(v) for v in pe.img_size))
 
 
-def _quality(maps: torch.Tensor, offsets: torch.Tensor, grid) -> dict:
+def window_quality(maps: torch.Tensor, offsets: torch.Tensor, grid) -> dict:
     """Over the rows whose target key is in the query's window: a target in another window (or in a region the
     shifted-window mask separates) has weight 0 (or e^-100)."""
     return offset_quality(maps, offsets, grid, keep=lambda m, t: t > 1e-20, share=lambda m, t: t)
@@ -232,7 +232,7 @@ def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: O
         requests = [layer.window_request() for layer in layers]
         src = strategy.window_bias(layers, requests, gen, seed=seed, kernel_size=k, options=options)
         maps = attention_maps(model)
-        rows = [dict(s, **_quality(m, layer.offsets, b.input_resolution)) if layer.offsets is not None else dict(s)
+        rows = [dict(s, **window_quality(m, layer.offsets, b.input_resolution)) if layer.offsets is not None else dict(s)
                 for s, m, layer, b in zip(src, maps, layers, bl)]
         return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start, rows, src)
     if options:

@@ -33,13 +33,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._validate import heads_divide
 from ..init.registry import Strategy, get_strategy
 from .adapters import BlockQKLayer
 from .base import Family, InitReport, Probe, capture_inputs, register_family
 from .on_data import logit_share
-from .source import BuildRequest, ModelSource, given_keywords
-from .timm_swin import FIT_DEFAULTS, WindowBias, _global, _quality, _window_index
-from .tv_vit import build_class, builds, check_channels, describe_name, explain
+from .source import BuildRequest, ModelSource
+from .timm_swin import FIT_DEFAULTS, WindowBias, scatter_windows, window_quality, window_index
+from .tv_vit import build_class, builds, check_channels, describe_name, explain, known_keywords
 from .view import BlockView
 
 NAME = "torchvision Swin Transformer"
@@ -217,8 +218,8 @@ def _window_logits(b: SwinBlock, x: torch.Tensor) -> Tuple[torch.Tensor, torch.T
     logits = content + pos
     mask = shift_mask(b.input_resolution, b.window_size, b.shift_size)
     if mask is not None:
-        logits = (logits.view(batch, nw, heads, area, area) + mask.to(logits)[None, :, None]).view(-1, heads, area,
-                                                                                                    area)
+        mask = mask.to(logits)[None, :, None]
+        logits = (logits.view(batch, nw, heads, area, area) + mask).view(-1, heads, area, area)
     return content, pos.expand_as(content), logits
 
 
@@ -234,7 +235,8 @@ def _data_logits(model, bl: List[SwinBlock], images: torch.Tensor) -> list:
 
 
 def _scatter(b: SwinBlock, probs: torch.Tensor, batch: int) -> torch.Tensor:
-    return _global(b, probs.cpu(), batch)
+    # the shared scatter builds the grid maps on the CPU, so the window maps go there first (a model on a GPU)
+    return scatter_windows(b, probs.cpu(), batch)
 
 
 @torch.no_grad()
@@ -248,11 +250,11 @@ def attention_maps(model, images: Optional[torch.Tensor] = None) -> List[torch.T
                 zip(bl, _data_logits(model, bl, images))]
     out = []
     for b in bl:
-        nw = _window_index(b).shape[0]
+        nw = window_index(b).shape[0]
         logits = _bias(b).detach().to(torch.float64)[None].expand(nw, -1, -1, -1)
         mask = shift_mask(b.input_resolution, b.window_size, b.shift_size)
         if mask is not None:
-            logits = logits + mask[:, None]
+            logits = logits + mask.to(logits)[:, None]
         out.append(_scatter(b, logits.softmax(-1), 1))
     return out
 
@@ -266,7 +268,7 @@ def on_data(model, images: torch.Tensor, offsets) -> List[dict]:
         row = {"bias_share": share}
         off = offsets[i] if offsets is not None and i < len(offsets) else None
         if off is not None:
-            q = _quality(_scatter(b, logits.softmax(-1), images.shape[0]), torch.as_tensor(off), b.input_resolution)
+            q = window_quality(_scatter(b, logits.softmax(-1), images.shape[0]), torch.as_tensor(off), b.input_resolution)
             row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
         out.append(row)
     return out
@@ -312,7 +314,7 @@ def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: O
         src = strategy.window_bias(layers, requests, gen, seed=seed, kernel_size=k, options=options)
         setattr(model, IMAGE_SIZE, size)
         maps = attention_maps(model)
-        rows = [dict(s, **_quality(m, layer.offsets, b.input_resolution)) if layer.offsets is not None else dict(s)
+        rows = [dict(s, **window_quality(m, layer.offsets, b.input_resolution)) if layer.offsets is not None else dict(s)
                 for s, m, layer, b in zip(src, maps, layers, bl)]
         return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start, rows, src)
     if options:
@@ -362,14 +364,14 @@ def _own(name: str) -> dict:
             "block": type(first), "downsample_layer": merge}
 
 
-def _settings(r: BuildRequest, data: bool = True) -> dict:
-    """SwinTransformer's keywords: the builder's sizes, then --model-kwargs, then the flags (and with ``data`` the
-    data's, checked against --model-kwargs; before the data is read they are unknown)."""
-    given = given_keywords(SOURCE, r) if data else {SOURCE.keywords[k]: v for k, v in r.flags.items()
-                                                     if k in SOURCE.keywords}
+def _settings(r: BuildRequest) -> dict:
+    """SwinTransformer's keywords: the builder's sizes, then --model-kwargs, then the flags' and the data's (those
+    known; one that --model-kwargs contradicts is refused)."""
+    given = known_keywords(SOURCE, r)
     kwargs = {**_own(r.name), **r.model_kwargs, **given}
     for key in ("patch_size", "window_size"):
-        kwargs[key] = _pair(kwargs.get(key))
+        if key in kwargs:
+            kwargs[key] = _pair(kwargs[key])
     return kwargs
 
 
@@ -382,11 +384,17 @@ def build(r: BuildRequest):
 
 def check(r: BuildRequest) -> None:
     check_channels(r, "SwinTransformer")
-    kw = _settings(r, data=False)
+    kw = _settings(r)
     depths, heads = kw.get("depths"), kw.get("num_heads")
     if isinstance(depths, (tuple, list)) and isinstance(heads, (tuple, list)) and len(depths) != len(heads):
         raise ValueError(f"--model-kwargs gives depths for {len(depths)} stages and num_heads for {len(heads)}: give "
                          f"one head count per stage")
+    dim = kw.get("embed_dim")
+    if isinstance(dim, int) and isinstance(heads, (tuple, list)):
+        for stage, h in enumerate(heads):       # a stage's width doubles at each patch merging
+            if isinstance(h, int):
+                heads_divide(dim << stage, h, f"stage {stage}'s width (embed_dim {dim}·{2 ** stage})",
+                             "its num_heads")
     init = getattr(r.config, "init", None)
     if isinstance(kw.get("block"), type) and issubclass(kw["block"], _classes().SwinTransformerBlockV2) and \
             init is not None and not get_strategy(init).keeps_model:

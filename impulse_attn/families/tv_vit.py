@@ -13,6 +13,7 @@ both torchvision families (``tv_swin`` imports them).
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import functools
 import warnings
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from .._validate import heads_divide
-from .source import BuildRequest, ModelSource, given_keywords
+from .source import DATA_KEYWORDS, BuildRequest, ModelSource, given_keywords
 from .standard_vit import parameter_estimate
 from .view import BlockView, ViTView, check_view
 
@@ -86,8 +87,24 @@ def build_class(cls, name: str, kwargs: dict):
     try:
         return cls(**kwargs)
     except (AssertionError, ArithmeticError, ValueError, TypeError, RuntimeError, IndexError, KeyError) as e:
-        raise ValueError(f"torchvision could not build {name} as {cls.__name__} with {kwargs} ({type(e).__name__}: "
+        sizes = {k: v for k, v in kwargs.items() if not callable(v)}
+        raise ValueError(f"torchvision could not build {name} as {cls.__name__} with {sizes} ({type(e).__name__}: "
                          f"{(str(e).splitlines() or [''])[0][:160]})") from None
+
+
+def known_keywords(source: ModelSource, r: BuildRequest) -> dict:
+    """``given_keywords`` before the data is read: the flags' keywords (and the data's where known), a
+    ``--model-kwargs`` entry that contradicts one refused in one line; the data's unknown ones are left out."""
+    unknown = {source.keywords[k] for k in DATA_KEYWORDS if k in source.keywords and getattr(r, k) is None}
+    request = dataclasses.replace(r, model_kwargs={k: v for k, v in r.model_kwargs.items() if k not in unknown})
+    return {k: v for k, v in given_keywords(source, request).items() if k not in unknown}
+
+
+def size_name(r: BuildRequest, flag: str, keyword: str) -> str:
+    """Where a size comes from, for messages: its flag, its --model-kwargs entry, or the builder's own."""
+    if flag in r.flags:
+        return f"--{flag.replace('_', '-')}"
+    return f"--model-kwargs {keyword}" if keyword in r.model_kwargs else f"tv:{r.name}'s {keyword}"
 
 
 def check_channels(r: BuildRequest, label: str) -> None:
@@ -195,12 +212,10 @@ def build(r: BuildRequest):
 
 def check(r: BuildRequest) -> None:
     check_channels(r, "VisionTransformer")
-    own = _own(r.name)
-    dim = r.flags.get("dim", r.model_kwargs.get("hidden_dim", own.get("hidden_dim")))
-    heads = r.flags.get("num_heads", r.model_kwargs.get("num_heads", own.get("num_heads")))
-    heads_divide(dim, heads, "--dim", "--num-heads")
-    size = r.image_size if r.image_size is not None else r.model_kwargs.get("image_size", own.get("image_size"))
-    patch = r.flags.get("patch_size", r.model_kwargs.get("patch_size", own.get("patch_size")))
+    kw = {**_own(r.name), **r.model_kwargs, **known_keywords(SOURCE, r)}
+    heads_divide(kw.get("hidden_dim"), kw.get("num_heads"), size_name(r, "dim", "hidden_dim"),
+                 size_name(r, "num_heads", "num_heads"))
+    size, patch = kw.get("image_size"), kw.get("patch_size")
     if isinstance(size, int) and isinstance(patch, int) and patch > 0 and size % patch:
         raise ValueError(f"--model tv:{r.name}: image size {size} is not a multiple of patch size {patch} "
                          f"(torchvision's VisionTransformer needs whole patches)")

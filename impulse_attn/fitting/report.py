@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..targets import target_quality
+
 
 @dataclass
 class FitReport:
@@ -92,17 +94,14 @@ def evaluate_fit(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, scale: float
     n = maps.shape[-1]
     mse = float(((maps - targets) ** 2).mean())
     uniform_mse = float(((1.0 / n - targets) ** 2).mean())
-    hit_index = targets.argmax(-1)
-    hits = (maps.argmax(-1) == hit_index) & valid
-    n_valid = max(int(valid.sum()), 1)
-    mass = maps.gather(-1, hit_index[..., None])[..., 0]
+    quality = target_quality(maps, targets.argmax(-1), valid)
     content_std = float("nan")
     if alpha > 0:
         g = torch.Generator().manual_seed(seed)
         z = torch.randn(n, x.shape[-1], generator=g, dtype=torch.float64) * alpha
         content_std = float((scale * (z @ q) @ (z @ k).transpose(-1, -2)).std())
-    return FitReport(mse=mse, uniform_mse=uniform_mse, tokens=n, argmax_hit=int(hits.sum()) / n_valid,
-                     target_mass=float((mass * valid).sum()) / n_valid, seconds=seconds,
+    return FitReport(mse=mse, uniform_mse=uniform_mse, tokens=n, argmax_hit=quality["argmax_hit"],
+                     target_mass=quality["target_mass"], seconds=seconds,
                      max_logit=float(logits.abs().max()), content_logit_std=content_std, fit_method=fit_method,
                      backend=backend, steps=steps)
 

@@ -141,3 +141,21 @@ def logit_target(offsets, grid_size, shape: str = "impulse", dtype=torch.float64
         raise ValueError(f"shape must be one of {TARGET_SHAPES}, got {shape!r}")
     dr, dc = _target_deltas(offsets, grid_size)
     return -(dr.abs() + dc.abs()).to(dtype)
+
+
+def target_quality(maps: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, keep=None, share=None) -> dict:
+    """How impulse-like maps (..., N, N) are against target columns ``target`` (..., N) over the rows ``valid``
+    (..., N) (both broadcast against the maps' leading dims) that ``keep(maps, target_weight)`` accepts (default:
+    all): the share whose argmax is the target (``argmax_hit``) and the mean ``share(maps, target_weight)``
+    (default: the target weight; ``target_mass``), over those rows, and how many rows that is. The one
+    definition the fit reports, the init reports and the prior on data use."""
+    m = maps.to(torch.float64)
+    target = target.to(m.device).expand(m.shape[:-1])
+    weight = m.gather(-1, target[..., None])[..., 0]
+    ok = valid.to(m.device).expand(m.shape[:-1])
+    if keep is not None:
+        ok = ok & keep(m, weight)
+    rows = max(int(ok.sum()), 1)
+    mass = weight if share is None else share(m, weight)
+    return {"argmax_hit": int(((m.argmax(-1) == target) & ok).sum()) / rows,
+            "target_mass": float((mass * ok).sum()) / rows, "rows": int(ok.sum())}
