@@ -12,6 +12,7 @@
 #   bash experiments/families.sh                       # everything (resumes/reuses finished runs)
 #   FAMILIES="swin mixer" SIZES=25 SEEDS=0 bash experiments/families.sh
 #   LABELS="own mimetic" bash experiments/families.sh  # only these inits (e.g. those that do not wait for SWEEP)
+#   FAMILIES="tv_vit tv_swin" SIZES=25 bash experiments/families.sh   # torchvision's ViT and Swin, own vs impulse
 #   python experiments/families.py                     # the tables from the runs that exist
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,8 @@ declare -A MODEL=(
   [hf_vit]="--model hf:vit --image-size 32 --patch-size 4 --dim 64 --depth 4 --num-heads 4 --mlp-dim 128"
   [swin]="--model timm:swin_tiny_patch4_window7_224 --image-size 32 --patch-size 4 --dim 32 --model-kwargs depths=(2,2);num_heads=(2,4);window_size=4"
   [mixer]="--model timm:mixer_s16_224 --image-size 32 --patch-size 4 --dim 64 --depth 4 --model-kwargs mlp_ratio=(1.0,4.0)"
+  [tv_vit]="--model tv:vit_b_16 --image-size 32 --patch-size 4 --dim 64 --depth 4 --num-heads 4 --mlp-dim 128"
+  [tv_swin]="--model tv:swin_t --image-size 32 --patch-size 4 --dim 32 --model-kwargs depths=(2,2);num_heads=(2,4);window_size=(4,4)"
 )
 # the settings each family's default is chosen from (the current default is the plain "impulse" run); HF ViTs share
 # the timm ViT's engine and default
@@ -41,6 +44,8 @@ declare -A INITS=(
   [hf_vit]="own:init=default impulse:init=impulse mimetic:init=mimetic"
   [swin]="own:init=default impulse:init=impulse mimetic:init=mimetic"
   [mixer]="own:init=default impulse:init=impulse"
+  [tv_vit]="own:init=default impulse:init=impulse"
+  [tv_swin]="own:init=default impulse:init=impulse"
 )
 if [ -n "${SWEEP:-}" ]; then
   n=100

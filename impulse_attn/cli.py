@@ -158,7 +158,10 @@ def cmd_train(args) -> int:
 
 def cmd_compare(args) -> int:
     from .training.compare import parse_variant, run_compare
-    specs = args.variants or args.inits.split(",")
+    if args.variants and args.inits is not None:
+        raise UserError("--inits and --variants both say what to compare (only --variants would run)",
+                        "give one of them, e.g. --variants random impulse 'impulse_m0.3:init=impulse,target_mass=0.3'")
+    specs = args.variants or (args.inits or "random,mimetic,impulse").split(",")
     variants = [parse_variant(s) for s in specs]
     base = _config_from_args(args, applicability="skip")  # run_compare checks what applies, variant by variant
     _check_out(args.out)
@@ -185,17 +188,14 @@ def cmd_fit(args) -> int:
             text = re.sub(rf"(?<![\w-]){f.name}(?=( must| [-\d(]|:))", flag_of(f), text)
         return UserError(f"fit settings rejected: {text}", "change the flag it names (see impulse-attn fit --help)")
     import inspect
-    from .fitting.api import fit_impulse as published
+    from .fitting.api import run_fit
     from .fitting.spec import make_spec
-    full = {k: p.default for k, p in inspect.signature(published).parameters.items()
+    full = {k: p.default for k, p in inspect.signature(fit_impulse).parameters.items()
             if p.default is not inspect.Parameter.empty}
     full.update(given)
-    try:  # every argument, validated before any work (what fit_impulse itself does first)
-        make_spec(**{k: full[k] for k in inspect.signature(make_spec).parameters})
-    except (ValueError, TypeError) as e:
-        raise rejected(e) from None
-    try:
-        result = fit_impulse(**given, progress=not args.no_progress)
+    try:  # every argument, validated once before any work; the fit then runs that spec
+        spec = make_spec(**{k: full[k] for k in inspect.signature(make_spec).parameters})
+        result = run_fit(spec, warn=full["warn"], progress=not args.no_progress)
     except (ValueError, TypeError, RuntimeError) as e:
         raise rejected(e) from None
     out.mkdir(parents=True, exist_ok=True)
@@ -225,6 +225,9 @@ def _fit_arguments(args) -> dict:
     if unused:
         raise UserError(f"{' '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to --fit-method "
                         f"{args.fit_method}", "drop it, or choose the fit method that uses it")
+    if given.get("logit_scale") is not None and given["target_mass"] != defaults["target_mass"]:
+        raise UserError("--logit-scale sets the closed form's sharpness directly; --target-mass calibrates it to a "
+                        "mass (the logit scale wins)", "give one of them")
     return {k: v for k, v in given.items()
             if args.fit_method in next(f for f in cli_fields() if f.name == k).metadata["fit_methods"]}
 
@@ -321,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "table and a PNG of the accuracy curves. Runs already in --out are resumed "
                                    "or reused.")
     _add_training_flags(p, skip=("out", "resume"))
-    p.add_argument("--inits", default="random,mimetic,impulse", help="comma-separated inits to compare")
+    p.add_argument("--inits", default=None, help="comma-separated inits to compare (default: random,mimetic,impulse)")
     p.add_argument("--variants", nargs="+", default=None, help="instead of --inits: variants as overrides of "
                    "the flags, e.g. 'init=impulse,alpha=0.1' 'frozen box:model=convmixer,filters=box,freeze=1' "
                    "(a label before ':' names it)")

@@ -38,7 +38,7 @@ INITS = ("impulse", "mimetic")
 #: This face's ``fit_method`` values for ``init="impulse"``: the impulse strategy's fits and "official", the paper's
 #: own closed form (this face's one alias: it runs the "official" strategy, as ``impulse_attn.init_(model,
 #: "official")`` does). For ``init="mimetic"``, "official" is the mimetic strategy's paper orientation.
-FIT_METHODS = ("closed_form", "official", "iterative")
+FIT_METHODS = get_strategy("impulse").fit_methods + ("official",)
 #: (pos_scale, qk_scale, vproj_scale) of ``post_init_weights('impulse')`` and ``('mimetic')``.
 IMPULSE_SCALES = (POS_SCALE, QK_SCALE, VPROJ_SCALE)
 MIMETIC_SCALES = (1.0, 1.0, 1.0)

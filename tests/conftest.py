@@ -88,3 +88,46 @@ def cli_refused(argv, capsys, *needles) -> str:
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
+
+
+def argmax_on_offset(maps, offsets, grid, valid) -> int:
+    """Every row of maps (B, heads, N, N) whose target (row + head offset) is on the grid and ``valid(row, j)`` has
+    its argmax on the target; returns how many rows were checked (written out row by row, as a reader checks it)."""
+    h, w = grid
+    checked = 0
+    for head, (dr, dc) in enumerate(offsets.tolist()):
+        for r in range(h):
+            for c in range(w):
+                tr, tc = r + dr, c + dc
+                if not (0 <= tr < h and 0 <= tc < w):
+                    continue
+                i, j = r * w + c, tr * w + tc
+                row = maps[:, head, i]
+                if not valid(row, j):
+                    continue
+                assert bool((row.argmax(-1) == j).all()), (head, r, c)
+                checked += 1
+    return checked
+
+
+def timm_softmax(model, attentions, x) -> list:
+    """The softmax each of timm's ``attentions`` computes in ``model(x)`` (fused attention off, read at its
+    ``attn_drop``), in call order: the library's own maps, eval mode."""
+    out, hooks = [], []
+    for attn in attentions:
+        attn.fused_attn = False
+        hooks.append(attn.attn_drop.register_forward_hook(lambda m, a, o: out.append(o.detach())))
+    run_hooked(model, x, hooks)
+    return out
+
+
+def run_hooked(model, x, hooks) -> None:
+    """``model(x)`` in eval mode without gradients, then remove ``hooks`` (the handles the caller registered)."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+

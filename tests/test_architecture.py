@@ -225,3 +225,16 @@ def test_the_cycle_check_finds_a_planted_cycle_and_lazy_imports():
     assert _cycles({"p.a": {"p.b": 1}, "p.b": {}}) == []
     # function-level imports are in the graph: the lazy import in training.config's validation of datasets
     assert "impulse_attn.training.data" in _import_graph()["impulse_attn.training.config"]
+
+
+def test_no_function_is_longer_than_a_screen():
+    """Each function reads on one screen (docstring included): about 80 lines at most."""
+    import ast
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "functions over 80 lines:\n" + "\n".join(long)

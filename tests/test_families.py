@@ -21,6 +21,8 @@ timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
 from timm.models.mlp_mixer import MlpMixer  # noqa: E402
 
+from conftest import argmax_on_offset  # noqa: E402
+
 
 def simple_vit():
     torch.manual_seed(0)
@@ -130,23 +132,6 @@ def test_fused_qkv_changes_exactly_the_row_blocks_of_the_init(family, init, weig
 
 
 # --- maps at init -----------------------------------------------------------------------------------------------
-def _argmax_on_offset(maps, offsets, grid, valid):
-    """Every row whose target is valid has its argmax on the target; returns how many rows were checked."""
-    h, w = grid
-    checked = 0
-    for head, (dr, dc) in enumerate(offsets.tolist()):
-        for r in range(h):
-            for c in range(w):
-                tr, tc = r + dr, c + dc
-                if not (0 <= tr < h and 0 <= tc < w):
-                    continue
-                i, j = r * w + c, tr * w + tc
-                row = maps[:, head, i]
-                if not valid(row, j):
-                    continue
-                assert bool((row.argmax(-1) == j).all()), (head, r, c)
-                checked += 1
-    return checked
 
 
 def test_swin_maps_put_the_argmax_on_the_offset_inside_the_window():
@@ -157,7 +142,7 @@ def test_swin_maps_put_the_argmax_on_the_offset_inside_the_window():
         for layer, (m, offs) in enumerate(zip(maps_now, rep.offsets)):
             grid = tuple(model.layers[layer // 2].blocks[layer % 2].input_resolution)
             # a target in another window (or in a region the shifted-window mask separates) gets weight ~0
-            n = _argmax_on_offset(m, offs, grid, lambda row, j: bool((row[:, j] > 1e-6).all()))
+            n = argmax_on_offset(m, offs, grid, lambda row, j: bool((row[:, j] > 1e-6).all()))
             assert n > 0
     # the bias alone puts exactly the requested mass on an interior target (no mask, whole window)
     b0 = ia.attention_maps(model)[0][0]
@@ -180,7 +165,7 @@ def test_mixer_maps_put_the_argmax_on_the_offset_and_every_unit_is_used():
     assert bool(((fc1 != 0).sum(1) <= 1).all()) and int((fc1.sum(1) == 1).sum()) >= 48 - 2 * 7
     h, w = 5, 7
     for blk, m, offs in zip(model.blocks, ia.attention_maps(model), rep.offsets):
-        assert _argmax_on_offset(m, offs, (h, w), lambda row, j: bool((row.abs().sum(-1) > 0).all())) > 0
+        assert argmax_on_offset(m, offs, (h, w), lambda row, j: bool((row.abs().sum(-1) > 0).all())) > 0
         # the weights themselves: hidden unit p of round p // N writes to one anchor token (r, c) (fc2; in the full
         # first round, token p) and reads token (r + dr, c + dc) of its round's offset (fc1; nothing off the grid)
         w1, w2 = blk.mlp_tokens.fc1.weight, blk.mlp_tokens.fc2.weight
@@ -226,7 +211,7 @@ def test_query_key_families_put_the_argmax_on_the_offset(family):
     rep = ia.init_(model, "impulse", seed=0)
     grid = (8, 8) if family == "simple_vit" else (6, 6)
     for m, offs in zip(ia.attention_maps(model), rep.offsets):
-        assert _argmax_on_offset(m, offs, grid, lambda row, j: True) > 0
+        assert argmax_on_offset(m, offs, grid, lambda row, j: True) > 0
 
 
 # --- HF against timm --------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import torch
 
 import impulse_attn as ia
 from impulse_attn.families import calibration, on_data
-from impulse_attn.targets import valid_rows
+
+from conftest import timm_softmax
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -56,17 +57,8 @@ def _hits(probs: torch.Tensor, offsets: torch.Tensor, grid) -> tuple:
 
 def _timm_probs(model, x):
     """Per block, the softmax timm's own Attention.forward computes (fused attention off), grid tokens only."""
-    out, hooks = [], []
-    for blk in model.blocks:
-        blk.attn.fused_attn = False
-        hooks.append(blk.attn.attn_drop.register_forward_hook(lambda m, a, o: out.append(o.detach())))
-    model.eval()
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
     p = model.num_prefix_tokens
-    return [o[..., p:, p:] for o in out]
+    return [o[..., p:, p:] for o in timm_softmax(model, [blk.attn for blk in model.blocks], x)]
 
 
 def _hf_probs(model, x):
@@ -109,17 +101,7 @@ def test_swin_on_data_hit_matches_its_own_window_softmax():
                               window_size=4, embed_dim=24, depths=(2,), num_heads=(3,), num_classes=3).double()
     x = images(4, 32).double()
     rep = ia.init_(model, "impulse", seed=2, images=x, window_mass=0.4)
-    blocks = list(model.layers[0].blocks)
-    captured = []
-    hooks = []
-    for b in blocks:
-        b.attn.fused_attn = False
-        hooks.append(b.attn.attn_drop.register_forward_hook(lambda m, a, o: captured.append(o.detach())))
-    model.eval()
-    with torch.no_grad():
-        model(x)
-    for h in hooks:
-        h.remove()
+    captured = timm_softmax(model, [b.attn for b in model.layers[0].blocks], x)
     # Unshifted block 0: windows are plain 4x4 tiles in row-major order; a query's target counts when it is in its
     # own window. Written in window coordinates, independently of the family's scatter onto the grid.
     p = captured[0].reshape(4, -1, 3, 16, 16)                # (images, windows, heads, query, key)

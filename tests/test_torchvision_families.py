@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 import impulse_attn as ia
-from conftest import cli_refused, quiet
+from conftest import argmax_on_offset, cli_refused, quiet, run_hooked
 from impulse_attn.families import family_for_spec
 
 torchvision = pytest.importorskip("torchvision")
@@ -116,21 +116,6 @@ def test_fused_projection_changes_exactly_the_row_blocks_of_the_init(family, ini
 
 
 # --- argmax on the offset ---------------------------------------------------------------------------------------
-def _argmax_on_offset(maps, offsets, grid, valid):
-    """Every row whose target is on the grid (and ``valid``) has its argmax on it; returns how many were checked."""
-    h, w = grid
-    checked = 0
-    for head, (dr, dc) in enumerate(offsets.tolist()):
-        for r in range(h):
-            for c in range(w):
-                if not (0 <= r + dr < h and 0 <= c + dc < w):
-                    continue
-                i, j = r * w + c, (r + dr) * w + c + dc
-                row = maps[:, head, i]
-                if valid(row, j):
-                    assert bool((row.argmax(-1) == j).all()), (head, r, c)
-                    checked += 1
-    return checked
 
 
 def test_vit_maps_put_the_argmax_on_the_offset():
@@ -139,7 +124,7 @@ def test_vit_maps_put_the_argmax_on_the_offset():
     rep = ia.init_(model, "impulse", seed=0, images=x)
     for maps in (ia.attention_maps(model), ia.attention_maps(model, x)):
         for m, offs in zip(maps, rep.offsets):
-            assert m.shape[-1] == 36 and _argmax_on_offset(m, offs, (6, 6), lambda row, j: True) > 0
+            assert m.shape[-1] == 36 and argmax_on_offset(m, offs, (6, 6), lambda row, j: True) > 0
     assert rep.argmax_hit == 1.0 and rep.on_data["argmax_hit"] == 1.0
 
 
@@ -150,7 +135,7 @@ def test_swin_maps_put_the_argmax_on_the_offset_inside_the_window():
     for maps in (ia.attention_maps(model), ia.attention_maps(model, images(2, 32))):
         for m, offs, grid in zip(maps, rep.offsets, grids):
             # a target in another window (or a region the shifted-window mask separates) gets weight ~0
-            assert _argmax_on_offset(m, offs, grid, lambda row, j: bool((row[:, j] > 1e-6).all())) > 0
+            assert argmax_on_offset(m, offs, grid, lambda row, j: bool((row[:, j] > 1e-6).all())) > 0
     first = rep.layers[0]
     assert first["target_mass"] == pytest.approx(0.4, abs=1e-6) and first["argmax_hit"] == 1.0
 
@@ -186,13 +171,7 @@ def _vit_forward_attention(model, x):
             lambda m, args, kwargs: (args, {**kwargs, "need_weights": True, "average_attn_weights": False}),
             with_kwargs=True))
         hooks.append(mha.register_forward_hook(lambda m, args, res: out.append(res[1].detach())))
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    run_hooked(model, x, hooks)
     return out
 
 
@@ -268,7 +247,7 @@ def test_swin_maps_are_torchvisions_own_window_softmax_in_float64(v2, init):
         torch.testing.assert_close(a, p, rtol=1e-12, atol=1e-14)
     if init == "impulse":   # the bias table's index convention: the forward's own maps peak on the offsets
         for p, offs, grid in zip(theirs, rep.offsets, grids):
-            assert _argmax_on_offset(p, offs, grid, lambda row, j: bool((row[:, j] > 1e-6).all())) > 0
+            assert argmax_on_offset(p, offs, grid, lambda row, j: bool((row[:, j] > 1e-6).all())) > 0
     data = ia.init_(model, "default", images=x).data
     assert len(data) == 4 and all(0.0 <= row["bias_share"] <= 1.0 for row in data)
 

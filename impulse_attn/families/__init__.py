@@ -79,6 +79,9 @@ def init_(model: torch.nn.Module, init: str = "impulse", *, seed: int = 0, kerne
         settings it does not take (one line, before anything changes).
     """
     seed = seed_int(seed)
+    if any(p.is_meta for p in model.parameters()) if isinstance(model, torch.nn.Module) else False:
+        raise ValueError("model's parameters are on the meta device (no values yet): materialize it first, e.g. "
+                         "model.to_empty(device='cpu') and its own init")
     if kernel_size is not None:
         kernel_size = odd_kernel_size(kernel_size)
     if fit_method is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .._validate import heads_divide
+from .standard_apply import standard_family
 from .source import BuildRequest, ModelSource, given_keywords
 from .standard_vit import parameter_estimate
 from .view import BlockView, ViTView, check_view
@@ -170,9 +171,4 @@ SOURCE = ModelSource(
     examples=("hf:vit", "hf:deit"))
 
 
-def _family():
-    from .standard_apply import standard_family
-    return standard_family("hf_vit", NAME, matches, view, source=SOURCE, grid_of=lambda m: view(m, False).grid)
-
-
-FAMILY = _family()
+FAMILY = standard_family("hf_vit", NAME, matches, view, source=SOURCE, grid_of=lambda m: view(m, False).grid)

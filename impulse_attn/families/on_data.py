@@ -17,7 +17,7 @@ Each family implements ``on_data(model, images, offsets) -> list of per-layer di
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -56,18 +56,15 @@ def map_quality(maps: torch.Tensor, offsets: torch.Tensor, grid, keep: Optional[
     return out
 
 
-def figures(maps: Sequence[torch.Tensor], offsets: Sequence[Optional[torch.Tensor]], grids, shares: Sequence[dict],
-            quality: Callable = map_quality) -> List[dict]:
-    """Per layer: the map quality where the layer has offsets (an impulse-type init), and its shares."""
-    out = []
-    for i, (m, share) in enumerate(zip(maps, shares)):
-        off = offsets[i] if i < len(offsets) else None
-        row = dict(share)
-        if off is not None:
-            q = quality(m, torch.as_tensor(off), grids[i] if isinstance(grids, list) else grids)
-            row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
-        out.append(row)
-    return out
+def with_quality(row: dict, offsets, layer: int, maps: Callable[[], torch.Tensor], grid,
+                 quality: Callable = map_quality) -> dict:
+    """``row`` with the map quality of ``layer`` added where ``offsets`` holds its offsets (an impulse-type init):
+    ``maps()`` (B, heads, N, N) is computed only then, and judged by ``quality`` (default ``map_quality``)."""
+    off = offsets[layer] if offsets is not None and layer < len(offsets) else None
+    if off is not None:
+        q = quality(maps(), torch.as_tensor(off), grid)
+        row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
+    return row
 
 
 def summary(layers: Sequence[dict]) -> dict:

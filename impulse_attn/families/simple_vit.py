@@ -11,7 +11,7 @@ from ..attention import FIT_DEFAULTS, ImpulseAttention
 from ..init.registry import Strategy
 from ..models import SimpleViT
 from .base import Family, InitReport, Probe, capture_inputs, register_family
-from .on_data import map_quality, position_share
+from .on_data import position_share, with_quality
 from .source import BuildRequest, ModelSource
 
 NAME = "Simple ViT"
@@ -67,11 +67,7 @@ def on_data(model: SimpleViT, images: torch.Tensor, offsets) -> List[dict]:
         if pos is None and u is not None and model.add_pos:
             pos = model.pos
         row = {"position_share": position_share(u, pos) if pos is not None else None}
-        off = offsets[i] if offsets is not None and i < len(offsets) else None
-        if off is not None:
-            q = map_quality(layer.attention_map(x), torch.as_tensor(off), model.grid_size)
-            row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
-        out.append(row)
+        out.append(with_quality(row, offsets, i, lambda: layer.attention_map(x), model.grid_size))
     return out
 
 

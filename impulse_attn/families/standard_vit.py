@@ -196,19 +196,15 @@ def on_data(view: ViTView, images: torch.Tensor, offsets) -> List[dict]:
     """Per block, the prior on ``images`` (``families.on_data``): argmax hit and target mass of the grid maps
     (where ``offsets`` has the block's), and the position share of its query/key input (grid tokens)."""
     from .base import capture_inputs
-    from .on_data import map_quality, position_share
+    from .on_data import position_share, with_quality
     captured = capture_inputs(view.model, [blk.module for blk in view.blocks], view.run, images, tokens_from_hook)
     pos = view.pos.detach()[0, view.pos_offset:] if view.pos is not None else None
     p = view.prefix
     out = []
     for i, (blk, x) in enumerate(zip(view.blocks, captured)):
         row = {"position_share": position_share(x[:, p:], pos) if pos is not None else None}
-        off = offsets[i] if offsets is not None and i < len(offsets) else None
-        if off is not None:
-            maps = _block_probs(blk, x, torch.float64)[1][..., p:, p:]
-            q = map_quality(maps, torch.as_tensor(off), view.grid)
-            row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
-        out.append(row)
+        out.append(with_quality(row, offsets, i, lambda: _block_probs(blk, x, torch.float64)[1][..., p:, p:],
+                                view.grid))
     return out
 
 

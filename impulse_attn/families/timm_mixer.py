@@ -14,6 +14,7 @@ from ..init.protocol import TokenMixRequest
 from ..init.registry import Strategy
 from . import timm_registry
 from .base import Family, InitReport, capture_inputs, offset_quality, register_family
+from .on_data import with_quality
 from .source import BuildRequest, ModelSource, given_keywords
 
 NAME = "timm MLP-Mixer"
@@ -148,12 +149,7 @@ def on_data(model, images: torch.Tensor, offsets) -> List[dict]:
     grid = grid_of(model)
     out = []
     for i, m in enumerate(maps):
-        off = offsets[i] if offsets is not None and i < len(offsets) else None
-        row: dict = {}
-        if off is not None:
-            q = _quality(m, torch.as_tensor(off), grid)
-            row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
-        out.append(row)
+        out.append(with_quality({}, offsets, i, lambda: m, grid, _quality))
     return out
 
 

@@ -19,7 +19,7 @@ Strategies without a window-bias handler but with a query/key one that needs no 
 from __future__ import annotations
 
 import time
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
@@ -29,6 +29,7 @@ from ..init.registry import Strategy
 from .adapters import BlockQKLayer
 from . import timm_registry
 from .base import Family, InitReport, Probe, capture_inputs, offset_quality, register_family
+from .on_data import with_quality
 from .source import BuildRequest, ModelSource, given_keywords
 from .view import BlockView
 
@@ -190,13 +191,9 @@ def on_data(model, images: torch.Tensor, offsets) -> List[dict]:
     bl = blocks(model)
     out = []
     for i, (b, (logits, share)) in enumerate(zip(bl, _data_logits(model, images))):
-        row = {"bias_share": share}
-        off = offsets[i] if offsets is not None and i < len(offsets) else None
-        if off is not None:
-            maps = scatter_windows(b, logits.softmax(-1), images.shape[0])
-            q = window_quality(maps, torch.as_tensor(off), tuple(int(r) for r in b.input_resolution))
-            row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
-        out.append(row)
+        out.append(with_quality({"bias_share": share}, offsets, i,
+                                lambda: scatter_windows(b, logits.softmax(-1), images.shape[0]),
+                                tuple(int(r) for r in b.input_resolution), window_quality))
     return out
 
 
@@ -212,37 +209,48 @@ def window_quality(maps: torch.Tensor, offsets: torch.Tensor, grid) -> dict:
 
 
 # --- apply ---------------------------------------------------------------------------------------------------
+def apply_window_strategy(label: str, strategy: Strategy, kind: str, bl: list, block_view: Callable,
+                          maps: Callable[[], List[torch.Tensor]], *, seed: int, kernel_size: Optional[int],
+                          fit_method: Optional[str], fit_kwargs: Optional[dict], options: Optional[dict],
+                          start: float) -> InitReport:
+    """A strategy on window-attention blocks (timm's or torchvision's Swin, whose ``bl`` expose ``attn``,
+    ``window_size`` and ``input_resolution``): its window_bias handler on the relative position bias tables, or its
+    qk handler on the blocks' query/key rows (``block_view(block)`` -> BlockView); ``maps()`` the bias maps after."""
+    k = 3 if kernel_size is None else kernel_size
+    gen = torch.Generator().manual_seed(seed)
+    if fit_kwargs:
+        raise ValueError(f"fit_kwargs {sorted(fit_kwargs)} do not apply to a {label} (no query/key fit; the "
+                         f"window-bias init takes options such as window_mass)")
+    if kind == "window_bias":
+        if fit_method is not None:
+            raise ValueError(f"fit_method {fit_method!r} does not apply to a {label}'s window-bias init (it sets the "
+                             f"bias table exactly; its option is window_mass)")
+        layers = [WindowBias(b) for b in bl]
+        src = strategy.window_bias(layers, [layer.window_request() for layer in layers], gen, seed=seed,
+                                   kernel_size=k, options=options)
+        rows = [dict(s, **window_quality(m, layer.offsets, b.input_resolution)) if layer.offsets is not None else dict(s)
+                for s, m, layer, b in zip(src, maps(), layers, bl)]
+        return InitReport(label, strategy.name, seed, kind, time.perf_counter() - start, rows, src)
+    if options:
+        raise ValueError(f"options {sorted(options)} do not apply to init {strategy.name!r} on a {label}")
+    layers = [BlockQKLayer(block_view(b), tuple(int(v) for v in b.window_size), None) for b in bl]
+    requests = [layer.qk_request(with_pseudo_input=False) for layer in layers]
+    src = strategy.qk(layers, requests, gen, seed=seed, fit_method=strategy.check_fit_method(fit_method),
+                      kernel_size=k, fit_kwargs=None)
+    return InitReport(label, strategy.name, seed, kind, time.perf_counter() - start,
+                      [{"offsets": layer.offsets} for layer in layers], src)
+
+
 def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: Optional[int] = None,
           fit_method: Optional[str] = None, fit_kwargs: Optional[dict] = None, options: Optional[dict] = None,
           images=None) -> InitReport:
     start = time.perf_counter()
     bl = blocks(model)
-    k = 3 if kernel_size is None else kernel_size
-    gen = torch.Generator().manual_seed(seed)
-    if fit_kwargs:
-        raise ValueError(f"fit_kwargs {sorted(fit_kwargs)} do not apply to a Swin Transformer (no query/key fit; "
-                         f"the window-bias init takes options such as window_mass)")
     if kind == "":
         return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start)
-    if kind == "window_bias":
-        if fit_method is not None:
-            raise ValueError(f"fit_method {fit_method!r} does not apply to a Swin Transformer's window-bias init (it "
-                             f"sets the bias table exactly; its option is window_mass)")
-        layers = [WindowBias(b) for b in bl]
-        requests = [layer.window_request() for layer in layers]
-        src = strategy.window_bias(layers, requests, gen, seed=seed, kernel_size=k, options=options)
-        maps = attention_maps(model)
-        rows = [dict(s, **window_quality(m, layer.offsets, b.input_resolution)) if layer.offsets is not None else dict(s)
-                for s, m, layer, b in zip(src, maps, layers, bl)]
-        return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start, rows, src)
-    if options:
-        raise ValueError(f"options {sorted(options)} do not apply to init {strategy.name!r} on a Swin Transformer")
-    layers = [BlockQKLayer(_block_view(b), tuple(int(v) for v in b.window_size), None) for b in bl]
-    requests = [layer.qk_request(with_pseudo_input=False) for layer in layers]
-    src = strategy.qk(layers, requests, gen, seed=seed, fit_method=strategy.check_fit_method(fit_method),
-                      kernel_size=k, fit_kwargs=None)
-    return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start,
-                      [{"offsets": layer.offsets} for layer in layers], src)
+    return apply_window_strategy(NAME, strategy, kind, bl, _block_view, lambda: attention_maps(model), seed=seed,
+                                 kernel_size=kernel_size, fit_method=fit_method, fit_kwargs=fit_kwargs,
+                                 options=options, start=start)
 
 
 def probe(model, offsets=None) -> Probe:

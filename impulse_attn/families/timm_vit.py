@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .._validate import heads_divide
 from . import timm_registry
+from .standard_apply import standard_family
 from .source import BuildRequest, ModelSource, given_keywords
 from .standard_vit import parameter_estimate
 from .view import BlockView, ViTView, check_view
@@ -119,9 +120,4 @@ SOURCE = ModelSource(
     examples=("timm:vit_tiny_patch16_224",))
 
 
-def _family():
-    from .standard_apply import standard_family
-    return standard_family("timm_vit", NAME, matches, view, source=SOURCE, grid_of=grid_of)
-
-
-FAMILY = _family()
+FAMILY = standard_family("timm_vit", NAME, matches, view, source=SOURCE, grid_of=grid_of)

@@ -35,12 +35,13 @@ import torch.nn.functional as F
 
 from .._validate import heads_divide
 from ..init.registry import Strategy, get_strategy
-from .adapters import BlockQKLayer
 from .base import Family, InitReport, Probe, capture_inputs, register_family
 from .on_data import logit_share
 from .source import BuildRequest, ModelSource
-from .timm_swin import FIT_DEFAULTS, WindowBias, scatter_windows, window_quality, window_index
-from .tv_vit import build_class, builds, check_channels, describe_name, explain, known_keywords
+from .on_data import with_quality
+from .timm_swin import FIT_DEFAULTS, apply_window_strategy, scatter_windows, window_index, window_quality
+from .tv_vit import (build_class, builds, check_channels, describe_name, explain, is_torchvision, known_keywords,
+                     torchvision_models)
 from .view import BlockView
 
 NAME = "torchvision Swin Transformer"
@@ -51,18 +52,11 @@ MASK = -100.0
 
 
 def _classes():
-    try:
-        from torchvision.models import swin_transformer as sw
-    except ImportError:  # pragma: no cover - torchvision is a dependency of the setup
-        return None
-    return sw
+    return torchvision_models("swin_transformer")
 
 
 def matches(model) -> bool:
-    if not type(model).__module__.startswith("torchvision."):
-        return False
-    sw = _classes()
-    return sw is not None and isinstance(model, sw.SwinTransformer)
+    return is_torchvision(model, "SwinTransformer", "swin_transformer")
 
 
 @dataclass
@@ -265,12 +259,9 @@ def on_data(model, images: torch.Tensor, offsets) -> List[dict]:
     bl = blocks(model, image_size(model, images))
     out = []
     for i, (b, (logits, share)) in enumerate(zip(bl, _data_logits(model, bl, images))):
-        row = {"bias_share": share}
-        off = offsets[i] if offsets is not None and i < len(offsets) else None
-        if off is not None:
-            q = window_quality(_scatter(b, logits.softmax(-1), images.shape[0]), torch.as_tensor(off), b.input_resolution)
-            row.update(argmax_hit=q["argmax_hit"], target_mass=q["target_mass"])
-        out.append(row)
+        out.append(with_quality({"bias_share": share}, offsets, i,
+                                lambda: _scatter(b, logits.softmax(-1), images.shape[0]), b.input_resolution,
+                                window_quality))
     return out
 
 
@@ -303,29 +294,14 @@ def apply(model, strategy: Strategy, kind: str, *, seed: int = 0, kernel_size: O
         raise ValueError(v2_refusal(strategy.name))
     size = image_size(model, images)
     bl = blocks(model, size)
-    k = 3 if kernel_size is None else kernel_size
-    gen = torch.Generator().manual_seed(seed)
-    if kind == "window_bias":
-        if fit_method is not None:
-            raise ValueError(f"fit_method {fit_method!r} does not apply to a Swin Transformer's window-bias init (it "
-                             f"sets the bias table exactly; its option is window_mass)")
-        layers = [WindowBias(b) for b in bl]
-        requests = [layer.window_request() for layer in layers]
-        src = strategy.window_bias(layers, requests, gen, seed=seed, kernel_size=k, options=options)
+
+    def maps():
         setattr(model, IMAGE_SIZE, size)
-        maps = attention_maps(model)
-        rows = [dict(s, **window_quality(m, layer.offsets, b.input_resolution)) if layer.offsets is not None else dict(s)
-                for s, m, layer, b in zip(src, maps, layers, bl)]
-        return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start, rows, src)
-    if options:
-        raise ValueError(f"options {sorted(options)} do not apply to init {strategy.name!r} on a Swin Transformer")
-    layers = [BlockQKLayer(_block_view(b), b.window_size, None) for b in bl]
-    requests = [layer.qk_request(with_pseudo_input=False) for layer in layers]
-    src = strategy.qk(layers, requests, gen, seed=seed, fit_method=strategy.check_fit_method(fit_method),
-                      kernel_size=k, fit_kwargs=None)
+        return attention_maps(model)
+    report = apply_window_strategy(NAME, strategy, kind, bl, _block_view, maps, seed=seed, kernel_size=kernel_size,
+                                   fit_method=fit_method, fit_kwargs=fit_kwargs, options=options, start=start)
     setattr(model, IMAGE_SIZE, size)
-    return InitReport(NAME, strategy.name, seed, kind, time.perf_counter() - start,
-                      [{"offsets": layer.offsets} for layer in layers], src)
+    return report
 
 
 def probe(model, offsets=None) -> Probe:

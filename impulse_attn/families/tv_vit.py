@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from .._validate import heads_divide
+from .standard_apply import standard_family
 from .source import DATA_KEYWORDS, BuildRequest, ModelSource, given_keywords
 from .standard_vit import parameter_estimate
 from .view import BlockView, ViTView, check_view
@@ -115,19 +116,29 @@ def check_channels(r: BuildRequest, label: str) -> None:
 
 
 # --- the view -------------------------------------------------------------------------------------------------
-def _vit_class():
+def torchvision_models(module: str = ""):
+    """``torchvision.models`` (or its submodule ``module``), or None where torchvision is not installed."""
     try:
-        from torchvision.models import VisionTransformer
+        import importlib
+        return importlib.import_module("torchvision.models" + (f".{module}" if module else ""))
     except ImportError:  # pragma: no cover - torchvision is a dependency of the setup
         return None
-    return VisionTransformer
+
+
+def is_torchvision(model, cls_name: str, module: str = "") -> bool:
+    """Whether ``model`` is torchvision's ``cls_name`` (torchvision itself is not imported for another library's)."""
+    if not type(model).__module__.startswith("torchvision."):
+        return False
+    mod = torchvision_models(module)
+    return mod is not None and isinstance(model, getattr(mod, cls_name))
+
+
+def _vit_class():
+    return torchvision_models().VisionTransformer
 
 
 def matches(model) -> bool:
-    if not type(model).__module__.startswith("torchvision."):
-        return False
-    cls = _vit_class()
-    return cls is not None and isinstance(model, cls)
+    return is_torchvision(model, "VisionTransformer")
 
 
 class FusedInProjection:
@@ -233,9 +244,4 @@ SOURCE = ModelSource(
     examples=("tv:vit_b_16",))
 
 
-def _family():
-    from .standard_apply import standard_family
-    return standard_family("tv_vit", NAME, matches, view, source=SOURCE, grid_of=grid_of)
-
-
-FAMILY = _family()
+FAMILY = standard_family("tv_vit", NAME, matches, view, source=SOURCE, grid_of=grid_of)

@@ -28,7 +28,8 @@ from .spec import FIT_BACKENDS, FIT_METHODS, FitSpec, make_spec, resolve_scale
 
 log = logging.getLogger(__name__)
 
-__all__ = ["fit_impulse", "FitSpec", "FIT_METHODS", "FIT_BACKENDS", "resolve_scale", "RUNNERS", "ITERATIVE_BACKENDS"]
+__all__ = ["fit_impulse", "run_fit", "FitSpec", "FIT_METHODS", "FIT_BACKENDS", "resolve_scale", "RUNNERS",
+           "ITERATIVE_BACKENDS"]
 
 
 def _init_generator(seed: int) -> torch.Generator:
@@ -195,8 +196,18 @@ def fit_impulse(num_heads: int, grid_size=(16, 16), kernel_size: int = 5, dim: i
                      offsets=offsets, scale=scale, lr=lr, renorm_every=renorm_every, renorm=renorm, alpha=alpha,
                      pseudo_input=pseudo_input, target=target, target_mass=target_mass, logit_scale=logit_scale,
                      pinv_rtol=pinv_rtol, noise_std=noise_std, dedup=dedup, tol=tol, check_every=check_every)
-    if spec.fit_method == "closed_form":
+    return run_fit(spec, warn=warn, progress=progress, cache_dir=cache_dir)
+
+
+def run_fit(spec: FitSpec, *, warn: bool = True, progress: bool = False, cache_dir=None) -> FitResult:
+    """Run the fit a validated ``spec`` (``make_spec``) describes: ``fit_impulse`` without validating again (the
+    ``fit`` command validates first, to name its flags). The closed form's work limit and an explicitly asked
+    backend that cannot run here are refused before any work."""
+    fit_method, backend, seed = spec.fit_method, spec.backend, spec.seed
+    if fit_method == "closed_form":
         check_closed_form_work(spec.tokens, spec.dim)
+    else:
+        fit_backends.check_available(backend)
     cache = FitCache(cache_dir) if cache_dir is not None else None
     problem = _Problem(spec)
     start = time.perf_counter()

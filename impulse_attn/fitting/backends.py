@@ -88,6 +88,16 @@ def disable(name: str, why: str) -> None:
         _disabled[name] = why
 
 
+def check_available(requested: str) -> None:
+    """Refuse (ValueError, before any work) an explicitly requested compiled backend that cannot run here, e.g.
+    ``"cuda"`` without a GPU or without the CUDA build of the extension."""
+    if requested in COMPILED:
+        why = unavailable_reason(requested, probe=False)
+        if why is not None:
+            raise ValueError(f"backend {requested!r} cannot run here: {why}; use backend='auto' (the fastest that "
+                             f"runs here) or 'reference'")
+
+
 def candidates(requested: str) -> List[str]:
     """The backends to try, in order, for a requested one. An explicit compiled backend that cannot run here is
     a RuntimeError that says why."""

@@ -102,19 +102,22 @@ def _has_layers() -> Condition:
     return Condition("model", lambda c: bool(c.family.kinds), shown=_model_shown)
 
 
+def _kind_takes(c, setting: str) -> bool:
+    """The --init strategy's handler for the layer kind the model exposes takes ``setting``."""
+    from ..init import get_strategy
+    strategy = get_strategy(c.init)
+    try:
+        return strategy.takes(setting, c.family.kind_for(strategy))
+    except ValueError:      # the init does not apply to the model at all: refused by name on its own
+        return False
+
+
 def takes(field: str) -> Tuple[Condition, ...]:
     """An init setting: the family's layers use it, the --init strategy takes it, and its fit method is chosen."""
     setting, method = SETTINGS[field]
 
-    def taken(c) -> bool:
-        from ..init import get_strategy
-        strategy = get_strategy(c.init)
-        try:
-            kind = c.family.kind_for(strategy)
-        except ValueError:      # the init does not apply to the model at all: refused by name on its own
-            return False
-        return strategy.takes(setting, kind)
-    out = (Condition("init", taken, shown=lambda c: f"to --init {c.init} on --model {c.model}"),)
+    out = (Condition("init", lambda c: _kind_takes(c, setting),
+                     shown=lambda c: f"to --init {c.init} on --model {c.model}"),)
     if method is not None:
         out += (_is("fit_method", method),)
     return out
@@ -165,6 +168,10 @@ APPLIES: Dict[str, Applies] = {
                       always=prefixed),
     "box_n": Applies((reads("box_n"), _is("filters", "box")), lambda: f"to {readers('box_n')} with --filters box",
                      always=prefixed),
+    "kernel_size": Applies((reads("kernel_size"), Condition(
+        "init", lambda c: not c.family.kinds or _kind_takes(c, "kernel_size"),
+        shown=lambda c: f"to --init {c.init} on --model {c.model} (it places no offsets)")),
+        "to the inits that place offsets in a window (impulse, official) and to models whose own filters it sizes"),
     # init settings: the family's layers use them and the strategy takes them
     **{name: Applies(takes(name), _where(name)) for name in SETTINGS},
     # optimization and regularization

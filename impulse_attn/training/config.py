@@ -91,7 +91,8 @@ class TrainConfig:
                            "noise)", "data", check=probability)
     image_size: Optional[int] = option(None, "resize images to this side", "data", check=image_size_range,
                                        none_means="the dataset's own size")
-    synthetic_train: int = option(5000, "training images of --dataset synthetic, at least one per class (as many "
+    synthetic_train: int = option(5000, "training images of --dataset synthetic (fewer than --synthetic-classes "
+                                  "leaves some classes out of training; as many "
                                   "as the memory holds)", "data", check=positive)
     synthetic_test: int = option(1000, "test images of --dataset synthetic, at least one per class", "data",
                                  check=positive)
@@ -336,6 +337,7 @@ class TrainConfig:
             raise UserError(f"--min-lr {c.min_lr} is above --lr {c.lr} (the cosine schedule would rise)",
                             f"use --min-lr {c.lr} or less")
         c._check_fit_method()
+        c._check_fit_backend()
         for problem in self.not_applicable():
             if applicability == "refuse" or problem.always:
                 raise UserError(problem.message, problem.fix)
@@ -379,8 +381,20 @@ class TrainConfig:
         try:
             check(self.build_request(num_classes, image_size, channels))
         except (ValueError, TypeError) as e:
-            raise UserError(str(e).splitlines()[0], "change the flag it names (see impulse-attn train --help)"
+            text = str(e).splitlines()[0]     # the family's message names the flag and, after ': ', the fix
+            raise UserError(text, "" if ": " in text else "change the flag it names (see impulse-attn train --help)"
                             ) from None
+
+    def _check_fit_backend(self) -> None:
+        """An iterative fit's explicit compiled backend must run here (before any work, as the fit command)."""
+        backend = self.init_settings().get("backend")
+        if backend is None:
+            return
+        from ..fitting import backends
+        why = backends.unavailable_reason(backend, probe=False) if backend in backends.COMPILED else None
+        if why is not None:
+            raise UserError(f"--fit-backend {backend} cannot run here: {why}",
+                            "use --fit-backend auto (the fastest that runs here) or reference")
 
     def _check_fit_method(self) -> None:
         """--fit-method must be one the --init strategy takes where the model uses it."""

@@ -185,6 +185,9 @@ def _folder(root: Path, transform, what: str):
     except FileNotFoundError as e:
         raise UserError(f"{what} {root} holds no images in class folders ({e})",
                         "put each class's images in its own subfolder, e.g. train/cat/0001.jpg") from None
+    except OSError as e:    # e.g. a class folder that is a symbolic link to itself (too many levels of links)
+        raise UserError(f"{what} {root} cannot be read: {e.strerror or e} ({e.filename})",
+                        "replace the broken link or folder with a class folder of images") from None
 
 
 # Formats whose end marker says whether the file is complete (a truncated JPEG or PNG opens fine and fails to

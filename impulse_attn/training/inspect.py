@@ -60,7 +60,8 @@ def inspect_run(run, images: int = 64, query: Optional[Sequence[int]] = None, ou
     ``out`` (default: ``run``)."""
     run = Path(run)
     if not run.is_dir():
-        raise UserError(f"run folder {run} does not exist", "pass the --out folder of an impulse-attn train run")
+        what = "is a file, not a run folder" if run.exists() else "does not exist"
+        raise UserError(f"run folder {run} {what}", "pass the --out folder of an impulse-attn train run")
     if not (run / CHECKPOINT).is_file():
         raise UserError(f"{run} is not a run folder: it holds no {CHECKPOINT}",
                         "pass the --out folder of an impulse-attn train run")

@@ -198,10 +198,10 @@ def impulse_token_mix(layers, requests, generator, *, seed: int, kernel_size: in
 
 #: What reaches each handler from the command line: fit_impulse's keywords the flags set, the standard-ViT position
 #: settings, the Swin window mass and the Mixer gain.
-SETTINGS = {"vit": ("fit_method", "target", "target_mass", "steps", "backend", "position_share", "pos_scale",
-                    "fit_input"),
-            "qk": ("fit_method", "target", "target_mass", "steps", "backend", "offsets"),
-            "window_bias": ("window_mass",), "token_mix": ("gain",)}
+SETTINGS = {"vit": ("fit_method", "kernel_size", "target", "target_mass", "steps", "backend", "position_share",
+                    "pos_scale", "fit_input"),
+            "qk": ("fit_method", "kernel_size", "target", "target_mass", "steps", "backend", "offsets"),
+            "window_bias": ("kernel_size", "window_mass"), "token_mix": ("kernel_size", "gain")}
 
 STRATEGY = register_strategy(Strategy(
     "impulse", "each head starts as an impulse (shift) filter: fitted query/key maps, window-bias logits (Swin) or "

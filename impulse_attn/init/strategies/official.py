@@ -91,4 +91,5 @@ def official_qk_layers(layers, requests, generator, *, seed: int, kernel_size: i
 
 STRATEGY = register_strategy(Strategy(
     "official", "the structured-init paper's own closed form (bit for bit on timm/Hugging Face ViTs)",
-    vit=official_vit, qk=official_qk_layers, needs_pseudo_input=True, settings={"vit": tuple(VIT_SETTINGS)}))
+    vit=official_vit, qk=official_qk_layers, needs_pseudo_input=True,
+    settings={"vit": ("kernel_size",) + tuple(VIT_SETTINGS), "qk": ("kernel_size",)}))
