@@ -1,6 +1,6 @@
 """The "prior on data" tables and figure of docs/RESULTS.md, from experiments/prior_on_data.sh's run folders.
 
-Per family, width and size: each init's final val (and test) accuracy, mean ± std over the seeds that have run, its
+Per family, width and size (``wide/``'s runs, WIDER=1, as "<family> (wider)"): each init's final val (and test) accuracy, mean ± std over the seeds that have run, its
 gain over the family's own init paired seed by seed, and the prior it started with on the run's own training
 images (``summary.json``'s ``init.on_data``: argmax on the offset, mass on the target, position share, means over
 layers and seeds). Then how the gain follows the prior: every impulse-type run's paired gain against its on-data
@@ -36,7 +36,10 @@ def collect(root: Path) -> list:
     """One row per (family, width, size, init): accuracies per seed and the prior per seed."""
     from impulse_attn.training.compare import slug
     rows = []
-    for fam_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    fam_dirs = [p for p in root.iterdir() if p.is_dir() and p.name != "wide"]
+    fam_dirs += [p for p in (root / "wide").glob("*") if p.is_dir()]   # WIDER=1: each family at its wider size
+    for fam_dir in sorted(fam_dirs):
+        name = f"{fam_dir.name} (wider)" if fam_dir.parent.name == "wide" else fam_dir.name
         for width_dir in sorted(fam_dir.glob("d*")) or [fam_dir]:
             m = re.fullmatch(r"d(\d+)", width_dir.name)
             width = int(m.group(1)) if m else None
@@ -45,7 +48,7 @@ def collect(root: Path) -> list:
                 for init, seeds in inits.items():
                     if not seeds:
                         continue
-                    rows.append({"family": fam_dir.name, "width": width, "size": size, "init": init,
+                    rows.append({"family": name, "width": width, "size": size, "init": init,
                                  "runs": seeds, "own": own,
                                  "prior": prior(width_dir / f"pc{size}" / slug(init))})
     return rows

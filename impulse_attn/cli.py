@@ -176,7 +176,6 @@ def cmd_compare(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .fitting import fit_impulse
     from .fitting.spec import cli_fields, flag_of
     from .training.metrics import write_json
     given = _fit_arguments(args)
@@ -188,14 +187,14 @@ def cmd_fit(args) -> int:
             text = re.sub(rf"(?<![\w-]){f.name}(?=( must| [-\d(]|:))", flag_of(f), text)
         return UserError(f"fit settings rejected: {text}", "change the flag it names (see impulse-attn fit --help)")
     import inspect
-    from .fitting.api import run_fit
+    from .fitting import api
     from .fitting.spec import make_spec
-    full = {k: p.default for k, p in inspect.signature(fit_impulse).parameters.items()
+    full = {k: p.default for k, p in inspect.signature(api.fit_impulse).parameters.items()
             if p.default is not inspect.Parameter.empty}
     full.update(given)
     try:  # every argument, validated once before any work; the fit then runs that spec
         spec = make_spec(**{k: full[k] for k in inspect.signature(make_spec).parameters})
-        result = run_fit(spec, warn=full["warn"], progress=not args.no_progress)
+        result = api.run_fit(spec, warn=full["warn"], progress=not args.no_progress)
     except (ValueError, TypeError, RuntimeError) as e:
         raise rejected(e) from None
     out.mkdir(parents=True, exist_ok=True)

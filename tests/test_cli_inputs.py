@@ -32,6 +32,8 @@ TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test",
 FIT_TINY = ["--num-heads", "4", "--grid", "8", "--kernel-size", "3", "--dim", "32", "--head-dim", "8", "--layers", "1",
             "--no-progress"]
 HUGE = str(2 ** 70)
+# TINY for inits that place no offsets (random, mimetic): --kernel-size would be refused as not applying
+TINY_NO_OFFSETS = [a for i, a in enumerate(TINY) if "--kernel-size" not in TINY[max(i - 1, 0):i + 1]]
 
 
 class WorkStarted(Exception):
@@ -49,6 +51,7 @@ def no_work(monkeypatch):
     monkeypatch.setattr(loop, "train", started)
     monkeypatch.setattr(compare, "train", started)
     monkeypatch.setattr(fitting, "fit_impulse", started)
+    monkeypatch.setattr(fitting.api, "run_fit", started)
     monkeypatch.setattr(demo, "run_demo", started)
 
 
@@ -160,7 +163,8 @@ def test_min_lr_above_lr_is_refused(tmp_path, capsys, no_work):
     (["--crop-scale", "0.5"], "--crop-scale does not apply to --augment none"),
 ])
 def test_flags_that_do_not_apply_are_refused(tmp_path, capsys, no_work, flags, needle):
-    cli_refused(["train", *TINY, *flags, "--out", str(tmp_path / "r")], capsys, needle)
+    tiny = TINY_NO_OFFSETS if flags[:2] == ["--init", "random"] else TINY
+    cli_refused(["train", *tiny, *flags, "--out", str(tmp_path / "r")], capsys, needle)
     assert not (tmp_path / "r").exists()
 
 
@@ -204,6 +208,7 @@ NOT_APPLYING = {
     "fit_target": (["--fit-target", "impulse"], ["--fit-method", "iterative"]),
     "target_mass": (["--target-mass", "0.3"], ["--fit-method", "iterative"]),
     "fit_offsets": (["--fit-offsets", "cycle"], ["--init", "random"]),
+    "kernel_size": (["--kernel-size", "3"], ["--init", "random"]),
     "fit_steps": (["--fit-steps", "50"], ["--fit-method", "closed_form"]),
     "fit_backend": (["--fit-backend", "reference"], ["--fit-method", "closed_form"]),
     "mix_gain": (["--mix-gain", "1.5"], ["--model", "vit"]),
@@ -284,8 +289,10 @@ def test_through_the_api_an_unused_setting_warns_in_one_line():
 def test_compare_refuses_a_base_flag_no_variant_uses_and_a_variant_flag_its_variant_ignores(tmp_path, capsys,
                                                                                             no_work):
     out = str(tmp_path / "c")
-    cli_refused(["compare", *TINY, "--inits", "random,mimetic", "--fit-method", "iterative", "--out", out], capsys,
-             "--fit-method does not apply to any variant")
+    cli_refused(["compare", *TINY_NO_OFFSETS, "--inits", "random,mimetic", "--fit-method", "iterative", "--out", out],
+                capsys, "--fit-method does not apply to any variant")
+    cli_refused(["compare", *TINY, "--kernel-size", "3", "--inits", "random,mimetic", "--out", out], capsys,
+                "--kernel-size does not apply to any variant")
     cli_refused(["compare", *TINY, "--variants", "init=random,fit_method=iterative", "--out", out], capsys,
              "variant 'init=random,fit_method=iterative'", "--fit-method does not apply to --init random")
     # a base flag that one of the variants uses is fine: the work starts
