@@ -81,6 +81,11 @@ def table(rows: list) -> str:
     return "\n".join(lines)
 
 
+def _label(row: dict) -> str:
+    width = f" d{row['width']}" if row["width"] else ""
+    return f"{row['family']}{width} pc{row['size']} {row['init']}"
+
+
 def pairs(rows: list) -> list:
     """(on-data hit, position share, paired gain in points, label) per impulse-type run with an own-init twin."""
     out = []
@@ -90,7 +95,7 @@ def pairs(rows: list) -> list:
             if r["init"] == "own" or seed not in r["own"] or p.get("argmax_hit") is None:
                 continue
             out.append((p["argmax_hit"], p.get("position_share"), 100 * (run["val"] - r["own"][seed]["val"]),
-                        f"{r['family']} d{r['width']} pc{r['size']} {r['init']}"))
+                        _label(r)))
     return out
 
 
@@ -115,11 +120,12 @@ def figure(rows: list, path: Path) -> Path:
     ps = pairs(rows)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     groups = sorted({p[3] for p in ps})
-    for g in groups:
+    colors = plt.get_cmap("tab20")
+    for k, g in enumerate(groups):
         sel = [p for p in ps if p[3] == g]
         for ax, i in zip(axes, (0, 1)):
             ax.scatter([p[i] for p in sel if p[i] is not None], [p[2] for p in sel if p[i] is not None], s=18,
-                       label=g)
+                       label=g, color=colors(k % 20), marker="os^D"[k // 20 % 4])
     for ax, name in zip(axes, ("argmax on the offset, on the run's training images at init",
                                "position share of the query/key input at init")):
         ax.axhline(0, color="grey", lw=0.8)

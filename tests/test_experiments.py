@@ -158,3 +158,39 @@ def test_families_table_pairs_each_init_with_the_familys_own_by_seed(tmp_path):
     assert rows[("swin", "25", "impulse")].rstrip().endswith("| +2.0 ± 1.4 |")
     assert rows[("mixer", "100", "impulse")].rstrip().endswith("| — |")
     assert list(rows)[0] == ("mixer", "100", "impulse")     # families in name order, own init first within one
+
+
+def _prior_run(root: Path, size: int, variant: str, seed: int, val: float, hit=None, share=None) -> None:
+    _run(root, size, variant, seed, val)
+    path = root / f"pc{size}" / variant / f"seed{seed}" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["init"] = {"on_data": {"mean": {"argmax_hit": hit, "position_share": share}}}
+    path.write_text(json.dumps(summary))
+
+
+def test_prior_on_data_pairs_by_seed_reads_widths_and_the_wider_runs(tmp_path):
+    import prior_on_data
+    root = tmp_path / "prior"
+    # timm width 64: gains +1 (hit 0.2) and +3 (hit 0.9); width 128: one pair, gain -2 (hit 0.1)
+    for seed, (own, imp, hit) in enumerate([(0.30, 0.31, 0.2), (0.30, 0.33, 0.9)]):
+        _prior_run(root / "timm_vit" / "d64", 25, "own", seed, own, share=0.02)
+        _prior_run(root / "timm_vit" / "d64", 25, "calibrated", seed, imp, hit=hit, share=0.98)
+    _prior_run(root / "timm_vit" / "d128", 25, "own", 0, 0.40)
+    _prior_run(root / "timm_vit" / "d128", 25, "calibrated", 0, 0.38, hit=0.1, share=0.5)
+    _prior_run(root / "wide" / "swin", 25, "own", 0, 0.20)
+    _prior_run(root / "wide" / "swin", 25, "impulse", 0, 0.25, hit=1.0)
+    rows = prior_on_data.collect(root)
+    text = prior_on_data.table(rows)
+    lines = {tuple(c.strip() for c in line.split("|")[1:5]): line for line in text.splitlines()[2:]}
+    assert lines[("timm_vit", "64", "25", "calibrated")].rstrip().endswith("| +2.0 ± 1.4 |")
+    assert "| 0.55 | — | 0.98 |" in lines[("timm_vit", "64", "25", "calibrated")]   # hit: mean of 0.2 and 0.9
+    assert lines[("timm_vit", "128", "25", "calibrated")].rstrip().endswith("| -2.0 |")
+    assert lines[("swin (wider)", "—", "25", "impulse")].rstrip().endswith("| +5.0 |")
+    pairs = prior_on_data.pairs(rows)
+    assert sorted(round(p[2], 6) for p in pairs) == [-2.0, 1.0, 3.0, 5.0]
+    assert {p[3] for p in pairs} == {"timm_vit d64 pc25 calibrated", "timm_vit d128 pc25 calibrated",
+                                     "swin (wider) pc25 impulse"}
+    # gain against hit: (0.2, 1), (0.9, 3), (0.1, -2), (1.0, 5): a clear positive correlation
+    assert "4 paired runs" in prior_on_data.relation(rows)
+    assert prior_on_data.correlation([p[0] for p in pairs], [p[2] for p in pairs]) > 0.8
+    assert prior_on_data.figure(rows, tmp_path / "f.png").is_file()
