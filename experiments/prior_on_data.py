@@ -1,9 +1,9 @@
 """The "prior on data" tables and figure of docs/RESULTS.md, from experiments/prior_on_data.sh's run folders.
 
-Per family, width and size (``wide/``'s runs, WIDER=1, as "<family> (wider)"): each init's final val (and test) accuracy, mean ± std over the seeds that have run, its
-gain over the family's own init paired seed by seed, and the prior it started with on the run's own training
-images (``summary.json``'s ``init.on_data``: argmax on the offset, mass on the target, position share, means over
-layers and seeds). Then how the gain follows the prior: every impulse-type run's paired gain against its on-data
+Per family, width and size (``wide/``'s runs, WIDER=1, as "<family> (wider)"): each init's final val (and test)
+accuracy, mean ± std over the seeds that have run, its gain over the family's own init paired seed by seed, and
+the prior it started with on the run's own training images (``summary.json``'s ``init.on_data``: argmax on the
+offset, mass on the target, position share, means over layers and seeds). Then how the gain follows the prior: every impulse-type run's paired gain against its on-data
 argmax hit and position share, with their correlation (``--figure`` draws it).
 
     python experiments/prior_on_data.py [--runs runs/prior] [--figure docs/figures/prior_on_data.png]
@@ -36,10 +36,9 @@ def collect(root: Path) -> list:
     """One row per (family, width, size, init): accuracies per seed and the prior per seed."""
     from impulse_attn.training.compare import slug
     rows = []
-    fam_dirs = [p for p in root.iterdir() if p.is_dir() and p.name != "wide"]
-    fam_dirs += [p for p in (root / "wide").glob("*") if p.is_dir()]   # WIDER=1: each family at its wider size
-    for fam_dir in sorted(fam_dirs):
-        name = f"{fam_dir.name} (wider)" if fam_dir.parent.name == "wide" else fam_dir.name
+    families = [(p.name, p) for p in root.iterdir() if p.is_dir() and p.name != "wide"]
+    families += [(f"{p.name} (wider)", p) for p in (root / "wide").glob("*") if p.is_dir()]   # WIDER=1's runs
+    for name, fam_dir in sorted(families):
         for width_dir in sorted(fam_dir.glob("d*")) or [fam_dir]:
             m = re.fullmatch(r"d(\d+)", width_dir.name)
             width = int(m.group(1)) if m else None

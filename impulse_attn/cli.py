@@ -178,7 +178,7 @@ def cmd_compare(args) -> int:
 def cmd_fit(args) -> int:
     from .fitting.spec import cli_fields, flag_of
     from .training.metrics import write_json
-    given = _fit_arguments(args)
+    full = _fit_arguments(args)
     out = _check_out(args.out)
 
     def rejected(e: Exception) -> UserError:
@@ -189,9 +189,6 @@ def cmd_fit(args) -> int:
     import inspect
     from .fitting import api
     from .fitting.spec import make_spec
-    full = {k: p.default for k, p in inspect.signature(api.fit_impulse).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-    full.update(given)
     try:  # every argument, validated once before any work; the fit then runs that spec
         spec = make_spec(**{k: full[k] for k in inspect.signature(make_spec).parameters})
         result = api.run_fit(spec, warn=full["warn"], progress=not args.no_progress)
@@ -213,8 +210,8 @@ def cmd_fit(args) -> int:
 
 
 def _fit_arguments(args) -> dict:
-    """fit_impulse's arguments from the fit flags; a flag given (not at its default) for a fit method that does not
-    use it is refused."""
+    """Every ``fit_impulse`` argument: the default model's (``fit_defaults``) with the fit flags the fit method uses
+    on top; a flag given (not at its default) for a fit method that does not use it is refused."""
     from .fitting.spec import cli_fields, flag_of
     from .training.config import fit_defaults
     defaults = fit_defaults()
@@ -227,8 +224,7 @@ def _fit_arguments(args) -> dict:
     if given.get("logit_scale") is not None and given["target_mass"] != defaults["target_mass"]:
         raise UserError("--logit-scale sets the closed form's sharpness directly; --target-mass calibrates it to a "
                         "mass (the logit scale wins)", "give one of them")
-    return {k: v for k, v in given.items()
-            if args.fit_method in next(f for f in cli_fields() if f.name == k).metadata["fit_methods"]}
+    return {**defaults, **{f.name: given[f.name] for f in cli_fields() if args.fit_method in f.metadata["fit_methods"]}}
 
 
 def _fit_value(kind: str, name: str):

@@ -26,14 +26,14 @@ from impulse_attn.training import TrainConfig, UserError
 from conftest import cli_refused, image_tree
 
 PKG = Path(cli.__file__).resolve().parent
-TINY = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test", "20", "--image-size", "16",
-        "--dim", "32", "--depth", "1", "--num-heads", "4", "--head-dim", "8", "--mlp-dim", "64", "--kernel-size", "3",
-        "--epochs", "1", "--batch-size", "16", "--lr", "3e-3", "--no-progress"]
+# TINY_NO_OFFSETS for inits that place no offsets (random, mimetic), where --kernel-size is refused as not applying
+TINY_NO_OFFSETS = ["--dataset", "synthetic", "--synthetic-train", "64", "--synthetic-test", "20", "--image-size", "16",
+                   "--dim", "32", "--depth", "1", "--num-heads", "4", "--head-dim", "8", "--mlp-dim", "64",
+                   "--epochs", "1", "--batch-size", "16", "--lr", "3e-3", "--no-progress"]
+TINY = [*TINY_NO_OFFSETS, "--kernel-size", "3"]
 FIT_TINY = ["--num-heads", "4", "--grid", "8", "--kernel-size", "3", "--dim", "32", "--head-dim", "8", "--layers", "1",
             "--no-progress"]
 HUGE = str(2 ** 70)
-# TINY for inits that place no offsets (random, mimetic): --kernel-size would be refused as not applying
-TINY_NO_OFFSETS = [a for i, a in enumerate(TINY) if "--kernel-size" not in TINY[max(i - 1, 0):i + 1]]
 
 
 class WorkStarted(Exception):

@@ -18,12 +18,12 @@ import mechanism_table  # noqa: E402
 import what_pays_off  # noqa: E402
 
 
-def _run(root: Path, size: int, variant: str, seed: int, val: float, test: float = 0.3) -> None:
+def _run(root: Path, size: int, variant: str, seed: int, val: float, test: float = 0.3, **extra) -> None:
     d = root / f"pc{size}" / variant / f"seed{seed}"
     d.mkdir(parents=True)
     (d / "summary.json").write_text(json.dumps({
         "final": {"val": val, "test": test}, "final_acc": val, "epochs": 800 * 128 // (size * 10),
-        "train_seconds": 1.0}))
+        "train_seconds": 1.0, **extra}))
 
 
 @pytest.fixture
@@ -161,11 +161,7 @@ def test_families_table_pairs_each_init_with_the_familys_own_by_seed(tmp_path):
 
 
 def _prior_run(root: Path, size: int, variant: str, seed: int, val: float, hit=None, share=None) -> None:
-    _run(root, size, variant, seed, val)
-    path = root / f"pc{size}" / variant / f"seed{seed}" / "summary.json"
-    summary = json.loads(path.read_text())
-    summary["init"] = {"on_data": {"mean": {"argmax_hit": hit, "position_share": share}}}
-    path.write_text(json.dumps(summary))
+    _run(root, size, variant, seed, val, init={"on_data": {"mean": {"argmax_hit": hit, "position_share": share}}})
 
 
 def test_prior_on_data_pairs_by_seed_reads_widths_and_the_wider_runs(tmp_path):
